@@ -1,0 +1,47 @@
+# sweep-sft: `make run` trains one trial on the embedded default; `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+MLFLOW_PORT ?= 5000
+export HF_HUB_OFFLINE := 1
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a bare requirement would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install sweep-sft (torch $(TORCH_VERSION) first)
+
+run: $(VENV)/.installed ## install, then train and log one trial on the embedded default
+	$(PY) -m sweep_sft $(ARGS)
+
+sweep-lr: $(VENV)/.installed ## three trials, lr 1e-4,1e-3,1e-2, under one MLflow parent run
+	$(PY) -m sweep_sft -m lr=1e-4,1e-3,1e-2 $(ARGS)
+
+test: $(VENV)/.installed-test ## install test dependencies and run the tests
+	$(PY) -m pytest $(ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: $(VENV)/.installed-test ## ruff on the package and tests
+	$(VENV)/bin/ruff check src tests
+
+mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean: ## remove outputs, the local MLflow store and caches (not .venv)
+	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
+
+.PHONY: help install run sweep-lr test lint mlflow-ui clean

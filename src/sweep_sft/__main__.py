@@ -1,0 +1,43 @@
+"""`python -m sweep_sft`: compose the config with Hydra and run one trial (or a sweep of them)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from sweep_sft.config import register_configs
+from sweep_sft.errors import UserInputError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sweep_sft.tracking import read_parent
+    from sweep_sft.trial import run_trial
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_name = cfg.tracking.run_name or (hc.job.override_dirname if multirun else None) or None
+    try:
+        result = run_trial(
+            cfg,
+            output_dir=cfg.output_dir or hc.runtime.output_dir,
+            run_name=run_name,
+            parent_run_id=read_parent(hc.sweep.dir) if multirun else None,
+        )
+    except UserInputError as exc:
+        if multirun:  # the sweeper records the failed trial and goes on
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    return result.value
+
+
+if __name__ == "__main__":
+    main()

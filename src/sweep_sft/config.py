@@ -1,0 +1,274 @@
+"""Typed structured configs: the schema every composed config must satisfy.
+
+OmegaConf rejects unknown keys and wrong types when Hydra composes a config against
+these dataclasses; `validate` adds the value checks (lr >= 0, grad_accum >= 1, ...)
+that a type cannot express, and runs before any heavy import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep_sft.errors import ConfigError
+
+LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
+TRUNCATION = ("truncate", "drop")
+FORMATS = ("auto", "messages", "alpaca", "sharegpt")
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# Short top-level names for the most-swept knobs, and the full path each one feeds.
+ALIASES = {"lr": "optimizer.lr", "grad_accum": "trainer.grad_accum", "epochs": "trainer.epochs"}
+
+
+@dataclass
+class ModelConfig:
+    # A local folder or hub id given to AutoModelForCausalLM/AutoTokenizer.from_pretrained;
+    # "embedded" builds (once, cached) the project's tiny pretrained Llama and uses its folder.
+    name_or_path: str = "embedded"
+    # Passed to from_pretrained; off unless you trust the model's code.
+    trust_remote_code: bool = False
+    # Attention kernel given to from_pretrained ("sdpa", "eager", ...).
+    attn_implementation: str = "sdpa"
+    # Token that closes an assistant turn and must be supervised; null: the tokenizer's eos_token.
+    end_of_turn_token: Optional[str] = None
+    # Chat template (a Jinja file path) for a tokenizer without one, e.g. a base model's.
+    chat_template_path: Optional[str] = None
+    # Special tokens added to the tokenizer before training; the embeddings are resized.
+    add_special_tokens: list[str] = field(default_factory=list)
+    # Pad token to add when the tokenizer has none (pad must differ from end-of-turn).
+    pad_token: str = "<|pad|>"
+
+
+@dataclass
+class DataConfig:
+    # JSONL file of training examples; "embedded" generates the project's multi-task set.
+    train_path: str = "embedded"
+    # JSONL file of validation examples; "embedded" uses the embedded validation split.
+    val_path: str = "embedded"
+    # Record format: auto-detected per record, or declared (then every record must match).
+    format: str = "auto"
+    # task_type given to records without one (Alpaca/ShareGPT files); null: it is required.
+    default_task_type: Optional[str] = None
+    # Which tokens carry loss: every assistant turn, only the last one, or all tokens.
+    loss_on: str = "all_assistant"
+    # Longest tokenised example; longer ones are truncated or dropped (and counted).
+    max_seq_len: int = 256
+    # What to do with an example longer than max_seq_len.
+    truncation: str = "truncate"
+    # Use at most this many training examples (after shuffling by seed); null: all.
+    max_train_examples: Optional[int] = None
+    # Use at most this many validation examples per task_type; null: all.
+    max_val_per_task: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _one_of("data.loss_on", self.loss_on, LOSS_ON)
+        _one_of("data.truncation", self.truncation, TRUNCATION)
+        _one_of("data.format", self.format, FORMATS)
+        _at_least("data.max_seq_len", self.max_seq_len, 8)
+        if self.max_train_examples is not None:
+            _at_least("data.max_train_examples", self.max_train_examples, 1)
+        if self.max_val_per_task is not None:
+            _at_least("data.max_val_per_task", self.max_val_per_task, 1)
+
+
+@dataclass
+class OptimizerConfig:
+    # Optimizer; AdamW is the one SFT recipes use.
+    name: str = "adamw"
+    # Peak learning rate (after warmup).
+    lr: float = 1e-3
+    # Decoupled weight decay.
+    weight_decay: float = 0.0
+    # AdamW (beta1, beta2).
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # AdamW epsilon.
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _one_of("optimizer.name", self.name, ("adamw",))
+        if self.lr < 0:
+            raise ConfigError(f"optimizer.lr must be >= 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class SchedulerConfig:
+    # Learning-rate schedule after warmup: linear decay, cosine decay, or constant.
+    name: str = "cosine"
+    # Warmup as a share of all optimizer steps (exclusive with warmup_steps).
+    warmup_ratio: Optional[float] = None
+    # Warmup as a number of optimizer steps (exclusive with warmup_ratio).
+    warmup_steps: Optional[int] = None
+    # Final learning rate as a share of the peak (linear and cosine).
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _one_of("scheduler.name", self.name, SCHEDULERS)
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ConfigError(
+                "scheduler.warmup_ratio and scheduler.warmup_steps are exclusive: set one "
+                f"(got warmup_ratio={self.warmup_ratio}, warmup_steps={self.warmup_steps})"
+            )
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"scheduler.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps is not None:
+            _at_least("scheduler.warmup_steps", self.warmup_steps, 0)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"scheduler.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainerConfig:
+    # Passes over the training data.
+    epochs: int = 1
+    # Stop after this many optimizer steps (overrides epochs); null: run all epochs.
+    max_steps: Optional[int] = None
+    # Examples per micro-batch (per device).
+    batch_size: int = 32
+    # Micro-batches per optimizer step; the loss is the token mean over the whole window.
+    grad_accum: int = 1
+    # Clip the global gradient norm to this value; 0 disables clipping.
+    grad_clip: float = 1.0
+    # Seed for model init of new rows, data order and sampling.
+    seed: int = 0
+    # Parameter/compute precision: fp32, or bf16 autocast.
+    precision: str = "fp32"
+    # Where to train: auto picks CUDA when available.
+    device: str = "auto"
+    # CPU threads for torch; null: torch's default.
+    num_threads: Optional[int] = None
+    # Log train metrics every N optimizer steps.
+    log_every: int = 20
+    # Evaluate validation loss every N optimizer steps (and at the end); 0: only at the end.
+    eval_every: int = 200
+    # Show a progress bar.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"trainer.epochs must be > 0, got {self.epochs}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"trainer.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.max_steps is not None:
+            _at_least("trainer.max_steps", self.max_steps, 1)
+        _at_least("trainer.batch_size", self.batch_size, 1)
+        _at_least("trainer.log_every", self.log_every, 1)
+        _at_least("trainer.eval_every", self.eval_every, 0)
+        if self.grad_clip < 0:
+            raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
+        _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.device", self.device, DEVICES)
+
+
+@dataclass
+class EvalConfig:
+    # Greedy generation budget for exact match; generation stops earlier at end-of-turn.
+    max_new_tokens: int = 64
+    # Examples per forward pass during evaluation.
+    batch_size: int = 128
+    # Score exact match of greedy generations per task_type at the end.
+    generate: bool = True
+    # Score the general-ability probe (trained vs base model) at the end.
+    general_probe: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("eval.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class TrackingConfig:
+    # Log to MLflow.
+    enabled: bool = True
+    # MLflow tracking URI; null: sqlite:///<working directory>/mlflow.db.
+    uri: Optional[str] = None
+    # MLflow experiment name.
+    experiment: str = "sweep-sft"
+    # Run name; null: derived from the Hydra job (overrides or the output folder).
+    run_name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    # Short names for the most-swept knobs; the full paths interpolate them.
+    lr: float = 1e-3
+    grad_accum: int = 1
+    epochs: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Metric the trial returns to the sweeper (see metrics.json for the names).
+    objective: str = "val/loss"
+    # Folder for trial outputs (metrics.json, resolved config); null: Hydra's job folder.
+    output_dir: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Register the schema so conf/config.yaml can name it in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Resolve a composed config into typed objects, running every value check."""
+    if isinstance(cfg, Config):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf's own errors name the key; keep their text
+        raise ConfigError(str(exc)) from exc
+    if not isinstance(obj, Config):
+        raise ConfigError(f"expected a sweep_sft config, got {type(obj).__name__}")
+    _check_aliases(cfg, obj)
+    return obj
+
+
+def _check_aliases(cfg: DictConfig, obj: Config) -> None:
+    # A full-path override (optimizer.lr=...) wins over the short name; keep the short
+    # name equal to it so params logged and printed tell one story.
+    for short, full in ALIASES.items():
+        value = OmegaConf.select(cfg, full)
+        setattr(obj, short, value)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def config_dir() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).parent / "conf")
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The root config with overrides, composed by Hydra as `python -m sweep_sft` would
+    (without the hydra node), for tests and scripts that call run_trial directly."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))

@@ -1,0 +1,138 @@
+"""Chat examples to token ids and labels: which tokens carry loss, and a pre-flight check.
+
+The tokenizer's own chat template renders each conversation; its {% generation %} markers
+(`return_assistant_tokens_mask`) say which tokens are the assistant's. System and user
+tokens never carry loss; `loss_on` picks all assistant turns, the last one, or all tokens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sweep_sft.data.records import Example
+from sweep_sft.errors import DataError
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    task_type: str
+    truncated: bool = False
+
+
+@dataclass
+class TaskStats:
+    examples: int = 0
+    supervised_tokens: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class DatasetStats:
+    per_task: dict[str, TaskStats] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {task: vars(stats) for task, stats in sorted(self.per_task.items())}
+
+
+def tokenize(
+    examples: list[Example],
+    tokenizer,
+    loss_on: str,
+    max_seq_len: int,
+    truncation: str,
+    end_of_turn_id: int,
+) -> tuple[list[Tokenized], DatasetStats]:
+    """Tokenise, mask, truncate or drop, then run the pre-flight check on what is left."""
+    rendered = tokenizer.apply_chat_template(
+        [list(e.messages) for e in examples],
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    out: list[Tokenized] = []
+    stats = DatasetStats()
+    spans_ok: Counter[str] = Counter()
+    spans_bad: Counter[str] = Counter()
+    for example, ids, mask in zip(examples, rendered["input_ids"], rendered["assistant_masks"]):
+        task = stats.per_task.setdefault(example.task_type, TaskStats())
+        spans = trained_spans(mask, loss_on)
+        labels = _labels(ids, spans, loss_on)
+        truncated = len(ids) > max_seq_len
+        if truncated and truncation == "drop":
+            task.dropped += 1
+            continue
+        if truncated:
+            task.truncated += 1
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        else:
+            for start, end in spans:
+                ok = _end_of_turn_supervised(ids, labels, end, end_of_turn_id)
+                (spans_ok if ok else spans_bad)[example.task_type] += 1
+        task.examples += 1
+        task.tokens += len(ids)
+        task.supervised_tokens += sum(label != IGNORE for label in labels)
+        out.append(Tokenized(list(ids), labels, example.task_type, truncated))
+    preflight(stats, spans_ok, spans_bad, tokenizer.convert_ids_to_tokens(end_of_turn_id))
+    return out, stats
+
+
+def trained_spans(assistant_mask: list[int], loss_on: str) -> list[tuple[int, int]]:
+    """[start, end) of each assistant turn that is trained under `loss_on`."""
+    spans: list[tuple[int, int]] = []
+    start = None
+    for i, flag in enumerate([*assistant_mask, 0]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            spans.append((start, i))
+            start = None
+    if loss_on == "last_assistant":
+        return spans[-1:]
+    return spans
+
+
+def _labels(ids: list[int], spans: list[tuple[int, int]], loss_on: str) -> list[int]:
+    if loss_on == "all_tokens":
+        return list(ids)
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    return labels
+
+
+def _end_of_turn_supervised(ids: list[int], labels: list[int], end: int, eot: int) -> bool:
+    # The end token sits inside the assistant span (generation markers around it) or,
+    # under loss_on=all_tokens, right after it; either way it must carry a label.
+    if ids[end - 1] == eot and labels[end - 1] != IGNORE:
+        return True
+    return end < len(ids) and ids[end] == eot and labels[end] != IGNORE
+
+
+def preflight(stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[str], eot: str) -> None:
+    """Stop before training when a task_type would teach nothing, or never teach EOS."""
+    for task_type, task in sorted(stats.per_task.items()):
+        if task.examples == 0:
+            raise DataError(
+                f"task_type {task_type!r}: every example was dropped as longer than data.max_seq_len "
+                f"({task.dropped} dropped); raise data.max_seq_len or set data.truncation=truncate"
+            )
+        if task.supervised_tokens == 0:
+            raise DataError(
+                f"task_type {task_type!r} has no supervised token in {task.examples} examples: the chat "
+                "template must wrap assistant turns in {% generation %}...{% endgeneration %} "
+                "(see model.chat_template_path), or change data.loss_on"
+            )
+        if spans_bad[task_type]:
+            raise DataError(
+                f"task_type {task_type!r}: the end-of-turn token {eot!r} is not supervised after "
+                f"{spans_bad[task_type]} of {spans_bad[task_type] + spans_ok[task_type]} trained assistant "
+                "turns, so the model would never learn to stop: put it inside the template's "
+                "{% generation %} block, or set model.end_of_turn_token to the token that closes a turn"
+            )

@@ -1,0 +1,57 @@
+"""Hydra callback: one MLflow parent run per sweep, whose id every trial finds in the sweep
+folder (so jobs on other machines, sharing the folder, find it too)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from sweep_sft.tracking import PARENT_FILE
+
+
+class MlflowParentRun(Callback):
+    def __init__(self) -> None:
+        self.run = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweep_sft.config import TrackingConfig
+        from sweep_sft.tracking import Run
+
+        tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
+        if not tracking.enabled:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = list(config.hydra.overrides.task)
+        self.run = Run(tracking, run_name=f"sweep {sweep_dir.name}", tags={
+            "sweep_sft.kind": "sweep",
+            "sweep_sft.sweep_dir": str(sweep_dir.resolve()),
+            "sweep_sft.overrides": " ".join(overrides),
+        })
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run.run_id, "tracking_uri": self.run.uri}))
+        # A sweep that raises never reaches on_multirun_end: mark the parent FAILED then.
+        atexit.register(self._finish, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish("FINISHED")
+
+    def _finish(self, status: str) -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        children = run.client.search_runs(
+            [run.client.get_run(run.run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
+        )
+        states = [c.info.status for c in children]
+        run.log_metrics({
+            "sweep/trials": len(states),
+            "sweep/finished": states.count("FINISHED"),
+            "sweep/failed": states.count("FAILED"),
+        }, step=0)
+        run.finish(status)

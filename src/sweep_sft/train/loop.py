@@ -1,0 +1,138 @@
+"""The SFT training loop: AdamW, warmup + schedule, gradient accumulation and clipping.
+
+The loss of one optimizer step is the mean over every supervised token of its whole
+accumulation window: each micro-batch's token-loss sum is divided by the window's token
+count before backward, so grad_accum=8 x batch 4 and grad_accum=1 x batch 32 give the same
+loss and the same gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sweep_sft.config import Config
+from sweep_sft.data.batches import collate, epoch_windows, steps_per_epoch
+from sweep_sft.data.tokenize import Tokenized
+from sweep_sft.errors import UserInputError
+from sweep_sft.train.loss import TaskAccumulator, example_loss_sums
+from sweep_sft.train.schedule import lr_factor
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN or infinite: usually a learning rate too high for the model."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: float = 0.0
+    tokens_seen: int = 0
+    seconds: float = 0.0
+
+
+def total_steps(cfg: Config, n_examples: int) -> int:
+    per_epoch = steps_per_epoch(n_examples, cfg.trainer.batch_size, cfg.trainer.grad_accum)
+    steps = per_epoch * cfg.trainer.epochs
+    return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps else steps
+
+
+def build_optimizer(model, cfg: Config):
+    import torch
+
+    # Norm weights and biases are not decayed, as in every major SFT recipe.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.optimizer.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+
+
+def train(
+    model,
+    rows: list[Tokenized],
+    tasks: list[str],
+    cfg: Config,
+    device,
+    pad_id: int,
+    log: LogFn,
+    evaluate: Callable[[int], dict[str, float]],
+) -> TrainState:
+    """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals."""
+    import torch
+
+    tc = cfg.trainer
+    n_steps = total_steps(cfg, len(rows))
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.scheduler, s, n_steps))
+    task_index = {t: i for i, t in enumerate(tasks)}
+    state = TrainState()
+    window_acc = TaskAccumulator(tasks)
+    tokens_since, clock = 0, time.perf_counter()
+    started = clock
+    progress = _progress_bar(n_steps, tc.progress)
+    evaluate(0)
+    model.train()
+    epoch = 0
+    while state.step < n_steps:
+        windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum, tc.seed, epoch)
+        for i, window in enumerate(windows):
+            batches = [collate([rows[j] for j in micro], task_index, pad_id) for micro in window]
+            n_supervised = sum(b.n_supervised for b in batches)
+            for batch in batches:
+                sums, counts = example_loss_sums(model, batch, device, tc.precision)
+                (sums.sum() / max(n_supervised, 1)).backward()
+                window_acc.add(batch.task_ids, sums, counts)
+                tokens_since += batch.n_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.epoch = epoch + (i + 1) / len(windows)
+            metrics = window_acc.means("train/loss")
+            if not math.isfinite(metrics["train/loss"]):
+                raise TrainingDiverged(
+                    f"training diverged at step {state.step}: train loss {metrics['train/loss']} "
+                    f"(optimizer.lr={cfg.optimizer.lr}); lower the learning rate"
+                )
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+            if state.step % tc.log_every == 0 or state.step == n_steps:
+                now = time.perf_counter()
+                state.tokens_seen += tokens_since
+                metrics.update({
+                    "train/grad_norm": float(grad_norm),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/tokens_per_s": tokens_since / max(now - clock, 1e-9),
+                    "train/epoch": state.epoch,
+                })
+                log(metrics, state.step)
+                window_acc = TaskAccumulator(tasks)
+                tokens_since, clock = 0, now
+            if tc.eval_every and state.step % tc.eval_every == 0 and state.step < n_steps:
+                eval_started = time.perf_counter()
+                evaluate(state.step)
+                clock += time.perf_counter() - eval_started  # keep eval time out of tokens/s
+                model.train()
+            if state.step >= n_steps:
+                break
+        epoch += 1
+    progress.close()
+    state.seconds = time.perf_counter() - started
+    evaluate(state.step)
+    return state
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

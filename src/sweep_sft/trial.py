@@ -1,0 +1,215 @@
+"""One SFT trial, callable without Hydra: run_trial(cfg) trains, evaluates, records, and
+returns the objective named by `cfg.objective`."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep_sft.config import ALIASES, Config, validate
+from sweep_sft.data.records import Example, load_jsonl, task_types
+from sweep_sft.errors import ConfigError
+
+
+@dataclass
+class TrialResult:
+    objective: str
+    value: float
+    metrics: dict[str, float]
+    output_dir: str
+    run_id: str | None = None
+    series: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def run_trial(cfg: DictConfig | Config, output_dir: str | Path | None = None, run_name: str | None = None,
+              parent_run_id: str | None = None) -> TrialResult:
+    started = time.perf_counter()
+    config = validate(cfg)
+    out = Path(output_dir or config.output_dir or "outputs/trial")
+    out.mkdir(parents=True, exist_ok=True)
+    train_examples, val_examples = load_examples(config)
+    tasks = sorted(set(task_types(train_examples)) | set(task_types(val_examples)))
+    check_objective(config.objective, tasks)
+
+    import torch
+
+    from sweep_sft import general_probe, modeling
+    from sweep_sft.data.tokenize import tokenize
+    from sweep_sft.evaluate import exact_match, validation_loss
+    from sweep_sft.tracking import Run, flatten
+    from sweep_sft.train.loop import train
+
+    if config.trainer.num_threads:
+        torch.set_num_threads(config.trainer.num_threads)
+    _seed_everything(config.trainer.seed)
+    device = _device(config.trainer.device)
+    path = modeling.resolve_model_path(config.model)
+    tokenizer = modeling.load_tokenizer(config.model, path)
+    eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
+    data_args = (tokenizer, config.data.loss_on, config.data.max_seq_len, config.data.truncation, eot_id)
+    train_rows, train_stats = tokenize(train_examples, *data_args)
+    val_rows, _ = tokenize(val_examples, *data_args)
+    model = modeling.load_model(config.model, path, tokenizer, device)
+
+    resolved = _resolved(cfg, config)
+    run = Run(config.tracking, run_name, parent_run_id, tags={"sweep_sft.output_dir": str(out.resolve())})
+    series: dict[str, list[list[float]]] = {}
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            series.setdefault(key, []).append([step, value])
+        run.log_metrics(metrics, step)
+
+    try:
+        run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
+        stats = train_stats.as_dict()
+        run.log_json(stats, "dataset_stats.json")
+        run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+        print(_stats_table(stats))
+
+        base = general_probe.base_scores(path, model, tokenizer, device) if config.eval.general_probe else {}
+
+        def evaluate(step: int) -> dict[str, float]:
+            metrics = validation_loss(model, val_rows, tasks, device, config.eval.batch_size,
+                                      tokenizer.pad_token_id, config.trainer.precision)
+            log(metrics, step)
+            return metrics
+
+        state = train(model, train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
+        final: dict[str, float] = {"time/train_s": state.seconds}
+        if config.eval.generate:
+            scores, samples = exact_match(model, tokenizer, val_examples, device, config.eval.max_new_tokens,
+                                          config.eval.batch_size, eot_id)
+            final.update(scores)
+            run.log_json(samples, "generations_sample.json")
+        if config.eval.general_probe:
+            trained = general_probe.score(model, tokenizer, device)
+            final.update(trained)
+            final.update({f"general/base_{k.split('/')[1]}": v for k, v in base.items()})
+            final["general_drop"] = base["general/score"] - trained["general/score"]
+        final["time/total_s"] = time.perf_counter() - started
+        log(final, state.step)
+        metrics = {key: values[-1][1] for key, values in series.items()}
+        value = objective_value(config.objective, metrics)
+        result = TrialResult(config.objective, value, metrics, str(out), run.run_id, series)
+        (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
+        run.log_json({"objective": config.objective, "value": value}, "objective.json")
+        print(summary_table(result, tasks, stats))
+        run.finish("FINISHED")
+        return result
+    except BaseException as exc:
+        run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
+        run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def load_examples(config: Config) -> tuple[list[Example], list[Example]]:
+    data = config.data
+    paths = {"train": data.train_path, "validation": data.val_path}
+    if "embedded" in paths.values():
+        from sweep_sft.embedded.build import embedded_data
+
+        folder = embedded_data()
+        paths = {k: str(folder / f"{k}.jsonl") if v == "embedded" else v for k, v in paths.items()}
+    train = load_jsonl(paths["train"], data.format, data.default_task_type)
+    val = load_jsonl(paths["validation"], data.format, data.default_task_type)
+    if data.max_train_examples is not None and data.max_train_examples < len(train):
+        train = random.Random(config.trainer.seed).sample(train, data.max_train_examples)
+    if data.max_val_per_task is not None:
+        val = _first_per_task(val, data.max_val_per_task)
+    return train, val
+
+
+def _first_per_task(examples: list[Example], n: int) -> list[Example]:
+    seen: Counter[str] = Counter()
+    kept = []
+    for example in examples:
+        seen[example.task_type] += 1
+        if seen[example.task_type] <= n:
+            kept.append(example)
+    return kept
+
+
+def metric_names(tasks: list[str]) -> list[str]:
+    """Every metric a trial reports at its end, for objective checks before training."""
+    names = ["val/loss", "train/loss", "task/exact_match", "general/score", "general/loss",
+             "general/exact_match", "general_drop", "time/train_s", "time/total_s"]
+    for task in tasks:
+        names += [f"val/loss/{task}", f"train/loss/{task}", f"task/exact_match/{task}"]
+    return names
+
+
+def check_objective(name: str, tasks: list[str]) -> None:
+    if name not in metric_names(tasks):
+        raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(metric_names(tasks))}")
+
+
+def objective_value(name: str, metrics: dict[str, float]) -> float:
+    if name not in metrics:
+        raise ConfigError(
+            f"objective: metric {name!r} was not produced by this trial (is its evaluation switched off?); "
+            f"produced: {', '.join(sorted(metrics))}"
+        )
+    return metrics[name]
+
+
+def _resolved(cfg: DictConfig | Config, config: Config) -> dict:
+    node = OmegaConf.structured(config) if isinstance(cfg, Config) else cfg
+    container = OmegaConf.to_container(node, resolve=True)
+    for short, full in ALIASES.items():  # a full-path override wins: show one value
+        container[short] = OmegaConf.select(OmegaConf.create(container), full)
+    return container
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _stats_table(stats: dict[str, dict[str, int]]) -> str:
+    lines = [f"{'task_type':<26}{'examples':>9}{'tokens':>9}{'supervised':>11}{'truncated':>10}{'dropped':>8}"]
+    for task, s in stats.items():
+        lines.append(f"{task:<26}{s['examples']:>9}{s['tokens']:>9}{s['supervised_tokens']:>11}"
+                     f"{s['truncated']:>10}{s['dropped']:>8}")
+    return "\n".join(lines)
+
+
+def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]]) -> str:
+    m = result.metrics
+    first_val = result.series.get("val/loss", [[0, float("nan")]])[0][1]
+    lines = ["", f"{'task_type':<26}{'train ex':>9}{'val loss':>10}{'exact match':>13}"]
+    for task in tasks:
+        em = m.get(f"task/exact_match/{task}")
+        lines.append(f"{task:<26}{stats.get(task, {}).get('examples', 0):>9}"
+                     f"{m.get(f'val/loss/{task}', float('nan')):>10.3f}"
+                     f"{'-' if em is None else f'{em:.2f}':>13}")
+    lines.append(f"{'all':<26}{'':>9}{m.get('val/loss', float('nan')):>10.3f}"
+                 f"{m.get('task/exact_match', float('nan')):>13.2f}")
+    lines.append(f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
+                 f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s")
+    if "general_drop" in m:
+        lines.append(f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
+                     f"(general_drop {m['general_drop']:+.3f})")
+    lines.append(f"objective {result.objective} = {result.value:.4f}; outputs in {result.output_dir}"
+                 + (f"; mlflow run {result.run_id}" if result.run_id else ""))
+    return "\n".join(lines)

@@ -1,0 +1,433 @@
+"""Tests for loading, validating and writing chat SFT records."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sweep_sft.errors import ConfigError, DataError, UserInputError
+from sweep_sft.data.records import Example, load_jsonl, task_types, write_jsonl
+
+GOOD_MESSAGES = {
+    "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ],
+    "task_type": "reasoning/addition",
+}
+
+
+def write_lines(tmp_path: Path, lines: list[str | dict], name: str = "data.jsonl") -> Path:
+    path = tmp_path / name
+    text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+def at(path: Path, line: int) -> str:
+    """Regex for the path:line prefix every record error starts with."""
+    return "^" + re.escape(f"{path}:{line}: ")
+
+
+def messages_record(**overrides: object) -> dict:
+    record = json.loads(json.dumps(GOOD_MESSAGES))
+    record.update(overrides)
+    return record
+
+
+# --- formats -----------------------------------------------------------------
+
+
+def test_messages_format_loads_exact_messages(tmp_path: Path) -> None:
+    record = messages_record(extra_key="ignored", tags=["robustness", "math"])
+    path = write_lines(tmp_path, [record])
+    [ex] = load_jsonl(path, fmt="messages")
+    assert ex == Example(
+        messages=(
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ),
+        task_type="reasoning/addition",
+        source=f"{path}:1",
+        tags=("robustness", "math"),
+    )
+
+
+def test_messages_drop_extra_message_keys(tmp_path: Path) -> None:
+    record = messages_record(
+        messages=[
+            {"role": "user", "content": "hi", "name": "bob"},
+            {"role": "assistant", "content": "hello", "weight": 1},
+        ]
+    )
+    [ex] = load_jsonl(write_lines(tmp_path, [record]))
+    assert ex.messages == (
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    )
+
+
+def test_alpaca_with_input_and_system(tmp_path: Path) -> None:
+    record = {
+        "instruction": "Add the numbers.",
+        "input": "2 and 3",
+        "output": "5",
+        "system": "You are a calculator.",
+        "task_type": "reasoning/addition",
+    }
+    [ex] = load_jsonl(write_lines(tmp_path, [record]), fmt="alpaca")
+    assert ex.messages == (
+        {"role": "system", "content": "You are a calculator."},
+        {"role": "user", "content": "Add the numbers.\n\n2 and 3"},
+        {"role": "assistant", "content": "5"},
+    )
+    assert ex.task_type == "reasoning/addition"
+    assert ex.tags == ()
+
+
+@pytest.mark.parametrize("extra", [{"input": ""}, {}])
+def test_alpaca_without_input_uses_instruction_only(tmp_path: Path, extra: dict) -> None:
+    record = {"instruction": "Say hi.", "output": "Hi!", "task_type": "chat", **extra}
+    [ex] = load_jsonl(write_lines(tmp_path, [record]))
+    assert ex.messages == (
+        {"role": "user", "content": "Say hi."},
+        {"role": "assistant", "content": "Hi!"},
+    )
+
+
+def test_sharegpt_maps_roles(tmp_path: Path) -> None:
+    record = {
+        "conversations": [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "q1"},
+            {"from": "gpt", "value": "a1"},
+            {"from": "user", "value": "q2"},
+            {"from": "assistant", "value": "a2"},
+        ],
+        "task_type": "dialog",
+        "tags": ["multi_turn"],
+    }
+    [ex] = load_jsonl(write_lines(tmp_path, [record]), fmt="sharegpt")
+    assert ex.messages == (
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    )
+    assert ex.tags == ("multi_turn",)
+
+
+def test_sharegpt_top_level_system_comes_first(tmp_path: Path) -> None:
+    record = {
+        "system": "Top system.",
+        "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+        "task_type": "dialog",
+    }
+    [ex] = load_jsonl(write_lines(tmp_path, [record]))
+    assert ex.messages[0] == {"role": "system", "content": "Top system."}
+    assert [m["role"] for m in ex.messages] == ["system", "user", "assistant"]
+
+
+def test_auto_detects_each_record_in_mixed_file(tmp_path: Path) -> None:
+    lines = [
+        messages_record(),
+        {"instruction": "i", "output": "o", "task_type": "alp"},
+        {
+            "conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}],
+            "task_type": "share/gpt",
+        },
+        # messages wins over the other keys when several are present
+        messages_record(instruction="ignored", conversations="ignored"),
+    ]
+    path = write_lines(tmp_path, lines)
+    examples = load_jsonl(path)
+    assert [ex.task_type for ex in examples] == [
+        "reasoning/addition",
+        "alp",
+        "share/gpt",
+        "reasoning/addition",
+    ]
+    assert examples[1].messages == (
+        {"role": "user", "content": "i"},
+        {"role": "assistant", "content": "o"},
+    )
+    assert examples[2].messages == (
+        {"role": "user", "content": "h"},
+        {"role": "assistant", "content": "g"},
+    )
+    assert examples[3].messages == examples[0].messages
+    assert [ex.source for ex in examples] == [f"{path}:{n}" for n in range(1, 5)]
+
+
+def test_conversations_beat_instruction_in_auto(tmp_path: Path) -> None:
+    record = {
+        "conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}],
+        "instruction": "not used",
+        "output": "not used",
+        "task_type": "t",
+    }
+    [ex] = load_jsonl(write_lines(tmp_path, [record]))
+    assert ex.messages[0] == {"role": "user", "content": "h"}
+
+
+def test_declared_format_mismatch(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path, [messages_record(), {"instruction": "i", "output": "o", "task_type": "t"}]
+    )
+    with pytest.raises(DataError, match=at(path, 2)) as info:
+        load_jsonl(path, fmt="messages")
+    message = str(info.value)
+    assert "data.format" in message
+    assert "'messages'" in message and "'alpaca'" in message
+
+
+def test_unknown_declared_format_is_config_error(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [messages_record()])
+    with pytest.raises(ConfigError, match="data.format.*'openai'"):
+        load_jsonl(path, fmt="openai")
+
+
+# --- task_type and tags --------------------------------------------------------
+
+
+def test_default_task_type_fills_missing_only(tmp_path: Path) -> None:
+    no_type = messages_record()
+    del no_type["task_type"]
+    path = write_lines(tmp_path, [no_type, messages_record(task_type="own")])
+    examples = load_jsonl(path, default_task_type="general")
+    assert [ex.task_type for ex in examples] == ["general", "own"]
+
+
+def test_missing_task_type_without_default(tmp_path: Path) -> None:
+    no_type = messages_record()
+    del no_type["task_type"]
+    path = write_lines(tmp_path, [messages_record(), no_type])
+    with pytest.raises(DataError, match=at(path, 2) + ".*task_type.*data.default_task_type"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b/c", "a//", "/b", "a/", 7, None, " a"])
+def test_bad_task_type(tmp_path: Path, bad: object) -> None:
+    path = write_lines(tmp_path, [messages_record(task_type=bad)])
+    with pytest.raises(DataError, match=at(path, 1) + "task_type"):
+        load_jsonl(path)
+
+
+def test_bad_default_task_type_is_config_error(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [messages_record()])
+    with pytest.raises(ConfigError, match="data.default_task_type"):
+        load_jsonl(path, default_task_type="a/b/c")
+
+
+@pytest.mark.parametrize("bad", ["robustness", [1], {"a": 1}])
+def test_bad_tags(tmp_path: Path, bad: object) -> None:
+    path = write_lines(tmp_path, [messages_record(tags=bad)])
+    with pytest.raises(DataError, match=at(path, 1) + "'tags' must be a list of strings"):
+        load_jsonl(path)
+
+
+def test_task_types_sorted_unique(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path,
+        [messages_record(task_type=t) for t in ["b/x", "a", "b/x", "a/y"]],
+    )
+    assert task_types(load_jsonl(path)) == ["a", "a/y", "b/x"]
+
+
+# --- file-level errors -------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*not found"):
+        load_jsonl(path)
+
+
+def test_directory_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape(str(tmp_path))):
+        load_jsonl(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*no records"):
+        load_jsonl(path)
+
+
+def test_errors_are_user_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+# --- record-level errors -----------------------------------------------------------
+
+
+def test_malformed_json_includes_decoder_text(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [messages_record(), '{"messages": [}'])
+    with pytest.raises(DataError, match=at(path, 2) + r"malformed JSON \(Expecting value"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize("line, kind", [("[1, 2]", "list"), ('"text"', "str"), ("3", "int")])
+def test_json_not_an_object(tmp_path: Path, line: str, kind: str) -> None:
+    path = write_lines(tmp_path, [line])
+    with pytest.raises(DataError, match=at(path, 1) + f"expected a JSON object, got {kind}"):
+        load_jsonl(path)
+
+
+def test_record_without_known_keys(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [{"prompt": "p", "completion": "c"}])
+    with pytest.raises(DataError, match=at(path, 1)) as info:
+        load_jsonl(path)
+    message = str(info.value)
+    for key in ("'messages'", "'conversations'", "'instruction'", "'prompt'"):
+        assert key in message
+
+
+@pytest.mark.parametrize("messages", [[], "hello", None, {"role": "user"}])
+def test_messages_not_non_empty_list(tmp_path: Path, messages: object) -> None:
+    path = write_lines(tmp_path, [messages_record(messages=messages)])
+    with pytest.raises(DataError, match=at(path, 1) + "'messages' must be a non-empty list"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("hello", r"messages\[0\]: expected an object, got str"),
+        ({"content": "x"}, r"messages\[0\]: expected string 'role', got missing"),
+        ({"role": "user", "content": 5}, r"messages\[0\]: expected string 'content', got int"),
+    ],
+)
+def test_malformed_message(tmp_path: Path, message: object, expected: str) -> None:
+    record = messages_record(messages=[message, {"role": "assistant", "content": "a"}])
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=at(path, 1) + expected):
+        load_jsonl(path)
+
+
+def test_unknown_role_lists_allowed(tmp_path: Path) -> None:
+    record = messages_record(
+        messages=[{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]
+    )
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(
+        DataError, match=at(path, 1) + ".*'human'.*allowed roles: system, user, assistant"
+    ):
+        load_jsonl(path)
+
+
+def test_unknown_sharegpt_role(tmp_path: Path) -> None:
+    record = {
+        "conversations": [{"from": "bot", "value": "q"}, {"from": "gpt", "value": "a"}],
+        "task_type": "t",
+    }
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=at(path, 1) + r"conversations\[0\]: unknown role 'bot'"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t"])
+def test_empty_assistant_turn(tmp_path: Path, content: str) -> None:
+    record = messages_record(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2"},
+        ]
+    )
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=at(path, 1) + "message 1: assistant turn is empty"):
+        load_jsonl(path)
+
+
+def test_empty_alpaca_output(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [{"instruction": "i", "output": " ", "task_type": "t"}])
+    with pytest.raises(DataError, match=at(path, 1) + ".*assistant turn is empty"):
+        load_jsonl(path)
+
+
+def test_last_message_not_assistant(tmp_path: Path) -> None:
+    record = messages_record(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "dangling"},
+        ]
+    )
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(
+        DataError, match=at(path, 1) + "last message has role 'user'; expected an assistant"
+    ):
+        load_jsonl(path)
+
+
+def test_no_user_turn(tmp_path: Path) -> None:
+    record = messages_record(
+        messages=[{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]
+    )
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=at(path, 1) + "conversation has no user turn"):
+        load_jsonl(path)
+
+
+def test_alpaca_missing_output(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [{"instruction": "i", "task_type": "t"}])
+    with pytest.raises(DataError, match=at(path, 1) + "record: expected string 'output'"):
+        load_jsonl(path)
+
+
+# --- line numbers and round trip ----------------------------------------------------
+
+
+def test_blank_lines_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "gaps.jsonl"
+    good = json.dumps(GOOD_MESSAGES)
+    path.write_text(f"\n{good}\n\n   \n{good}\n\n{{broken\n", encoding="utf-8")
+    with pytest.raises(DataError, match=at(path, 7) + "malformed JSON"):
+        load_jsonl(path)
+    path.write_text(f"\n{good}\n\n   \n{good}\n\n", encoding="utf-8")
+    examples = load_jsonl(path)
+    assert [ex.source for ex in examples] == [f"{path}:2", f"{path}:5"]
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    originals = [
+        Example(
+            messages=(
+                {"role": "system", "content": "Réponds en français."},
+                {"role": "user", "content": "line\u2028sep and\nnewline 日本"},
+                {"role": "assistant", "content": "ok"},
+            ),
+            task_type="lang/fr",
+            source="x:1",
+            tags=("robustness",),
+        ),
+        Example(
+            messages=({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}),
+            task_type="plain",
+            source="x:2",
+        ),
+    ]
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, originals)
+
+    raw = path.read_text(encoding="utf-8").split("\n")
+    assert raw[-1] == "" and len(raw) == 3
+    assert "Réponds" in raw[0] and "日本" in raw[0]  # ensure_ascii=False
+    assert "tags" not in json.loads(raw[1])
+
+    loaded = load_jsonl(path, fmt="messages")
+    assert [(e.messages, e.task_type, e.tags) for e in loaded] == [
+        (e.messages, e.task_type, e.tags) for e in originals
+    ]
+    assert [e.source for e in loaded] == [f"{path}:1", f"{path}:2"]
