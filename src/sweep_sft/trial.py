@@ -203,8 +203,9 @@ def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[s
         lines.append(f"{task:<26}{stats.get(task, {}).get('examples', 0):>9}"
                      f"{m.get(f'val/loss/{task}', float('nan')):>10.3f}"
                      f"{'-' if em is None else f'{em:.2f}':>13}")
+    em_all = m.get("task/exact_match")
     lines.append(f"{'all':<26}{'':>9}{m.get('val/loss', float('nan')):>10.3f}"
-                 f"{m.get('task/exact_match', float('nan')):>13.2f}")
+                 f"{'-' if em_all is None else f'{em_all:.2f}':>13}")
     lines.append(f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
                  f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s")
     if "general_drop" in m:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sweep_sft.config import Config
-from sweep_sft.data.batches import collate, epoch_windows, steps_per_epoch
+from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums
@@ -56,6 +56,23 @@ def build_optimizer(model, cfg: Config):
     return torch.optim.AdamW(groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
 
 
+def backward_window(model, batches: list[Batch], device, precision: str, acc: TaskAccumulator | None = None) -> float:
+    """Accumulate the gradient of one optimizer step: the mean token loss of the window.
+
+    Each micro-batch's loss sum is divided by the supervised tokens of the whole window, so
+    how the window is split into micro-batches changes neither the loss nor the gradient.
+    """
+    n_supervised = max(sum(b.n_supervised for b in batches), 1)
+    total = 0.0
+    for batch in batches:
+        sums, counts = example_loss_sums(model, batch, device, precision)
+        (sums.sum() / n_supervised).backward()
+        total += float(sums.sum().detach())
+        if acc is not None:
+            acc.add(batch.task_ids, sums, counts)
+    return total / n_supervised
+
+
 def train(
     model,
     rows: list[Tokenized],
@@ -86,12 +103,8 @@ def train(
         windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum, tc.seed, epoch)
         for i, window in enumerate(windows):
             batches = [collate([rows[j] for j in micro], task_index, pad_id) for micro in window]
-            n_supervised = sum(b.n_supervised for b in batches)
-            for batch in batches:
-                sums, counts = example_loss_sums(model, batch, device, tc.precision)
-                (sums.sum() / max(n_supervised, 1)).backward()
-                window_acc.add(batch.task_ids, sums, counts)
-                tokens_since += batch.n_tokens
+            backward_window(model, batches, device, tc.precision, window_acc)
+            tokens_since += sum(b.n_tokens for b in batches)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
             optimizer.step()
             scheduler.step()

@@ -1,0 +1,103 @@
+"""Loss masks: which tokens are supervised, for single- and multi-turn chats, and the
+pre-flight check that stops a trial before it trains on nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweep_sft.data.records import Example
+from sweep_sft.data.tokenize import IGNORE, tokenize
+from sweep_sft.errors import DataError
+
+SINGLE = Example(
+    messages=(
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 12 + 30?"},
+        {"role": "assistant", "content": "42"},
+    ),
+    task_type="reasoning/addition",
+    source="test:1",
+)
+MULTI = Example(
+    messages=(
+        {"role": "user", "content": "My pet is a cat."},
+        {"role": "assistant", "content": "Noted: cat."},
+        {"role": "user", "content": "What is my pet?"},
+        {"role": "assistant", "content": "cat"},
+    ),
+    task_type="dialogue/multi_turn",
+    source="test:2",
+)
+
+
+def supervised_text(tokenizer, row) -> str:
+    return tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE])
+
+
+def run(tokenizer, examples, loss_on="all_assistant", max_seq_len=256, truncation="truncate"):
+    eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    return tokenize(examples, tokenizer, loss_on, max_seq_len, truncation, eot)
+
+
+def test_single_turn_supervises_only_the_answer_and_its_end_token(tokenizer):
+    (row,), stats = run(tokenizer, [SINGLE])
+    assert supervised_text(tokenizer, row) == " 42<|end|>"
+    assert stats.per_task["reasoning/addition"].supervised_tokens == sum(label != IGNORE for label in row.labels)
+    # labels equal the input ids wherever they are set
+    assert all(label in (IGNORE, tok) for tok, label in zip(row.input_ids, row.labels))
+
+
+def test_multi_turn_all_assistant_turns(tokenizer):
+    (row,), _ = run(tokenizer, [MULTI], "all_assistant")
+    assert supervised_text(tokenizer, row) == " Noted: cat.<|end|> cat<|end|>"
+
+
+def test_multi_turn_last_assistant_turn_only(tokenizer):
+    (row,), _ = run(tokenizer, [MULTI], "last_assistant")
+    assert supervised_text(tokenizer, row) == " cat<|end|>"
+
+
+def test_all_tokens(tokenizer):
+    (row,), _ = run(tokenizer, [MULTI], "all_tokens")
+    assert row.labels == row.input_ids
+    assert "<|user|>" in supervised_text(tokenizer, row)
+
+
+def test_user_and_system_tokens_never_supervised(tokenizer):
+    (row,), _ = run(tokenizer, [SINGLE])
+    text = supervised_text(tokenizer, row)
+    assert "<|user|>" not in text and "<|system|>" not in text and "12" not in text
+
+
+def test_pad_differs_from_end_of_turn(tokenizer):
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.eos_token == "<|end|>"
+
+
+def test_truncate_and_drop_are_counted(tokenizer):
+    full = len(run(tokenizer, [MULTI])[0][0].input_ids)
+    rows, stats = run(tokenizer, [SINGLE, MULTI], max_seq_len=full - 3, truncation="truncate")
+    assert [len(r.input_ids) for r in rows][1] == full - 3
+    assert stats.per_task["dialogue/multi_turn"].truncated == 1
+    short = Example(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}),
+                    "dialogue/multi_turn", "test:3")
+    rows, stats = run(tokenizer, [SINGLE, short, MULTI], max_seq_len=full - 3, truncation="drop")
+    assert len(rows) == 2
+    assert (stats.per_task["dialogue/multi_turn"].dropped, stats.per_task["dialogue/multi_turn"].examples) == (1, 1)
+    # a task_type whose every example was dropped stops the trial, naming it
+    with pytest.raises(DataError, match="dialogue/multi_turn.*dropped"):
+        run(tokenizer, [MULTI], max_seq_len=full - 3, truncation="drop")
+
+
+def test_preflight_no_supervised_token(tokenizer):
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(DataError, match="reasoning/addition.*no supervised token"):
+        run(tok, [SINGLE])
+
+
+def test_preflight_end_of_turn_not_supervised(tokenizer):
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tok.chat_template = tok.chat_template.replace("<|end|>{% endgeneration %}", "{% endgeneration %}<|end|>")
+    with pytest.raises(DataError, match="dialogue/multi_turn.*end-of-turn token '<\\|end\\|>' is not supervised"):
+        run(tok, [MULTI])
