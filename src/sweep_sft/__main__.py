@@ -18,18 +18,21 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweep_sft.tracking import read_parent
+    from sweep_sft.tracking import child_run_name, read_parent
     from sweep_sft.trial import run_trial
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    run_name = cfg.tracking.run_name or (hc.job.override_dirname if multirun else None) or None
+    parent = read_parent(hc.sweep.dir) if multirun else {}
+    run_name = cfg.tracking.run_name
+    if multirun and not run_name:
+        run_name = f"{hc.job.num}: {child_run_name(list(hc.overrides.task), parent.get('swept', []))}"
     try:
         result = run_trial(
             cfg,
             output_dir=cfg.output_dir or hc.runtime.output_dir,
             run_name=run_name,
-            parent_run_id=read_parent(hc.sweep.dir) if multirun else None,
+            parent_run_id=parent.get("run_id"),
         )
     except UserInputError as exc:
         if multirun:  # the sweeper records the failed trial and goes on

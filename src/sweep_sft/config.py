@@ -7,10 +7,11 @@ that a type cannot express, and runs before any heavy import.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError
 
@@ -218,7 +219,12 @@ def register_configs() -> None:
     """Register the schema so conf/config.yaml can name it in its defaults list."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    schema = OmegaConf.structured(Config)
+    # OmegaConf's merge keeps an existing value over a `???`, so a group file can only make
+    # these mandatory (model/local, data/jsonl, tracking/server) if the schema leaves them unset.
+    for key in ("model.name_or_path", "data.train_path", "data.val_path", "tracking.uri"):
+        OmegaConf.update(schema, key, MISSING)
+    ConfigStore.instance().store(name="config_schema", node=schema)
 
 
 def validate(cfg: DictConfig | Config) -> Config:
@@ -233,8 +239,19 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise ConfigError(str(exc)) from exc
     if not isinstance(obj, Config):
         raise ConfigError(f"expected a sweep_sft config, got {type(obj).__name__}")
+    _reject_unknown_keys(obj)
     _check_aliases(cfg, obj)
     return obj
+
+
+def _reject_unknown_keys(obj: Any, prefix: str = "") -> None:
+    # `+key=value` adds keys even to a struct config; a typo must not be silently ignored.
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in vars(obj).items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key}: {type(obj).__name__} has no such field")
+        if dataclasses.is_dataclass(value):
+            _reject_unknown_keys(value, f"{prefix}{key}.")
 
 
 def _check_aliases(cfg: DictConfig, obj: Config) -> None:

@@ -14,6 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.tracking import PARENT_FILE
 
 
+def swept_keys(config: DictConfig) -> list[str]:
+    """Config keys the sweep varies: command-line sweeps (lr=1e-4,1e-3) and preset params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return sorted(keys | set(params))
+
+
 class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self.run = None
@@ -33,7 +43,8 @@ class MlflowParentRun(Callback):
             "sweep_sft.sweep_dir": str(sweep_dir.resolve()),
             "sweep_sft.overrides": " ".join(overrides),
         })
-        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run.run_id, "tracking_uri": self.run.uri}))
+        parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
+        (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
         # A sweep that raises never reaches on_multirun_end: mark the parent FAILED then.
         atexit.register(self._finish, "FAILED")
 

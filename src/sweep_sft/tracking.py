@@ -106,9 +106,13 @@ class Run:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def read_parent(sweep_dir: str | Path) -> str | None:
-    """The parent run id that the sweep callback left in the sweep folder, if any."""
+def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
+    """What the sweep callback left in the sweep folder: parent run id and swept keys."""
     path = Path(sweep_dir) / PARENT_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())["run_id"]
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def child_run_name(job_overrides: list[str], swept: list[str]) -> str:
+    """The swept part of a job's overrides ("lr=0.001,grad_accum=2"), the rest being common."""
+    chosen = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return ",".join(chosen or job_overrides)

@@ -146,6 +146,10 @@ def train(
 
 
 def _progress_bar(total: int, enabled: bool):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+    # In a log file (Slurm, CI) a bar redrawn ten times a second is noise: redraw rarely.
+    interval = 0.1 if sys.stderr.isatty() else 15.0
+    return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True, mininterval=interval)

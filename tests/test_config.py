@@ -1,0 +1,220 @@
+"""Tests for the Hydra configs: every option composes, the schema and the value checks reject
+bad input with the full key path, short names feed their full paths, and the CLI is light."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweep_sft.config import Config, compose, config_dir, validate
+from sweep_sft.errors import ConfigError
+
+CONF = Path(config_dir())
+OPTION_FILES = sorted(p for p in CONF.rglob("*.yaml") if p != CONF / "config.yaml")
+GLOBAL_HEADER = "# @package _global_"
+DUMMY = "/dummy"
+
+
+def option_override(path: Path) -> str:
+    """`<group>=<name>` for conf/<group>/<name>.yaml (sweep presets too: the root's defaults
+    list has `sweep: null`, so `sweep=<name>` selects one and `+sweep=<name>` is refused)."""
+    rel = path.relative_to(CONF).with_suffix("")
+    return f"{rel.parent.as_posix().replace('/', '.')}={rel.name}"
+
+
+def is_global(path: Path) -> bool:
+    return path.read_text(encoding="utf-8").startswith(GLOBAL_HEADER)
+
+
+def option_prefix(path: Path) -> str:
+    """Where the file's keys land in the composed config."""
+    return "" if is_global(path) else path.relative_to(CONF).parent.as_posix().replace("/", ".") + "."
+
+
+def mandatory_keys(path: Path) -> list[str]:
+    """Full paths of the file's `???` values, found with OmegaConf rather than listed by hand."""
+    return sorted(option_prefix(path) + key for key in OmegaConf.missing_keys(OmegaConf.load(path)))
+
+
+def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> value for every leaf of a plain container (a list counts as one leaf)."""
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def compose_option(path: Path) -> DictConfig:
+    fills = [f"{key}={DUMMY}" for key in mandatory_keys(path)]
+    return compose([option_override(path), *fills])
+
+
+def run_cli(tmp_path: Path, *args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`python -m sweep_sft ARGS` from an unrelated folder, with the cache kept in tmp_path."""
+    env = {**os.environ, "SWEEP_SFT_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, *python_flags, "-m", "sweep_sft", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """Module names from `-X importtime` lines: `import time:  self |  cumulative |   name`."""
+    lines = [line for line in importtime_stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}  # lines[0] is the header
+
+
+# -- 1. every option file composes and validates -------------------------------------------
+
+
+def test_found_the_option_files() -> None:
+    assert len(OPTION_FILES) >= 12, OPTION_FILES
+    assert any(is_global(p) for p in OPTION_FILES), "expected at least one `_global_` sweep preset"
+    assert any(mandatory_keys(p) for p in OPTION_FILES), "expected at least one option with `???` values"
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: p.relative_to(CONF).as_posix())
+def test_option_composes_and_validates(path: Path) -> None:
+    cfg = compose_option(path)
+    assert OmegaConf.missing_keys(cfg) == set()
+    assert isinstance(validate(cfg), Config)
+    # The option's own values (dummies for its `???`) are the ones that ended up in the config.
+    expected = leaves(OmegaConf.to_container(OmegaConf.load(path)), option_prefix(path))
+    expected = {k: (DUMMY if v == "???" else v) for k, v in expected.items() if not k.startswith("hydra.")}
+    assert expected, f"{path} sets nothing outside the hydra node"
+    actual = {key: plain(OmegaConf.select(cfg, key, throw_on_missing=True)) for key in expected}
+    assert actual == expected
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in OPTION_FILES if mandatory_keys(p)], ids=lambda p: p.relative_to(CONF).as_posix()
+)
+def test_option_without_its_mandatory_values_is_rejected(path: Path) -> None:
+    cfg = compose([option_override(path)])
+    first = mandatory_keys(path)[0]
+    with pytest.raises(ConfigError, match=re.escape(first.rsplit(".", 1)[1])):
+        validate(cfg)
+
+
+# -- 2. the schema rejects unknown keys and wrong types at composition -----------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("optimizer.foo=1", "foo"), ("trainer.batch_size=abc", "trainer.batch_size")],
+)
+def test_compose_rejects_bad_key_or_type(override: str, key: str) -> None:
+    with pytest.raises(Exception, match=re.escape(key)):
+        compose([override])
+
+
+@pytest.mark.parametrize(("override", "key"), [("+optimizer.foo=1", "optimizer.foo"), ("+foo=1", "foo")])
+def test_appended_unknown_key_is_rejected(override: str, key: str) -> None:
+    with pytest.raises(Exception, match=re.escape(key)):
+        validate(compose([override]))
+
+
+# -- 3. value checks name the full key --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["lr=-1"], "optimizer.lr"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["grad_accum=0"], "trainer.grad_accum"),
+        (["trainer.grad_accum=0"], "trainer.grad_accum"),
+        (["epochs=0"], "trainer.epochs"),
+        (["epochs=-1"], "trainer.epochs"),
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["scheduler.warmup_ratio=0.1", "scheduler.warmup_steps=10"], "scheduler.warmup_steps"),
+        (["data.loss_on=bogus"], "data.loss_on"),
+        (["trainer.precision=fp8"], "trainer.precision"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else v,
+)
+def test_validate_rejects_bad_value(overrides: list[str], key: str) -> None:
+    cfg = compose(overrides)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(cfg)
+
+
+# -- 4. short names and full paths agree ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "short", "full", "value"),
+    [
+        (["lr=2e-5"], "lr", "optimizer.lr", 2e-5),
+        (["optimizer.lr=3e-5"], "lr", "optimizer.lr", 3e-5),
+        (["lr=1e-4", "optimizer.lr=3e-5"], "lr", "optimizer.lr", 3e-5),
+        (["grad_accum=4"], "grad_accum", "trainer.grad_accum", 4),
+        (["trainer.grad_accum=4"], "grad_accum", "trainer.grad_accum", 4),
+        (["epochs=5"], "epochs", "trainer.epochs", 5),
+        (["trainer.epochs=5"], "epochs", "trainer.epochs", 5),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)
+def test_short_name_and_full_path_agree(overrides: list[str], short: str, full: str, value: float) -> None:
+    default = validate(compose([]))
+    assert getattr(default, short) != value, "pick a value that differs from the default"
+    config = validate(compose(overrides))
+    section, name = full.split(".")
+    assert getattr(getattr(config, section), name) == value
+    assert getattr(config, short) == value
+
+
+# -- 5. the CLI --------------------------------------------------------------------------------
+
+
+def test_cli_cfg_job_prints_config(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^optimizer:$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^  name: adamw$", proc.stdout, re.M), proc.stdout
+
+
+def test_cli_help_lists_every_group(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    groups: dict[str, list[str]] = {}
+    for path in OPTION_FILES:
+        groups.setdefault(path.parent.relative_to(CONF).as_posix(), []).append(path.stem)
+    for group, names in groups.items():
+        assert f"{group}: {', '.join(sorted(names))}" in proc.stdout, proc.stdout
+
+
+def test_cli_cfg_job_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--cfg", "job", python_flags=("-X", "importtime"))
+    assert proc.returncode == 0, proc.stderr
+    modules = imported_modules(proc.stderr)
+    assert {"hydra", "omegaconf", "sweep_sft.config"} <= modules, "importtime output not parsed"
+    heavy = sorted(m for m in modules if m.split(".")[0] in {"torch", "transformers"})
+    assert heavy == []
+
+
+def test_cli_rejects_wrong_type(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "trainer.batch_size=abc")
+    assert proc.returncode != 0
+    assert "trainer.batch_size" in proc.stdout + proc.stderr
+
+
+def test_cli_rejects_negative_lr_before_training(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "lr=-1", "tracking.enabled=false")
+    assert proc.returncode != 0
+    assert "optimizer.lr" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr  # a user error is one line, not a stack trace

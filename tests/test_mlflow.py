@@ -1,0 +1,41 @@
+"""A sweep from the command line: one MLflow parent run, a child run per trial, read back
+from the SQLite store that `make mlflow-ui` shows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_sweep_records_children_under_one_parent(tmp_path, tiny_overrides):
+    overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
+    proc = subprocess.run([sys.executable, "-m", "sweep_sft", "-m", "lr=1e-4,1e-3", "grad_accum=1,2", *overrides],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweep-sft")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep_sft.kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1 == 4
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 4
+    swept = sorted((c.data.params["optimizer.lr"], c.data.params["trainer.grad_accum"]) for c in children)
+    assert swept == [("0.0001", "1"), ("0.0001", "2"), ("0.001", "1"), ("0.001", "2")]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "lr" not in child.data.params  # short names are logged under their full path only
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert [m.step for m in history] == [1, 2, 3, 4]
+        assert {"val/loss", "general_drop", "task/exact_match/classification/topic"} <= set(child.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "dataset_stats.json"} <= artifacts
+    assert {c.data.tags["mlflow.runName"] for c in children} == {
+        "0: lr=0.0001,grad_accum=1", "1: lr=0.0001,grad_accum=2", "2: lr=0.001,grad_accum=1", "3: lr=0.001,grad_accum=2"}
