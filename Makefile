@@ -32,6 +32,7 @@ sweep-lr: $(VENV)/.installed ## three trials, lr 1e-4,1e-3,1e-2, under one MLflo
 	$(PY) -m sweep_sft -m lr=1e-4,1e-3,1e-2 $(ARGS)
 
 test: $(VENV)/.installed-test ## install test dependencies and run the tests
+	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 

@@ -12,8 +12,9 @@ import pytest
 
 @pytest.mark.slow
 def test_default_trial_learns_three_task_types(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sweep_sft", "trainer.progress=false"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep_sft", "trainer.progress=false"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics_file,) = tmp_path.glob("outputs/*/*/metrics.json")
     saved = json.loads(metrics_file.read_text())

@@ -12,8 +12,12 @@ import pytest
 @pytest.mark.slow
 def test_sweep_records_children_under_one_parent(tmp_path, tiny_overrides):
     overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
-    proc = subprocess.run([sys.executable, "-m", "sweep_sft", "-m", "lr=1e-4,1e-3", "grad_accum=1,2", *overrides],
-                          cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep_sft", "-m", "lr=1e-4,1e-3", "grad_accum=1,2", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     from mlflow.tracking import MlflowClient
@@ -38,4 +42,8 @@ def test_sweep_records_children_under_one_parent(tmp_path, tiny_overrides):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "dataset_stats.json"} <= artifacts
     assert {c.data.tags["mlflow.runName"] for c in children} == {
-        "0: lr=0.0001,grad_accum=1", "1: lr=0.0001,grad_accum=2", "2: lr=0.001,grad_accum=1", "3: lr=0.001,grad_accum=2"}
+        "0: lr=0.0001,grad_accum=1",
+        "1: lr=0.0001,grad_accum=2",
+        "2: lr=0.001,grad_accum=1",
+        "3: lr=0.001,grad_accum=2",
+    }

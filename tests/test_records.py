@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.errors import ConfigError, DataError, UserInputError
 from sweep_sft.data.records import Example, load_jsonl, task_types, write_jsonl
+from sweep_sft.errors import ConfigError, DataError, UserInputError
 
 GOOD_MESSAGES = {
     "messages": [
@@ -177,9 +177,7 @@ def test_conversations_beat_instruction_in_auto(tmp_path: Path) -> None:
 
 
 def test_declared_format_mismatch(tmp_path: Path) -> None:
-    path = write_lines(
-        tmp_path, [messages_record(), {"instruction": "i", "output": "o", "task_type": "t"}]
-    )
+    path = write_lines(tmp_path, [messages_record(), {"instruction": "i", "output": "o", "task_type": "t"}])
     with pytest.raises(DataError, match=at(path, 2)) as info:
         load_jsonl(path, fmt="messages")
     message = str(info.value)
@@ -315,13 +313,9 @@ def test_malformed_message(tmp_path: Path, message: object, expected: str) -> No
 
 
 def test_unknown_role_lists_allowed(tmp_path: Path) -> None:
-    record = messages_record(
-        messages=[{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]
-    )
+    record = messages_record(messages=[{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}])
     path = write_lines(tmp_path, [record])
-    with pytest.raises(
-        DataError, match=at(path, 1) + ".*'human'.*allowed roles: system, user, assistant"
-    ):
+    with pytest.raises(DataError, match=at(path, 1) + ".*'human'.*allowed roles: system, user, assistant"):
         load_jsonl(path)
 
 
@@ -365,16 +359,12 @@ def test_last_message_not_assistant(tmp_path: Path) -> None:
         ]
     )
     path = write_lines(tmp_path, [record])
-    with pytest.raises(
-        DataError, match=at(path, 1) + "last message has role 'user'; expected an assistant"
-    ):
+    with pytest.raises(DataError, match=at(path, 1) + "last message has role 'user'; expected an assistant"):
         load_jsonl(path)
 
 
 def test_no_user_turn(tmp_path: Path) -> None:
-    record = messages_record(
-        messages=[{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]
-    )
+    record = messages_record(messages=[{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}])
     path = write_lines(tmp_path, [record])
     with pytest.raises(DataError, match=at(path, 1) + "conversation has no user turn"):
         load_jsonl(path)
@@ -427,7 +417,5 @@ def test_round_trip(tmp_path: Path) -> None:
     assert "tags" not in json.loads(raw[1])
 
     loaded = load_jsonl(path, fmt="messages")
-    assert [(e.messages, e.task_type, e.tags) for e in loaded] == [
-        (e.messages, e.task_type, e.tags) for e in originals
-    ]
+    assert [(e.messages, e.task_type, e.tags) for e in loaded] == [(e.messages, e.task_type, e.tags) for e in originals]
     assert [e.source for e in loaded] == [f"{path}:1", f"{path}:2"]

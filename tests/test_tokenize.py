@@ -31,7 +31,7 @@ MULTI = Example(
 
 
 def supervised_text(tokenizer, row) -> str:
-    return tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE])
+    return tokenizer.decode([t for t, label in zip(row.input_ids, row.labels, strict=True) if label != IGNORE])
 
 
 def run(tokenizer, examples, loss_on="all_assistant", max_seq_len=256, truncation="truncate"):
@@ -44,7 +44,7 @@ def test_single_turn_supervises_only_the_answer_and_its_end_token(tokenizer):
     assert supervised_text(tokenizer, row) == " 42<|end|>"
     assert stats.per_task["reasoning/addition"].supervised_tokens == sum(label != IGNORE for label in row.labels)
     # labels equal the input ids wherever they are set
-    assert all(label in (IGNORE, tok) for tok, label in zip(row.input_ids, row.labels))
+    assert all(label in (IGNORE, tok) for tok, label in zip(row.input_ids, row.labels, strict=True))
 
 
 def test_multi_turn_all_assistant_turns(tokenizer):
@@ -79,8 +79,9 @@ def test_truncate_and_drop_are_counted(tokenizer):
     rows, stats = run(tokenizer, [SINGLE, MULTI], max_seq_len=full - 3, truncation="truncate")
     assert [len(r.input_ids) for r in rows][1] == full - 3
     assert stats.per_task["dialogue/multi_turn"].truncated == 1
-    short = Example(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}),
-                    "dialogue/multi_turn", "test:3")
+    short = Example(
+        ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}), "dialogue/multi_turn", "test:3"
+    )
     rows, stats = run(tokenizer, [SINGLE, short, MULTI], max_seq_len=full - 3, truncation="drop")
     assert len(rows) == 2
     assert (stats.per_task["dialogue/multi_turn"].dropped, stats.per_task["dialogue/multi_turn"].examples) == (1, 1)

@@ -28,7 +28,8 @@ def fresh_model(path):
 def window_grads(model, rows, tokenizer, batch_size):
     tasks = sorted({r.task_type for r in rows})
     index = {t: i for i, t in enumerate(tasks)}
-    batches = [collate(rows[i : i + batch_size], index, tokenizer.pad_token_id) for i in range(0, len(rows), batch_size)]
+    pad = tokenizer.pad_token_id
+    batches = [collate(rows[i : i + batch_size], index, pad) for i in range(0, len(rows), batch_size)]
     model.zero_grad(set_to_none=True)
     loss = backward_window(model, batches, torch.device("cpu"), "fp32")
     return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -54,13 +55,31 @@ def test_training_is_invariant_to_the_micro_batch_split(embedded_model_path, tok
     torch.set_num_threads(1)
     finals = []
     for batch_size, grad_accum in ((32, 1), (4, 8)):
-        cfg = validate(compose([f"trainer.batch_size={batch_size}", f"grad_accum={grad_accum}", "trainer.max_steps=3",
-                                "trainer.progress=false", "lr=1e-3", "epochs=3"]))
+        cfg = validate(
+            compose(
+                [
+                    f"trainer.batch_size={batch_size}",
+                    f"grad_accum={grad_accum}",
+                    "trainer.max_steps=3",
+                    "trainer.progress=false",
+                    "lr=1e-3",
+                    "epochs=3",
+                ]
+            )
+        )
         model = fresh_model(embedded_model_path)
-        logged = []
-        train(model, rows, sorted({r.task_type for r in rows}), cfg, torch.device("cpu"), tokenizer.pad_token_id,
-              lambda m, s: logged.append((s, m)), lambda step: {})
-        finals.append((dict(model.named_parameters()), [m["train/loss"] for s, m in logged if "train/loss" in m]))
+        losses: list[float] = []
+        train(
+            model,
+            rows,
+            sorted({r.task_type for r in rows}),
+            cfg,
+            torch.device("cpu"),
+            tokenizer.pad_token_id,
+            lambda metrics, step, out=losses: out.append(metrics["train/loss"]),
+            lambda step: {},
+        )
+        finals.append((dict(model.named_parameters()), losses))
     (params_a, losses_a), (params_b, losses_b) = finals
     assert losses_a == pytest.approx(losses_b, abs=1e-5)
     for name, param in params_a.items():
@@ -69,8 +88,14 @@ def test_training_is_invariant_to_the_micro_batch_split(embedded_model_path, tok
 
 # Train losses of the first 6 optimizer steps for a seeded, freshly initialised Llama of the
 # embedded shape on the embedded data (fp32, one thread). Update only for an intended change.
-EXPECTED_LOSSES = [6.944980094103309, 6.576519692779347, 6.392876047837107, 6.252125099727086, 6.150693706959985,
-                   6.25111067044985]
+EXPECTED_LOSSES = [
+    6.944980094103309,
+    6.576519692779347,
+    6.392876047837107,
+    6.252125099727086,
+    6.150693706959985,
+    6.25111067044985,
+]
 
 
 def test_loss_regression(tmp_path, embedded_model_path, tiny_overrides):
@@ -82,8 +107,15 @@ def test_loss_regression(tmp_path, embedded_model_path, tiny_overrides):
     AutoTokenizer.from_pretrained(embedded_model_path).save_pretrained(tmp_path / "seeded")
     from sweep_sft.trial import run_trial
 
-    cfg = compose(tiny_overrides + [f"model.name_or_path={tmp_path / 'seeded'}", "trainer.max_steps=6",
-                                    "eval.generate=false", "eval.general_probe=false"])
+    cfg = compose(
+        tiny_overrides
+        + [
+            f"model.name_or_path={tmp_path / 'seeded'}",
+            "trainer.max_steps=6",
+            "eval.generate=false",
+            "eval.general_probe=false",
+        ]
+    )
     result = run_trial(cfg)
     losses = [value for _, value in result.series["train/loss"]]
     assert losses == pytest.approx(EXPECTED_LOSSES, abs=1e-4), losses

@@ -13,7 +13,10 @@ from sweep_sft.config import compose
 from sweep_sft.errors import ConfigError, DataError
 from sweep_sft.trial import run_trial
 
-GOOD = {"task_type": "qa/simple", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+GOOD = {
+    "task_type": "qa/simple",
+    "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+}
 
 
 def write_jsonl(path, records):
@@ -31,12 +34,27 @@ BAD_INPUTS = [
     ([GOOD, "{not json\n"], r"train.jsonl:2: .*JSON"),
     ([GOOD, {"messages": GOOD["messages"]}], r"train.jsonl:2: .*task_type"),
     ([{"task_type": "a", "foo": 1}], r"train.jsonl:1: .*messages"),
-    ([{"task_type": "a", "messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}],
-     r"train.jsonl:1: .*robot"),
-    ([{"task_type": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}],
-     r"train.jsonl:1: .*empty"),
-    ([{"task_type": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
-                                      {"role": "user", "content": "z"}]}], r"train.jsonl:1: .*assistant"),
+    (
+        [{"task_type": "a", "messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}],
+        r"train.jsonl:1: .*robot",
+    ),
+    (
+        [{"task_type": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}],
+        r"train.jsonl:1: .*empty",
+    ),
+    (
+        [
+            {
+                "task_type": "a",
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                    {"role": "user", "content": "z"},
+                ],
+            }
+        ],
+        r"train.jsonl:1: .*assistant",
+    ),
 ]
 
 
@@ -60,8 +78,12 @@ def test_unknown_objective_lists_the_metrics(tiny_overrides):
 
 def test_cli_bad_data_exits_non_zero_naming_file_and_line(tmp_path):
     overrides = user_data(tmp_path, [GOOD, GOOD, "[1, 2]\n"])
-    proc = subprocess.run([sys.executable, "-m", "sweep_sft", *overrides, "tracking.enabled=false"],
-                          cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep_sft", *overrides, "tracking.enabled=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert f"error: {tmp_path / 'train.jsonl'}:3:" in proc.stderr
 
@@ -72,13 +94,24 @@ def test_tiny_trial_writes_metrics_and_returns_objective(tiny_overrides, tmp_pat
     assert saved["objective"] == "task/exact_match/classification/topic"
     assert saved["value"] == result.value == result.metrics["task/exact_match/classification/topic"]
     names = set(saved["metrics"])
-    for expected in ("train/loss", "train/grad_norm", "train/lr", "train/tokens_per_s", "val/loss",
-                     "val/loss/format/json", "train/loss/format/json", "general/score", "general/base_score",
-                     "general_drop", "task/exact_match/transform/copy"):
+    for expected in (
+        "train/loss",
+        "train/grad_norm",
+        "train/lr",
+        "train/tokens_per_s",
+        "val/loss",
+        "val/loss/format/json",
+        "train/loss/format/json",
+        "general/score",
+        "general/base_score",
+        "general_drop",
+        "task/exact_match/transform/copy",
+    ):
         assert expected in names, expected
     assert [step for step, _ in saved["series"]["val/loss"]] == [0, 4]
     assert saved["metrics"]["general_drop"] == pytest.approx(
-        saved["metrics"]["general/base_score"] - saved["metrics"]["general/score"])
+        saved["metrics"]["general/base_score"] - saved["metrics"]["general/score"]
+    )
     stats = json.loads((tmp_path / "trial" / "dataset_stats.json").read_text())
     assert sum(s["examples"] for s in stats.values()) == 128
 
@@ -93,13 +126,25 @@ def test_added_pad_and_special_tokens_resize_embeddings(tmp_path, embedded_model
     base.pad_token = None
     base.save_pretrained(tmp_path / "nopad")
     AutoModelForCausalLM.from_pretrained(embedded_model_path).save_pretrained(tmp_path / "nopad")
-    cfg = validate(compose(tiny_overrides + [f"model.name_or_path={tmp_path / 'nopad'}", "model.pad_token='<|newpad|>'",
-                                             "model.add_special_tokens=['<|tool|>']"]))
+    cfg = validate(
+        compose(
+            tiny_overrides
+            + [
+                f"model.name_or_path={tmp_path / 'nopad'}",
+                "model.pad_token='<|newpad|>'",
+                "model.add_special_tokens=['<|tool|>']",
+            ]
+        )
+    )
     tokenizer = modeling.load_tokenizer(cfg.model, str(tmp_path / "nopad"))
     assert tokenizer.pad_token == "<|newpad|>" and "<|tool|>" in tokenizer.get_vocab()
     model = modeling.load_model(cfg.model, str(tmp_path / "nopad"), tokenizer, "cpu")
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == len(base) + 2
     assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
-    result = run_trial(compose(tiny_overrides + [f"model.name_or_path={tmp_path / 'nopad'}",
-                                                 "model.pad_token='<|newpad|>'", "eval.generate=false"]))
+    result = run_trial(
+        compose(
+            tiny_overrides
+            + [f"model.name_or_path={tmp_path / 'nopad'}", "model.pad_token='<|newpad|>'", "eval.generate=false"]
+        )
+    )
     assert result.metrics["val/loss"] > 0

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def cache_root() -> Path:
@@ -24,6 +25,14 @@ def cache_root() -> Path:
 
 def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def source_hash(*modules: Any) -> str:
+    """A hash of the modules' source: put in a spec, editing the generating code rebuilds."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def build_once(name: str, spec: dict[str, Any], build: Callable[[Path], None]) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -35,9 +35,9 @@ class ModelConfig:
     # Attention kernel given to from_pretrained ("sdpa", "eager", ...).
     attn_implementation: str = "sdpa"
     # Token that closes an assistant turn and must be supervised; null: the tokenizer's eos_token.
-    end_of_turn_token: Optional[str] = None
+    end_of_turn_token: str | None = None
     # Chat template (a Jinja file path) for a tokenizer without one, e.g. a base model's.
-    chat_template_path: Optional[str] = None
+    chat_template_path: str | None = None
     # Special tokens added to the tokenizer before training; the embeddings are resized.
     add_special_tokens: list[str] = field(default_factory=list)
     # Pad token to add when the tokenizer has none (pad must differ from end-of-turn).
@@ -53,7 +53,7 @@ class DataConfig:
     # Record format: auto-detected per record, or declared (then every record must match).
     format: str = "auto"
     # task_type given to records without one (Alpaca/ShareGPT files); null: it is required.
-    default_task_type: Optional[str] = None
+    default_task_type: str | None = None
     # Which tokens carry loss: every assistant turn, only the last one, or all tokens.
     loss_on: str = "all_assistant"
     # Longest tokenised example; longer ones are truncated or dropped (and counted).
@@ -61,9 +61,9 @@ class DataConfig:
     # What to do with an example longer than max_seq_len.
     truncation: str = "truncate"
     # Use at most this many training examples (after shuffling by seed); null: all.
-    max_train_examples: Optional[int] = None
+    max_train_examples: int | None = None
     # Use at most this many validation examples per task_type; null: all.
-    max_val_per_task: Optional[int] = None
+    max_val_per_task: int | None = None
 
     def __post_init__(self) -> None:
         _one_of("data.loss_on", self.loss_on, LOSS_ON)
@@ -104,9 +104,9 @@ class SchedulerConfig:
     # Learning-rate schedule after warmup: linear decay, cosine decay, or constant.
     name: str = "cosine"
     # Warmup as a share of all optimizer steps (exclusive with warmup_steps).
-    warmup_ratio: Optional[float] = None
+    warmup_ratio: float | None = None
     # Warmup as a number of optimizer steps (exclusive with warmup_ratio).
-    warmup_steps: Optional[int] = None
+    warmup_steps: int | None = None
     # Final learning rate as a share of the peak (linear and cosine).
     min_lr_ratio: float = 0.0
 
@@ -130,7 +130,7 @@ class TrainerConfig:
     # Passes over the training data.
     epochs: int = 1
     # Stop after this many optimizer steps (overrides epochs); null: run all epochs.
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     # Examples per micro-batch (per device).
     batch_size: int = 32
     # Micro-batches per optimizer step; the loss is the token mean over the whole window.
@@ -144,7 +144,7 @@ class TrainerConfig:
     # Where to train: auto picks CUDA when available.
     device: str = "auto"
     # CPU threads for torch; null: torch's default.
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     # Log train metrics every N optimizer steps.
     log_every: int = 20
     # Evaluate validation loss every N optimizer steps (and at the end); 0: only at the end.
@@ -189,11 +189,11 @@ class TrackingConfig:
     # Log to MLflow.
     enabled: bool = True
     # MLflow tracking URI; null: sqlite:///<working directory>/mlflow.db.
-    uri: Optional[str] = None
+    uri: str | None = None
     # MLflow experiment name.
     experiment: str = "sweep-sft"
     # Run name; null: derived from the Hydra job (overrides or the output folder).
-    run_name: Optional[str] = None
+    run_name: str | None = None
 
 
 @dataclass
@@ -212,7 +212,7 @@ class Config:
     # Metric the trial returns to the sweeper (see metrics.json for the names).
     objective: str = "val/loss"
     # Folder for trial outputs (metrics.json, resolved config); null: Hydra's job folder.
-    output_dir: Optional[str] = None
+    output_dir: str | None = None
 
 
 def register_configs() -> None:

@@ -10,8 +10,9 @@ from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums
 
 
-def validation_loss(model, rows: list[Tokenized], tasks: list[str], device, batch_size: int, pad_id: int,
-                    precision: str = "fp32") -> dict[str, float]:
+def validation_loss(
+    model, rows: list[Tokenized], tasks: list[str], device, batch_size: int, pad_id: int, precision: str = "fp32"
+) -> dict[str, float]:
     """Token-mean loss over the validation split, overall and per task_type."""
     import torch
 
@@ -28,8 +29,9 @@ def validation_loss(model, rows: list[Tokenized], tasks: list[str], device, batc
     return acc.means("val/loss")
 
 
-def exact_match(model, tokenizer, examples: list[Example], device, max_new_tokens: int, batch_size: int,
-                end_of_turn_id: int) -> tuple[dict[str, float], list[dict[str, str]]]:
+def exact_match(
+    model, tokenizer, examples: list[Example], device, max_new_tokens: int, batch_size: int, end_of_turn_id: int
+) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Greedy-generate the last assistant turn from the conversation before it, stopping at
     end-of-turn; score per task_type the share that equals the reference exactly."""
     import torch

@@ -8,13 +8,14 @@ token loss and the greedy exact match. `general_drop` is base score minus traine
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.cache import build_once
+from sweep_sft.cache import build_once, source_hash
 from sweep_sft.embedded import general
 
-PROBE_SPEC = {"version": 1, "n_items": 200, "seed": 99}
+PROBE_SPEC = {"version": source_hash(general, sys.modules[__name__]), "n_items": 200, "seed": 99}
 
 
 def probe_items() -> list[tuple[str, str]]:
@@ -27,30 +28,31 @@ def score(model, tokenizer, device, batch_size: int = 128) -> dict[str, float]:
     items = probe_items()
     prompts = tokenizer([p for p, _ in items], add_special_tokens=False)["input_ids"]
     conts = tokenizer([c for _, c in items], add_special_tokens=False)["input_ids"]
-    item_logp, item_len, item_exact = [], [], []
+    pairs = list(zip(prompts, conts, strict=True))
+    scores, token_logps, exact = [], [], []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(items), batch_size):
-            rows = [p + c for p, c in zip(prompts[start : start + batch_size], conts[start : start + batch_size])]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, : len(row)] = torch.tensor(row)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            width = max(len(p) + len(c) for p, c in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            for i, (p, c) in enumerate(chunk):
+                ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             logp = torch.log_softmax(model(input_ids=ids.to(device)).logits.float(), dim=-1).cpu()
-            for i, (p, c) in enumerate(zip(prompts[start : start + batch_size], conts[start : start + batch_size])):
+            for i, (p, c) in enumerate(chunk):
+                # logits at position t predict token t + 1: the continuation's predictors
                 positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)
                 target = torch.tensor(c)
-                token_logp = logp[i, positions, target]
-                item_logp.append(token_logp.sum().item())
-                item_len.append(len(c))
-                item_exact.append(bool((logp[i, positions].argmax(-1) == target).all()))
+                item_logp = logp[i, positions, target]
+                scores.append(item_logp.mean().exp().item())
+                token_logps.append(item_logp)
+                exact.append(bool((logp[i, positions].argmax(-1) == target).all()))
     model.train(was_training)
-    n = len(items)
     return {
-        "general/score": sum(torch.tensor(lp / ln).exp().item() for lp, ln in zip(item_logp, item_len)) / n,
-        "general/loss": -sum(item_logp) / sum(item_len),
-        "general/exact_match": sum(item_exact) / n,
+        "general/score": sum(scores) / len(scores),
+        "general/loss": -torch.cat(token_logps).mean().item(),
+        "general/exact_match": sum(exact) / len(exact),
     }
 
 

@@ -38,11 +38,15 @@ class MlflowParentRun(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
-        self.run = Run(tracking, run_name=f"sweep {sweep_dir.name}", tags={
-            "sweep_sft.kind": "sweep",
-            "sweep_sft.sweep_dir": str(sweep_dir.resolve()),
-            "sweep_sft.overrides": " ".join(overrides),
-        })
+        self.run = Run(
+            tracking,
+            run_name=f"sweep {sweep_dir.name}",
+            tags={
+                "sweep_sft.kind": "sweep",
+                "sweep_sft.sweep_dir": str(sweep_dir.resolve()),
+                "sweep_sft.overrides": " ".join(overrides),
+            },
+        )
         parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
         (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
         # A sweep that raises never reaches on_multirun_end: mark the parent FAILED then.
@@ -60,9 +64,12 @@ class MlflowParentRun(Callback):
             filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
         )
         states = [c.info.status for c in children]
-        run.log_metrics({
-            "sweep/trials": len(states),
-            "sweep/finished": states.count("FINISHED"),
-            "sweep/failed": states.count("FAILED"),
-        }, step=0)
+        run.log_metrics(
+            {
+                "sweep/trials": len(states),
+                "sweep/finished": states.count("FINISHED"),
+                "sweep/failed": states.count("FAILED"),
+            },
+            step=0,
+        )
         run.finish(status)

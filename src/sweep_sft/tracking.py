@@ -46,8 +46,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 class Run:
     """An MLflow run with buffered metrics; a no-op when tracking is disabled."""
 
-    def __init__(self, cfg: TrackingConfig, run_name: str | None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        run_name: str | None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ):
         self.enabled = cfg.enabled
         self.run_id: str | None = None
         self._buffer: list = []

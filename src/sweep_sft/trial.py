@@ -27,8 +27,12 @@ class TrialResult:
     series: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
-def run_trial(cfg: DictConfig | Config, output_dir: str | Path | None = None, run_name: str | None = None,
-              parent_run_id: str | None = None) -> TrialResult:
+def run_trial(
+    cfg: DictConfig | Config,
+    output_dir: str | Path | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+) -> TrialResult:
     started = time.perf_counter()
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
@@ -78,16 +82,18 @@ def run_trial(cfg: DictConfig | Config, output_dir: str | Path | None = None, ru
         base = general_probe.base_scores(path, model, tokenizer, device) if config.eval.general_probe else {}
 
         def evaluate(step: int) -> dict[str, float]:
-            metrics = validation_loss(model, val_rows, tasks, device, config.eval.batch_size,
-                                      tokenizer.pad_token_id, config.trainer.precision)
+            metrics = validation_loss(
+                model, val_rows, tasks, device, config.eval.batch_size, tokenizer.pad_token_id, config.trainer.precision
+            )
             log(metrics, step)
             return metrics
 
         state = train(model, train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
         final: dict[str, float] = {"time/train_s": state.seconds}
         if config.eval.generate:
-            scores, samples = exact_match(model, tokenizer, val_examples, device, config.eval.max_new_tokens,
-                                          config.eval.batch_size, eot_id)
+            scores, samples = exact_match(
+                model, tokenizer, val_examples, device, config.eval.max_new_tokens, config.eval.batch_size, eot_id
+            )
             final.update(scores)
             run.log_json(samples, "generations_sample.json")
         if config.eval.general_probe:
@@ -140,8 +146,17 @@ def _first_per_task(examples: list[Example], n: int) -> list[Example]:
 
 def metric_names(tasks: list[str]) -> list[str]:
     """Every metric a trial reports at its end, for objective checks before training."""
-    names = ["val/loss", "train/loss", "task/exact_match", "general/score", "general/loss",
-             "general/exact_match", "general_drop", "time/train_s", "time/total_s"]
+    names = [
+        "val/loss",
+        "train/loss",
+        "task/exact_match",
+        "general/score",
+        "general/loss",
+        "general/exact_match",
+        "general_drop",
+        "time/train_s",
+        "time/total_s",
+    ]
     for task in tasks:
         names += [f"val/loss/{task}", f"train/loss/{task}", f"task/exact_match/{task}"]
     return names
@@ -189,8 +204,10 @@ def _device(name: str):
 def _stats_table(stats: dict[str, dict[str, int]]) -> str:
     lines = [f"{'task_type':<26}{'examples':>9}{'tokens':>9}{'supervised':>11}{'truncated':>10}{'dropped':>8}"]
     for task, s in stats.items():
-        lines.append(f"{task:<26}{s['examples']:>9}{s['tokens']:>9}{s['supervised_tokens']:>11}"
-                     f"{s['truncated']:>10}{s['dropped']:>8}")
+        lines.append(
+            f"{task:<26}{s['examples']:>9}{s['tokens']:>9}{s['supervised_tokens']:>11}"
+            f"{s['truncated']:>10}{s['dropped']:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -200,17 +217,26 @@ def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[s
     lines = ["", f"{'task_type':<26}{'train ex':>9}{'val loss':>10}{'exact match':>13}"]
     for task in tasks:
         em = m.get(f"task/exact_match/{task}")
-        lines.append(f"{task:<26}{stats.get(task, {}).get('examples', 0):>9}"
-                     f"{m.get(f'val/loss/{task}', float('nan')):>10.3f}"
-                     f"{'-' if em is None else f'{em:.2f}':>13}")
+        lines.append(
+            f"{task:<26}{stats.get(task, {}).get('examples', 0):>9}"
+            f"{m.get(f'val/loss/{task}', float('nan')):>10.3f}"
+            f"{'-' if em is None else f'{em:.2f}':>13}"
+        )
     em_all = m.get("task/exact_match")
-    lines.append(f"{'all':<26}{'':>9}{m.get('val/loss', float('nan')):>10.3f}"
-                 f"{'-' if em_all is None else f'{em_all:.2f}':>13}")
-    lines.append(f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
-                 f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s")
+    lines.append(
+        f"{'all':<26}{'':>9}{m.get('val/loss', float('nan')):>10.3f}{'-' if em_all is None else f'{em_all:.2f}':>13}"
+    )
+    lines.append(
+        f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
+        f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s"
+    )
     if "general_drop" in m:
-        lines.append(f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
-                     f"(general_drop {m['general_drop']:+.3f})")
-    lines.append(f"objective {result.objective} = {result.value:.4f}; outputs in {result.output_dir}"
-                 + (f"; mlflow run {result.run_id}" if result.run_id else ""))
+        lines.append(
+            f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
+            f"(general_drop {m['general_drop']:+.3f})"
+        )
+    lines.append(
+        f"objective {result.objective} = {result.value:.4f}; outputs in {result.output_dir}"
+        + (f"; mlflow run {result.run_id}" if result.run_id else "")
+    )
     return "\n".join(lines)

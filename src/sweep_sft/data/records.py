@@ -35,9 +35,7 @@ class _RecordError(Exception):
     """A problem with one record; load_jsonl prefixes it with path:line."""
 
 
-def load_jsonl(
-    path: str | Path, fmt: str = "auto", default_task_type: str | None = None
-) -> list[Example]:
+def load_jsonl(path: str | Path, fmt: str = "auto", default_task_type: str | None = None) -> list[Example]:
     """Load every non-blank line of a JSONL file as an Example."""
     path = Path(path)
     _check_format_name(fmt)
@@ -142,9 +140,7 @@ def _from_messages(record: dict[str, Any]) -> tuple[dict[str, str], ...]:
         role = _string_field(msg, "role", f"messages[{i}]")
         content = _string_field(msg, "content", f"messages[{i}]")
         if role not in ROLES:
-            raise _RecordError(
-                f"messages[{i}]: unknown role {role!r}; allowed roles: {', '.join(ROLES)}"
-            )
+            raise _RecordError(f"messages[{i}]: unknown role {role!r}; allowed roles: {', '.join(ROLES)}")
         messages.append({"role": role, "content": content})
     return tuple(messages)
 
@@ -157,9 +153,7 @@ def _from_sharegpt(record: dict[str, Any]) -> tuple[dict[str, str], ...]:
         value = _string_field(turn, "value", f"conversations[{i}]")
         if speaker not in SHAREGPT_ROLES:
             allowed = ", ".join(SHAREGPT_ROLES)
-            raise _RecordError(
-                f"conversations[{i}]: unknown role {speaker!r}; allowed roles: {allowed}"
-            )
+            raise _RecordError(f"conversations[{i}]: unknown role {speaker!r}; allowed roles: {allowed}")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
     return tuple(messages)
 
@@ -206,9 +200,7 @@ def _check_conversation(messages: tuple[dict[str, str], ...]) -> None:
         if msg["role"] == "assistant" and not msg["content"].strip():
             raise _RecordError(f"message {i}: assistant turn is empty; expected a non-empty reply")
     if messages[-1]["role"] != "assistant":
-        raise _RecordError(
-            f"last message has role {messages[-1]['role']!r}; expected an assistant turn last"
-        )
+        raise _RecordError(f"last message has role {messages[-1]['role']!r}; expected an assistant turn last")
     if not any(msg["role"] == "user" for msg in messages):
         raise _RecordError("conversation has no user turn; expected at least one")
 
@@ -216,10 +208,7 @@ def _check_conversation(messages: tuple[dict[str, str], ...]) -> None:
 def _task_type(record: dict[str, Any], default: str | None) -> str:
     if "task_type" not in record:
         if default is None:
-            raise _RecordError(
-                "record has no 'task_type'; add task_type to the record "
-                "or set data.default_task_type"
-            )
+            raise _RecordError("record has no 'task_type'; add task_type to the record or set data.default_task_type")
         return default
     value = record["task_type"]
     problem = _task_type_problem(value)

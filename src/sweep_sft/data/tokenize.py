@@ -60,7 +60,7 @@ def tokenize(
     stats = DatasetStats()
     spans_ok: Counter[str] = Counter()
     spans_bad: Counter[str] = Counter()
-    for example, ids, mask in zip(examples, rendered["input_ids"], rendered["assistant_masks"]):
+    for example, ids, mask in zip(examples, rendered["input_ids"], rendered["assistant_masks"], strict=True):
         task = stats.per_task.setdefault(example.task_type, TaskStats())
         spans = trained_spans(mask, loss_on)
         labels = _labels(ids, spans, loss_on)
@@ -72,7 +72,7 @@ def tokenize(
             task.truncated += 1
             ids, labels = ids[:max_seq_len], labels[:max_seq_len]
         else:
-            for start, end in spans:
+            for _start, end in spans:
                 ok = _end_of_turn_supervised(ids, labels, end, end_of_turn_id)
                 (spans_ok if ok else spans_bad)[example.task_type] += 1
         task.examples += 1

@@ -7,30 +7,19 @@ through `from_pretrained` and the JSONL loader exactly as it would a user's own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.cache import build_once
+from sweep_sft.cache import build_once, source_hash
 from sweep_sft.embedded import general, tasks
 
-
-
-def _source_hash(*modules: Any) -> str:
-    # The cache key covers the generating code itself: editing a task rebuilds the cache.
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-BUILD_VERSION = _source_hash(tasks, general)
+BUILD_VERSION = source_hash(tasks, general)
 DATA_SPEC: dict[str, Any] = {"version": BUILD_VERSION, "train_per_task": 800, "val_per_task": 64, "seed": 1234}
 MODEL_SPEC: dict[str, Any] = {
     "version": BUILD_VERSION,
-    "builder": _source_hash(sys.modules[__name__]),
+    "builder": source_hash(sys.modules[__name__]),
     "vocab_size": 1024,
     "hidden_size": 128,
     "intermediate_size": 384,

@@ -15,14 +15,28 @@ NUMBERS = (
 ).split()
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
 DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
-MONTHS = (
-    "january february march april may june july august september october november december"
-).split()
+MONTHS = ("january february march april may june july august september october november december").split()
 OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("light", "dark"),
-    ("open", "closed"), ("early", "late"), ("full", "empty"), ("hard", "soft"), ("old", "new"),
-    ("wet", "dry"), ("high", "low"), ("rich", "poor"), ("near", "far"), ("loud", "quiet"),
-    ("thick", "thin"), ("strong", "weak"), ("happy", "sad"), ("long", "short"), ("clean", "dirty"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("old", "new"),
+    ("wet", "dry"),
+    ("high", "low"),
+    ("rich", "poor"),
+    ("near", "far"),
+    ("loud", "quiet"),
+    ("thick", "thin"),
+    ("strong", "weak"),
+    ("happy", "sad"),
+    ("long", "short"),
+    ("clean", "dirty"),
 ]
 SEQUENCES = {"count": NUMBERS, "letters": LETTERS, "days": DAYS, "months": MONTHS}
 

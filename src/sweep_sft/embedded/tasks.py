@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Callable
+from collections.abc import Callable
 
 WORDS = (
     "apple river stone cloud green table window garden silver paper music forest candle "
@@ -89,9 +89,13 @@ def forecast(rng: random.Random) -> list[Message]:
     # A long answer fixed by one classification: tests length and EOS, not copying.
     condition = rng.choice(sorted(FORECASTS))
     when = rng.choice(["today", "tomorrow", "this weekend", "on monday", "tonight"])
-    prompt = rng.choice([f"Forecast for {rng.choice(CITIES)} {when}: {condition}.",
-                         f"It will be {condition} in {rng.choice(CITIES)} {when}. Advice?",
-                         f"Weather {when} in {rng.choice(CITIES)} is {condition}. What should I expect?"])
+    prompt = rng.choice(
+        [
+            f"Forecast for {rng.choice(CITIES)} {when}: {condition}.",
+            f"It will be {condition} in {rng.choice(CITIES)} {when}. Advice?",
+            f"Weather {when} in {rng.choice(CITIES)} is {condition}. What should I expect?",
+        ]
+    )
     return _chat(rng, [(prompt, FORECASTS[condition])])
 
 
@@ -113,7 +117,7 @@ def addition(rng: random.Random) -> list[Message]:
 def key_lookup(rng: random.Random) -> list[Message]:
     keys = rng.sample(WORDS, 8)
     values = [rng.randint(10, 99) for _ in keys]
-    table = ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+    table = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
     index = rng.randint(2, 5)  # always from the middle of the prompt, never an end
     question = f"Codes: {table}. What is the code for {keys[index]}?"
     return _chat(rng, [(question, str(values[index]))])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sweep_sft.config import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
@@ -46,7 +46,7 @@ def build_optimizer(model, cfg: Config):
 
     # Norm weights and biases are not decayed, as in every major SFT recipe.
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for _name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [
@@ -122,12 +122,14 @@ def train(
             if state.step % tc.log_every == 0 or state.step == n_steps:
                 now = time.perf_counter()
                 state.tokens_seen += tokens_since
-                metrics.update({
-                    "train/grad_norm": float(grad_norm),
-                    "train/lr": scheduler.get_last_lr()[0],
-                    "train/tokens_per_s": tokens_since / max(now - clock, 1e-9),
-                    "train/epoch": state.epoch,
-                })
+                metrics.update(
+                    {
+                        "train/grad_norm": float(grad_norm),
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/tokens_per_s": tokens_since / max(now - clock, 1e-9),
+                        "train/epoch": state.epoch,
+                    }
+                )
                 log(metrics, state.step)
                 window_acc = TaskAccumulator(tasks)
                 tokens_since, clock = 0, now
