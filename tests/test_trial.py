@@ -148,3 +148,9 @@ def test_added_pad_and_special_tokens_resize_embeddings(tmp_path, embedded_model
         )
     )
     assert result.metrics["val/loss"] > 0
+
+
+def test_bf16_autocast_trains(tiny_overrides):
+    result = run_trial(compose(tiny_overrides + ["trainer.precision=bf16", "eval.generate=false"]))
+    losses = [value for _, value in result.series["train/loss"]]
+    assert len(losses) == 4 and all(0 < value < 20 for value in losses)
