@@ -17,6 +17,8 @@ from sweep_sft.errors import ConfigError
 
 LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
 TRUNCATION = ("truncate", "drop")
+PACKING = ("none", "packed")
+LOSS_NORMS = ("token", "sequence", "task_balanced", "sum")
 FORMATS = ("auto", "messages", "alpaca", "sharegpt")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -60,6 +62,9 @@ class DataConfig:
     max_seq_len: int = 256
     # What to do with an example longer than max_seq_len.
     truncation: str = "truncate"
+    # none: one example per padded row; packed: each micro-batch's examples bin-packed into rows
+    # of max_seq_len, position ids restarting and no attention across examples.
+    packing: str = "none"
     # Use at most this many training examples (after shuffling by seed); null: all.
     max_train_examples: int | None = None
     # Use at most this many validation examples per task_type; null: all.
@@ -69,6 +74,7 @@ class DataConfig:
         _one_of("data.loss_on", self.loss_on, LOSS_ON)
         _one_of("data.truncation", self.truncation, TRUNCATION)
         _one_of("data.format", self.format, FORMATS)
+        _one_of("data.packing", self.packing, PACKING)
         _at_least("data.max_seq_len", self.max_seq_len, 8)
         if self.max_train_examples is not None:
             _at_least("data.max_train_examples", self.max_train_examples, 1)
@@ -137,6 +143,9 @@ class TrainerConfig:
     grad_accum: int = 1
     # Clip the global gradient norm to this value; 0 disables clipping.
     grad_clip: float = 1.0
+    # How one optimizer step's token losses are averaged: token (every supervised token alike),
+    # sequence (every example alike), task_balanced (every task_type alike) or sum.
+    loss_norm: str = "token"
     # Seed for model init of new rows, data order and sampling.
     seed: int = 0
     # Parameter/compute precision: fp32, or bf16 autocast.
@@ -165,6 +174,7 @@ class TrainerConfig:
         if self.grad_clip < 0:
             raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
         _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.loss_norm", self.loss_norm, LOSS_NORMS)
         _one_of("trainer.device", self.device, DEVICES)
 
 

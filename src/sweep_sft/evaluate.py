@@ -25,7 +25,7 @@ def validation_loss(
         for start in range(0, len(order), batch_size):
             batch = collate([rows[i] for i in order[start : start + batch_size]], task_index, pad_id)
             sums, counts = example_loss_sums(model, batch, device, precision)
-            acc.add(batch.task_ids, sums, counts)
+            acc.add(batch.example_tasks, sums, counts)
     return acc.means("val/loss")
 
 

@@ -1,4 +1,11 @@
-"""Micro-batches and accumulation windows, in a data order fixed by the seed."""
+"""Micro-batches and accumulation windows, in a data order fixed by the seed.
+
+A micro-batch is always the same `batch_size` examples, whether they are padded one per
+row (`packing=none`) or bin-packed best-fit-decreasing into rows of `max_seq_len`
+(`packing=packed`): packing changes how the examples are laid out, never which examples an
+optimizer step sees. In a packed row every example keeps its own position ids (restarting
+at 0) and a block-diagonal causal mask stops any token attending across examples.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +17,86 @@ from sweep_sft.data.tokenize import IGNORE, Tokenized
 @dataclass
 class Batch:
     input_ids: "torch.Tensor"  # noqa: F821  (B, T), right-padded
-    labels: "torch.Tensor"  # noqa: F821  (B, T), IGNORE on padding and unsupervised tokens
-    task_ids: "torch.Tensor"  # noqa: F821  (B,), index into the task_type list
-    n_tokens: int  # real (non-padding) tokens, for throughput
+    labels: "torch.Tensor"  # noqa: F821  (B, T), IGNORE on padding, unsupervised tokens, example starts
+    segments: "torch.Tensor"  # noqa: F821  (B, T), index of the example each token belongs to, -1 on padding
+    example_tasks: "torch.Tensor"  # noqa: F821  (E,), task index of each example
+    position_ids: "torch.Tensor | None" = None  # noqa: F821  (B, T), restarting per example; None: 0..T-1
+    attention_mask: "torch.Tensor | None" = None  # noqa: F821  (B, 1, T, T) block-diagonal causal; None: causal
+    n_tokens: int = 0  # real (non-padding) tokens
+
+    @property
+    def n_computed(self) -> int:
+        return self.input_ids.numel()
+
+    def example_counts(self):
+        """Supervised (target) tokens of each example: labels are shifted by one in the loss."""
+        import torch
+
+        targets = self.labels[:, 1:] != IGNORE
+        return torch.bincount(self.segments[:, 1:][targets], minlength=len(self.example_tasks))
 
     @property
     def n_supervised(self) -> int:
-        # Labels are shifted by one inside the loss, so the first position never counts.
         return int((self.labels[:, 1:] != IGNORE).sum())
 
 
-def collate(rows: list[Tokenized], task_index: dict[str, int], pad_id: int) -> Batch:
+def collate(
+    rows: list[Tokenized],
+    task_index: dict[str, int],
+    pad_id: int,
+    packing: str = "none",
+    max_seq_len: int | None = None,
+) -> Batch:
     import torch
 
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        labels[i, : len(row.labels)] = torch.tensor(row.labels)
+    layout = (
+        pack_rows([len(r.input_ids) for r in rows], max_seq_len)
+        if packing == "packed"
+        else [[i] for i in range(len(rows))]
+    )
+    width = max(sum(len(rows[i].input_ids) for i in line) for line in layout)
+    shape = (len(layout), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    for b, line in enumerate(layout):
+        start = 0
+        for i in line:
+            row, end = rows[i], start + len(rows[i].input_ids)
+            ids[b, start:end] = torch.tensor(row.input_ids)
+            labels[b, start:end] = torch.tensor(row.labels)
+            labels[b, start] = IGNORE  # never predicted from the previous example's last token
+            segments[b, start:end] = i
+            positions[b, start:end] = torch.arange(end - start)
+            start = end
     tasks = torch.tensor([task_index[r.task_type] for r in rows])
-    return Batch(ids, labels, tasks, sum(len(r.input_ids) for r in rows))
+    n_tokens = sum(len(r.input_ids) for r in rows)
+    if packing != "packed":
+        # One example per row, right-padded: causal attention alone keeps padding out of view.
+        return Batch(ids, labels, segments, tasks, n_tokens=n_tokens)
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
+    return Batch(ids, labels, segments, tasks, positions, mask[:, None], n_tokens)
+
+
+def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
+    """Best-fit decreasing: each example, longest first, goes into the fullest row it fits."""
+    if capacity is None:
+        raise ValueError("packing needs max_seq_len")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        fits = [b for b in range(len(bins)) if free[b] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda b: free[b])
+            bins[best].append(i)
+            free[best] -= lengths[i]
+        else:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+    return bins
 
 
 def epoch_windows(n_examples: int, batch_size: int, grad_accum: int, seed: int, epoch: int) -> list[list[list[int]]]:

@@ -17,7 +17,7 @@ from sweep_sft.config import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
-from sweep_sft.train.loss import TaskAccumulator, example_loss_sums
+from sweep_sft.train.loss import TaskAccumulator, example_loss_sums, example_weights
 from sweep_sft.train.schedule import lr_factor
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -56,21 +56,33 @@ def build_optimizer(model, cfg: Config):
     return torch.optim.AdamW(groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
 
 
-def backward_window(model, batches: list[Batch], device, precision: str, acc: TaskAccumulator | None = None) -> float:
-    """Accumulate the gradient of one optimizer step: the mean token loss of the window.
+def backward_window(
+    model,
+    batches: list[Batch],
+    device,
+    precision: str,
+    acc: TaskAccumulator | None = None,
+    loss_norm: str = "token",
+    n_tasks: int | None = None,
+) -> float:
+    """Accumulate the gradient of one optimizer step and return its loss.
 
-    Each micro-batch's loss sum is divided by the supervised tokens of the whole window, so
-    how the window is split into micro-batches changes neither the loss nor the gradient.
+    Every example's weight is fixed by the whole window before any backward (see
+    train/loss.py), so how the window is split into micro-batches changes neither the loss
+    nor the gradient.
     """
-    n_supervised = max(sum(b.n_supervised for b in batches), 1)
+    if n_tasks is None:
+        n_tasks = int(max(int(b.example_tasks.max()) for b in batches)) + 1
+    weights = example_weights(batches, loss_norm, n_tasks)
     total = 0.0
-    for batch in batches:
+    for batch, weight in zip(batches, weights, strict=True):
         sums, counts = example_loss_sums(model, batch, device, precision)
-        (sums.sum() / n_supervised).backward()
-        total += float(sums.sum().detach())
+        loss = (sums * weight.to(sums.device, sums.dtype)).sum()
+        loss.backward()
+        total += float(loss.detach())
         if acc is not None:
-            acc.add(batch.task_ids, sums, counts)
-    return total / n_supervised
+            acc.add(batch.example_tasks, sums, counts, weight)
+    return total
 
 
 def train(
@@ -93,7 +105,7 @@ def train(
     task_index = {t: i for i, t in enumerate(tasks)}
     state = TrainState()
     window_acc = TaskAccumulator(tasks)
-    tokens_since, clock = 0, time.perf_counter()
+    tokens_since, computed_since, supervised_since, clock = 0, 0, 0, time.perf_counter()
     started = clock
     progress = _progress_bar(n_steps, tc.progress)
     evaluate(0)
@@ -102,9 +114,14 @@ def train(
     while state.step < n_steps:
         windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum, tc.seed, epoch)
         for i, window in enumerate(windows):
-            batches = [collate([rows[j] for j in micro], task_index, pad_id) for micro in window]
-            backward_window(model, batches, device, tc.precision, window_acc)
+            batches = [
+                collate([rows[j] for j in micro], task_index, pad_id, cfg.data.packing, cfg.data.max_seq_len)
+                for micro in window
+            ]
+            backward_window(model, batches, device, tc.precision, window_acc, tc.loss_norm, len(tasks))
             tokens_since += sum(b.n_tokens for b in batches)
+            computed_since += sum(b.n_computed for b in batches)
+            supervised_since += sum(b.n_supervised for b in batches)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
             optimizer.step()
             scheduler.step()
@@ -122,17 +139,22 @@ def train(
             if state.step % tc.log_every == 0 or state.step == n_steps:
                 now = time.perf_counter()
                 state.tokens_seen += tokens_since
+                elapsed = max(now - clock, 1e-9)
+                metrics.update(window_acc.weight_shares("train/loss_weight_share"))
                 metrics.update(
                     {
                         "train/grad_norm": float(grad_norm),
                         "train/lr": scheduler.get_last_lr()[0],
-                        "train/tokens_per_s": tokens_since / max(now - clock, 1e-9),
+                        "train/tokens_per_s": tokens_since / elapsed,
+                        "train/supervised_tokens_per_s": supervised_since / elapsed,
+                        "train/packing_efficiency": supervised_since / max(computed_since, 1),
+                        "train/padding_fraction": 1 - tokens_since / max(computed_since, 1),
                         "train/epoch": state.epoch,
                     }
                 )
                 log(metrics, state.step)
                 window_acc = TaskAccumulator(tasks)
-                tokens_since, clock = 0, now
+                tokens_since, computed_since, supervised_since, clock = 0, 0, 0, now
             if tc.eval_every and state.step % tc.eval_every == 0 and state.step < n_steps:
                 eval_started = time.perf_counter()
                 evaluate(state.step)

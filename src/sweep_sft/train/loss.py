@@ -1,33 +1,72 @@
-"""Token losses per example, so any normalisation and any per-task_type split is exact."""
+"""Token losses per example, and how they are weighted into one optimizer step's loss.
+
+`trainer.loss_norm` (window = all micro-batches of one optimizer step; N = supervised
+tokens in it, E = examples with a supervised token, T = task_types present, N_t = tokens
+of task_type t, c_e and s_e = tokens and loss sum of example e):
+- token:         sum_e s_e / N                 every supervised token weighs the same (default)
+- sequence:      (1/E) sum_e s_e / c_e         every example weighs the same, as unpacked
+                                                per-example-mean training does
+- task_balanced: (1/T) sum_t (sum_{e in t} s_e) / N_t
+                                                every task_type present weighs the same
+- sum:           sum_e s_e                     no normalisation
+Each is a sum of per-example terms with weights fixed by the whole window, so how the
+window's examples are split into micro-batches (or packed into rows) changes nothing.
+"""
 
 from __future__ import annotations
 
+from sweep_sft.config import LOSS_NORMS
 from sweep_sft.data.batches import Batch
 from sweep_sft.data.tokenize import IGNORE
 
 
 def example_loss_sums(model, batch: Batch, device, precision: str = "fp32"):
-    """(sum of token losses, number of supervised tokens) for each example of the batch.
-
-    No attention mask: with right padding and causal attention, real tokens never see the
-    padding after them, and the mask-free path is the fast one.
-    """
+    """(loss sum, supervised token count) of each example of the batch, shape (E,)."""
     import torch
     import torch.nn.functional as F
 
-    ids = batch.input_ids.to(device)
+    kwargs = {}
+    if batch.attention_mask is not None:
+        kwargs = {"attention_mask": batch.attention_mask.to(device), "position_ids": batch.position_ids.to(device)}
     targets = batch.labels[:, 1:].to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = model(input_ids=ids).logits[:, :-1]
+        logits = model(input_ids=batch.input_ids.to(device), **kwargs).logits[:, :-1]
     token_loss = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view(targets.shape)
     mask = targets != IGNORE
-    return (token_loss * mask).sum(dim=1), mask.sum(dim=1)
+    owner = batch.segments[:, 1:].to(device)[mask]
+    n = len(batch.example_tasks)
+    sums = torch.zeros(n, device=device, dtype=token_loss.dtype).index_add(0, owner, token_loss[mask])
+    counts = torch.bincount(owner, minlength=n)
+    return sums, counts
+
+
+def example_weights(batches: list[Batch], loss_norm: str, n_tasks: int) -> list:
+    """The weight of each example's loss sum in the window's loss, one tensor per batch."""
+    import torch
+
+    counts = [b.example_counts().double() for b in batches]
+    tasks = [b.example_tasks for b in batches]
+    if loss_norm == "token":
+        total = max(sum(float(c.sum()) for c in counts), 1.0)
+        return [torch.full_like(c, 1.0 / total) for c in counts]
+    if loss_norm == "sequence":
+        n_examples = max(sum(int((c > 0).sum()) for c in counts), 1)
+        return [torch.where(c > 0, 1.0 / (n_examples * c.clamp(min=1)), 0.0) for c in counts]
+    if loss_norm == "task_balanced":
+        per_task = torch.zeros(n_tasks, dtype=torch.float64)
+        for c, t in zip(counts, tasks, strict=True):
+            per_task.index_add_(0, t, c)
+        present = max(int((per_task > 0).sum()), 1)
+        return [1.0 / (present * per_task[t].clamp(min=1)) for t in tasks]
+    if loss_norm == "sum":
+        return [torch.ones_like(c) for c in counts]
+    raise ValueError(f"trainer.loss_norm must be one of {', '.join(LOSS_NORMS)}; got {loss_norm!r}")
 
 
 class TaskAccumulator:
-    """Running loss sums and token counts per task_type (and overall)."""
+    """Running loss sums, token counts and loss weight per task_type (and overall)."""
 
     def __init__(self, tasks: list[str]):
         import torch
@@ -35,10 +74,13 @@ class TaskAccumulator:
         self.tasks = tasks
         self.sums = torch.zeros(len(tasks), dtype=torch.float64)
         self.counts = torch.zeros(len(tasks), dtype=torch.float64)
+        self.weight = torch.zeros(len(tasks), dtype=torch.float64)
 
-    def add(self, task_ids, sums, counts) -> None:
+    def add(self, task_ids, sums, counts, weights=None) -> None:
         self.sums.index_add_(0, task_ids, sums.detach().double().cpu())
         self.counts.index_add_(0, task_ids, counts.double().cpu())
+        if weights is not None:
+            self.weight.index_add_(0, task_ids, (weights * counts.double().cpu()))
 
     def means(self, prefix: str) -> dict[str, float]:
         out = {prefix: float(self.sums.sum() / self.counts.sum().clamp(min=1))}
@@ -46,3 +88,12 @@ class TaskAccumulator:
             if self.counts[i] > 0:
                 out[f"{prefix}/{task}"] = float(self.sums[i] / self.counts[i])
         return out
+
+    def weight_shares(self, prefix: str) -> dict[str, float]:
+        """Each task_type's share of the total loss weight: how much of every gradient step it drives."""
+        total = float(self.weight.sum())
+        if total <= 0:
+            return {}
+        return {
+            f"{prefix}/{task}": float(self.weight[i] / total) for i, task in enumerate(self.tasks) if self.counts[i] > 0
+        }
