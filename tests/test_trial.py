@@ -27,7 +27,7 @@ def write_jsonl(path, records):
 def user_data(tmp_path, records):
     train = write_jsonl(tmp_path / "train.jsonl", records)
     val = write_jsonl(tmp_path / "val.jsonl", [GOOD])
-    return ["data=jsonl", f"data.train_path={train}", f"data.val_path={val}"]
+    return ["data=jsonl", f"data.mix.sources.files.train={train}", f"data.mix.sources.files.val={val}"]
 
 
 BAD_INPUTS = [
@@ -66,7 +66,11 @@ def test_bad_data_fails_before_training(tmp_path, tiny_overrides, records, messa
 
 
 def test_missing_data_file(tmp_path, tiny_overrides):
-    overrides = ["data=jsonl", f"data.train_path={tmp_path / 'nope.jsonl'}", f"data.val_path={tmp_path / 'v.jsonl'}"]
+    overrides = [
+        "data=jsonl",
+        f"data.mix.sources.files.train={tmp_path / 'nope.jsonl'}",
+        f"data.mix.sources.files.val={tmp_path / 'v.jsonl'}",
+    ]
     with pytest.raises(DataError, match="nope.jsonl.*not found"):
         run_trial(compose(tiny_overrides + overrides))
 

@@ -18,6 +18,7 @@ from sweep_sft.errors import ConfigError
 LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
 TRUNCATION = ("truncate", "drop")
 PACKING = ("none", "packed")
+RATIO_OF = ("examples", "supervised_tokens")
 LOSS_NORMS = ("token", "sequence", "task_balanced", "sum")
 FORMATS = ("auto", "messages", "alpaca", "sharegpt")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -47,15 +48,53 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SourceConfig:
     # JSONL file of training examples; "embedded" generates the project's multi-task set.
-    train_path: str = "embedded"
-    # JSONL file of validation examples; "embedded" uses the embedded validation split.
-    val_path: str = "embedded"
+    train: str = MISSING
+    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source.
+    val: str | None = None
     # Record format: auto-detected per record, or declared (then every record must match).
     format: str = "auto"
     # task_type given to records without one (Alpaca/ShareGPT files); null: it is required.
     default_task_type: str | None = None
+    # Multiplier of this source's training examples (2: each twice; 0.5: a seeded half).
+    weight: float = 1.0
+
+
+@dataclass
+class MixConfig:
+    # Named sources (fields of SourceConfig); add one: +data.mix.sources.NAME={train: a.jsonl}.
+    sources: dict[str, Any] = field(default_factory=lambda: {"embedded": {"train": "embedded", "val": "embedded"}})
+    # Multiplier per task_type, nested by level: task_repeat.classification.sentiment=3.
+    task_repeat: dict[str, Any] = field(default_factory=dict)
+    # Share of the mix per task_type or family, nested by level: task_ratio.reasoning.addition=0.3.
+    task_ratio: dict[str, Any] = field(default_factory=dict)
+    # What a share counts: examples, or supervised (loss-bearing) tokens.
+    ratio_of: str = "examples"
+
+    def __post_init__(self) -> None:
+        _one_of("data.mix.ratio_of", self.ratio_of, RATIO_OF)
+        if not self.sources:
+            raise ConfigError("data.mix.sources: no data source; add one (see data=jsonl)")
+        self.sources = {name: _source(name, value) for name, value in self.sources.items()}
+
+
+@dataclass
+class DedupConfig:
+    # Remove exact duplicates (same task_type and messages); the first one is kept.
+    exact: bool = True
+    # Remove near-duplicate answers within a task_type at this word-shingle Jaccard; null: off.
+    near_threshold: float | None = None
+    # Only answers of at least this many words are near-deduplicated (labels repeat by design).
+    min_answer_words: int = 8
+
+
+@dataclass
+class DataConfig:
+    # Sources, their weights and the per-task_type mix.
+    mix: MixConfig = field(default_factory=MixConfig)
+    # Duplicate removal before mixing; examples tagged "robustness" are never removed.
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     # Which tokens carry loss: every assistant turn, only the last one, or all tokens.
     loss_on: str = "all_assistant"
     # Longest tokenised example; longer ones are truncated or dropped (and counted).
@@ -73,7 +112,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         _one_of("data.loss_on", self.loss_on, LOSS_ON)
         _one_of("data.truncation", self.truncation, TRUNCATION)
-        _one_of("data.format", self.format, FORMATS)
         _one_of("data.packing", self.packing, PACKING)
         _at_least("data.max_seq_len", self.max_seq_len, 8)
         if self.max_train_examples is not None:
@@ -231,9 +269,15 @@ def register_configs() -> None:
 
     schema = OmegaConf.structured(Config)
     # OmegaConf's merge keeps an existing value over a `???`, so a group file can only make
-    # these mandatory (model/local, data/jsonl, tracking/server) if the schema leaves them unset.
-    for key in ("model.name_or_path", "data.train_path", "data.val_path", "tracking.uri"):
+    # these mandatory (model/local, tracking/server) if the schema leaves them unset.
+    for key in ("model.name_or_path", "tracking.uri"):
         OmegaConf.update(schema, key, MISSING)
+    # Dict merges are unions: the data group file, not the schema, names the sources.
+    schema.data.mix.sources = {}
+    # Ratio and repeat trees and the source table take new keys without `+`
+    # (data.mix.task_ratio.reasoning.addition=0.3); everything else stays strict.
+    for node in (schema.data.mix.task_ratio, schema.data.mix.task_repeat, schema.data.mix.sources):
+        OmegaConf.set_struct(node, False)
     ConfigStore.instance().store(name="config_schema", node=schema)
 
 
@@ -270,6 +314,25 @@ def _check_aliases(cfg: DictConfig, obj: Config) -> None:
     for short, full in ALIASES.items():
         value = OmegaConf.select(cfg, full)
         setattr(obj, short, value)
+
+
+def _source(name: str, value: Any) -> SourceConfig:
+    key = f"data.mix.sources.{name}"
+    if isinstance(value, SourceConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping with keys train, val, format, default_task_type, weight")
+    known = {f.name for f in dataclasses.fields(SourceConfig)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    if value.get("train") in (None, MISSING):
+        raise ConfigError(f"{key}.train: missing mandatory value (a JSONL file, or embedded)")
+    source = SourceConfig(**value)
+    _one_of(f"{key}.format", source.format, FORMATS)
+    if not isinstance(source.weight, (int, float)) or source.weight < 0:
+        raise ConfigError(f"{key}.weight must be a number >= 0, got {source.weight!r}")
+    return source
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:

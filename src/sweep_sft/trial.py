@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config import ALIASES, Config, validate
-from sweep_sft.data.records import Example, load_jsonl, task_types
+from sweep_sft.data.pipeline import load_sources
+from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
 
 
@@ -37,14 +37,16 @@ def run_trial(
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
     out.mkdir(parents=True, exist_ok=True)
-    train_examples, val_examples = load_examples(config)
-    tasks = sorted(set(task_types(train_examples)) | set(task_types(val_examples)))
-    check_objective(config.objective, tasks)
+    sources = load_sources(config)
+    check_objective(
+        config.objective,
+        sorted({e.task_type for examples in sources[0].values() for e in examples} | set(task_types(sources[1]))),
+    )
 
     import torch
 
     from sweep_sft import general_probe, modeling
-    from sweep_sft.data.tokenize import tokenize
+    from sweep_sft.data.pipeline import mix_table, prepare
     from sweep_sft.evaluate import exact_match, validation_loss
     from sweep_sft.tracking import Run, flatten
     from sweep_sft.train.loop import train
@@ -56,9 +58,8 @@ def run_trial(
     path = modeling.resolve_model_path(config.model)
     tokenizer = modeling.load_tokenizer(config.model, path)
     eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
-    data_args = (tokenizer, config.data.loss_on, config.data.max_seq_len, config.data.truncation, eot_id)
-    train_rows, train_stats = tokenize(train_examples, *data_args)
-    val_rows, _ = tokenize(val_examples, *data_args)
+    data = prepare(config, tokenizer, eot_id, sources)
+    tasks = data.tasks
     model = modeling.load_model(config.model, path, tokenizer, device)
 
     resolved = _resolved(cfg, config)
@@ -72,27 +73,34 @@ def run_trial(
 
     try:
         run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
-        stats = train_stats.as_dict()
+        stats = data.report
         run.log_json(stats, "dataset_stats.json")
+        run.log_metrics(_mix_metrics(stats), 0)
         run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
-        print(_stats_table(stats))
+        print(mix_table(stats))
 
         base = general_probe.base_scores(path, model, tokenizer, device) if config.eval.general_probe else {}
 
         def evaluate(step: int) -> dict[str, float]:
             metrics = validation_loss(
-                model, val_rows, tasks, device, config.eval.batch_size, tokenizer.pad_token_id, config.trainer.precision
+                model,
+                data.val_rows,
+                tasks,
+                device,
+                config.eval.batch_size,
+                tokenizer.pad_token_id,
+                config.trainer.precision,
             )
             log(metrics, step)
             return metrics
 
-        state = train(model, train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
+        state = train(model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
         final: dict[str, float] = {"time/train_s": state.seconds}
         if config.eval.generate:
             scores, samples = exact_match(
-                model, tokenizer, val_examples, device, config.eval.max_new_tokens, config.eval.batch_size, eot_id
+                model, tokenizer, data.val_examples, device, config.eval.max_new_tokens, config.eval.batch_size, eot_id
             )
             final.update(scores)
             run.log_json(samples, "generations_sample.json")
@@ -117,31 +125,14 @@ def run_trial(
         raise
 
 
-def load_examples(config: Config) -> tuple[list[Example], list[Example]]:
-    data = config.data
-    paths = {"train": data.train_path, "validation": data.val_path}
-    if "embedded" in paths.values():
-        from sweep_sft.embedded.build import embedded_data
-
-        folder = embedded_data()
-        paths = {k: str(folder / f"{k}.jsonl") if v == "embedded" else v for k, v in paths.items()}
-    train = load_jsonl(paths["train"], data.format, data.default_task_type)
-    val = load_jsonl(paths["validation"], data.format, data.default_task_type)
-    if data.max_train_examples is not None and data.max_train_examples < len(train):
-        train = random.Random(config.trainer.seed).sample(train, data.max_train_examples)
-    if data.max_val_per_task is not None:
-        val = _first_per_task(val, data.max_val_per_task)
-    return train, val
-
-
-def _first_per_task(examples: list[Example], n: int) -> list[Example]:
-    seen: Counter[str] = Counter()
-    kept = []
-    for example in examples:
-        seen[example.task_type] += 1
-        if seen[example.task_type] <= n:
-            kept.append(example)
-    return kept
+def _mix_metrics(report: dict[str, dict]) -> dict[str, float]:
+    """The realised mix as metrics, so runs can be compared on it in the MLflow UI."""
+    out: dict[str, float] = {}
+    for task, s in report.items():
+        out[f"data/examples/{task}"] = s["examples"]
+        out[f"data/example_share/{task}"] = s["example_share"]
+        out[f"data/token_share/{task}"] = s["token_share"]
+    return out
 
 
 def metric_names(tasks: list[str]) -> list[str]:
@@ -199,16 +190,6 @@ def _device(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but torch sees no CUDA device")
     return torch.device(name)
-
-
-def _stats_table(stats: dict[str, dict[str, int]]) -> str:
-    lines = [f"{'task_type':<26}{'examples':>9}{'tokens':>9}{'supervised':>11}{'truncated':>10}{'dropped':>8}"]
-    for task, s in stats.items():
-        lines.append(
-            f"{task:<26}{s['examples']:>9}{s['tokens']:>9}{s['supervised_tokens']:>11}"
-            f"{s['truncated']:>10}{s['dropped']:>8}"
-        )
-    return "\n".join(lines)
 
 
 def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]]) -> str:

@@ -147,8 +147,10 @@ def train(
                         "train/lr": scheduler.get_last_lr()[0],
                         "train/tokens_per_s": tokens_since / elapsed,
                         "train/supervised_tokens_per_s": supervised_since / elapsed,
-                        "train/packing_efficiency": supervised_since / max(computed_since, 1),
-                        "train/padding_fraction": 1 - tokens_since / max(computed_since, 1),
+                        # real (non-padding) tokens per token computed; 1 - padding waste
+                        "train/packing_efficiency": tokens_since / max(computed_since, 1),
+                        # loss-bearing tokens per token computed (prompts never bear loss)
+                        "train/supervised_fraction": supervised_since / max(computed_since, 1),
                         "train/epoch": state.epoch,
                     }
                 )

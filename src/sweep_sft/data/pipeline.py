@@ -1,0 +1,113 @@
+"""From data sources to the tokenised training mix and validation set, in one fixed order:
+load -> de-duplicate -> source weights -> subsample -> tokenise (truncate/drop, pre-flight)
+-> task repeats and shares. Every random choice is seeded by `trainer.seed`."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweep_sft.config import Config
+from sweep_sft.data.dedup import deduplicate
+from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
+from sweep_sft.data.records import Example, load_jsonl
+from sweep_sft.data.tokenize import Tokenized, tokenize
+
+
+@dataclass
+class PreparedData:
+    train_rows: list[Tokenized]
+    val_rows: list[Tokenized]
+    val_examples: list[Example]
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r.task_type for r in self.train_rows} | {e.task_type for e in self.val_examples})
+
+
+def load_sources(config: Config) -> tuple[dict[str, list[Example]], list[Example]]:
+    """Training examples per source, and the validation examples of all sources."""
+    train: dict[str, list[Example]] = {}
+    val: list[Example] = []
+    for name, source in config.data.mix.sources.items():
+        train[name] = load_jsonl(_path(source.train, "train"), source.format, source.default_task_type)
+        if source.val:
+            val += load_jsonl(_path(source.val, "validation"), source.format, source.default_task_type)
+    return train, val
+
+
+def prepare(
+    config: Config, tokenizer, end_of_turn_id: int, loaded: tuple[dict[str, list[Example]], list[Example]] | None = None
+) -> PreparedData:
+    data = config.data
+    rng = random.Random(config.trainer.seed)
+    by_source, val = loaded or load_sources(config)
+    by_source, dedup_report = _deduplicate(by_source, config)
+    train = [e for name, examples in by_source.items() for e in scale(examples, data.mix.sources[name].weight, rng)]
+    if data.max_train_examples is not None and data.max_train_examples < len(train):
+        train = rng.sample(train, data.max_train_examples)
+    if data.max_val_per_task is not None:
+        val = _first_per_task(val, data.max_val_per_task)
+    args = (tokenizer, data.loss_on, data.max_seq_len, data.truncation, end_of_turn_id)
+    rows, token_stats = tokenize(train, *args)
+    val_rows, _ = tokenize(val, *args)
+    rows = apply_task_mix(rows, data.mix.task_repeat, data.mix.task_ratio, data.mix.ratio_of, config.trainer.seed)
+    report = realised_mix(rows)
+    for task, stats in token_stats.as_dict().items():
+        entry = report.setdefault(
+            task, {"examples": 0, "supervised_tokens": 0, "example_share": 0.0, "token_share": 0.0}
+        )
+        entry.update(truncated=stats["truncated"], dropped=stats["dropped"], **dedup_report.get(task, {}))
+    return PreparedData(rows, val_rows, val, dict(sorted(report.items())))
+
+
+def _deduplicate(by_source: dict[str, list[Example]], config: Config):
+    dedup = config.data.dedup
+    if not dedup.exact and dedup.near_threshold is None:
+        return by_source, {}
+    everything = [e for examples in by_source.values() for e in examples]
+    kept, stats = deduplicate(
+        everything, dedup.near_threshold, min_answer_words=dedup.min_answer_words, exact=dedup.exact
+    )
+    kept_ids = {id(e) for e in kept}
+    report = {
+        task: {"dedup_exact": counts["exact"], "dedup_near": counts["near"]} for task, counts in stats.as_dict().items()
+    }
+    return {name: [e for e in examples if id(e) in kept_ids] for name, examples in by_source.items()}, report
+
+
+def _path(value: str, split: str) -> str:
+    if value != "embedded":
+        return value
+    from sweep_sft.embedded.build import embedded_data
+
+    return str(embedded_data() / f"{split}.jsonl")
+
+
+def _first_per_task(examples: list[Example], n: int) -> list[Example]:
+    seen: Counter[str] = Counter()
+    kept = []
+    for example in examples:
+        seen[example.task_type] += 1
+        if seen[example.task_type] <= n:
+            kept.append(example)
+    return kept
+
+
+def mix_table(report: dict[str, dict[str, Any]]) -> str:
+    """The realised mix, printed before training."""
+    head = (
+        f"{'task_type':<26}{'examples':>9}{'share':>7}{'supervised':>11}{'share':>7}"
+        f"{'truncated':>10}{'dropped':>8}{'dedup':>7}"
+    )
+    lines = [head]
+    for task, s in report.items():
+        removed = s.get("dedup_exact", 0) + s.get("dedup_near", 0)
+        lines.append(
+            f"{task:<26}{s['examples']:>9}{s['example_share']:>7.1%}{s['supervised_tokens']:>11}"
+            f"{s['token_share']:>7.1%}{s.get('truncated', 0):>10}{s.get('dropped', 0):>8}{removed:>7}"
+        )
+    return "\n".join(lines)
