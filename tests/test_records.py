@@ -181,13 +181,13 @@ def test_declared_format_mismatch(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=at(path, 2)) as info:
         load_jsonl(path, fmt="messages")
     message = str(info.value)
-    assert "data.format" in message
+    assert "data.mix.sources.<name>.format" in message
     assert "'messages'" in message and "'alpaca'" in message
 
 
 def test_unknown_declared_format_is_config_error(tmp_path: Path) -> None:
     path = write_lines(tmp_path, [messages_record()])
-    with pytest.raises(ConfigError, match="data.format.*'openai'"):
+    with pytest.raises(ConfigError, match="data.mix.sources.<name>.format.*'openai'"):
         load_jsonl(path, fmt="openai")
 
 
@@ -206,7 +206,7 @@ def test_missing_task_type_without_default(tmp_path: Path) -> None:
     no_type = messages_record()
     del no_type["task_type"]
     path = write_lines(tmp_path, [messages_record(), no_type])
-    with pytest.raises(DataError, match=at(path, 2) + ".*task_type.*data.default_task_type"):
+    with pytest.raises(DataError, match=at(path, 2) + ".*task_type.*data.mix.sources.<name>.default_task_type"):
         load_jsonl(path)
 
 
@@ -219,7 +219,7 @@ def test_bad_task_type(tmp_path: Path, bad: object) -> None:
 
 def test_bad_default_task_type_is_config_error(tmp_path: Path) -> None:
     path = write_lines(tmp_path, [messages_record()])
-    with pytest.raises(ConfigError, match="data.default_task_type"):
+    with pytest.raises(ConfigError, match="data.mix.sources.<name>.default_task_type"):
         load_jsonl(path, default_task_type="a/b/c")
 
 

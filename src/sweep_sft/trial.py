@@ -75,7 +75,7 @@ def run_trial(
         run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
         stats = data.report
         run.log_json(stats, "dataset_stats.json")
-        run.log_metrics(_mix_metrics(stats), 0)
+        log(_mix_metrics(stats), 0)
         run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))

@@ -74,13 +74,13 @@ def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
 def _check_format_name(fmt: str) -> None:
     if fmt != "auto" and fmt not in FORMATS:
         allowed = ", ".join(("auto",) + FORMATS)
-        raise ConfigError(f"data.format: unknown format {fmt!r}; expected one of {allowed}")
+        raise ConfigError(f"data.mix.sources.<name>.format: unknown format {fmt!r}; expected one of {allowed}")
 
 
 def _check_default_task_type(task_type: str) -> None:
     problem = _task_type_problem(task_type)
     if problem:
-        raise ConfigError(f"data.default_task_type: {problem}")
+        raise ConfigError(f"data.mix.sources.<name>.default_task_type: {problem}")
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -111,8 +111,8 @@ def _parse_line(line: str, fmt: str, default_task_type: str | None, source: str)
     found = _detect_format(record)
     if fmt != "auto" and found != fmt:
         raise _RecordError(
-            f"data.format is {fmt!r} but this record looks like {found!r} format; "
-            f"convert the file or set data.format to 'auto'"
+            f"data.mix.sources.<name>.format is {fmt!r} but this record looks like {found!r} format; "
+            f"convert the file or set data.mix.sources.<name>.format to 'auto'"
         )
     messages = _CONVERTERS[found](record)
     _check_conversation(messages)
@@ -208,7 +208,10 @@ def _check_conversation(messages: tuple[dict[str, str], ...]) -> None:
 def _task_type(record: dict[str, Any], default: str | None) -> str:
     if "task_type" not in record:
         if default is None:
-            raise _RecordError("record has no 'task_type'; add task_type to the record or set data.default_task_type")
+            raise _RecordError(
+                "record has no 'task_type'; add task_type to the record "
+                "or set data.mix.sources.<name>.default_task_type"
+            )
         return default
     value = record["task_type"]
     problem = _task_type_problem(value)
