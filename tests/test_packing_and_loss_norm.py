@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep_sft.data.batches import collate, pack_rows
+from sweep_sft.data.batches import best_fit_decreasing, collate, pack_rows
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import tokenize
 from sweep_sft.train.loop import backward_window
@@ -37,7 +37,17 @@ def index(rows):
 
 def test_best_fit_decreasing_fills_rows():
     # 60 opens a row, 50 a second; 40 best-fits the first (40 free), 30 and 20 the second; 10 opens a third
-    assert pack_rows([60, 50, 40, 30, 20, 10], 100) == [[0, 2], [1, 3, 4], [5]]
+    assert best_fit_decreasing([60, 50, 40, 30, 20, 10], 100) == [[0, 2], [1, 3, 4], [5]]
+
+
+def test_equal_packing_uses_the_fewest_rows_nearly_full(rows):
+    lengths = [len(r.input_ids) for r in rows]
+    bins = pack_rows(lengths, 128)
+    assert sorted(i for b in bins for i in b) == list(range(len(rows)))
+    assert len(bins) == -(-sum(lengths) // 128)
+    widths = [sum(lengths[i] for i in b) for b in bins]
+    assert max(widths) <= 128
+    assert sum(lengths) / (len(bins) * max(widths)) >= 0.97  # padding under 3%
 
 
 def test_an_example_in_a_pack_equals_the_example_alone(model, rows, index, tokenizer):

@@ -1,7 +1,7 @@
 """Micro-batches and accumulation windows, in a data order fixed by the seed.
 
 A micro-batch is always the same `batch_size` examples, whether they are padded one per
-row (`packing=none`) or bin-packed best-fit-decreasing into rows of `max_seq_len`
+row (`packing=none`) or bin-packed into rows of at most `max_seq_len`
 (`packing=packed`): packing changes how the examples are laid out, never which examples an
 optimizer step sees. In a packed row every example keeps its own position ids (restarting
 at 0) and a block-diagonal causal mask stops any token attending across examples.
@@ -81,9 +81,22 @@ def collate(
 
 
 def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
-    """Best-fit decreasing: each example, longest first, goes into the fullest row it fits."""
+    """Equal-width packing: as few rows as rows of `capacity` need, each row as short as
+    best-fit decreasing allows, so the rows come out nearly equal and padding nearly vanishes."""
     if capacity is None:
         raise ValueError("packing needs max_seq_len")
+    n_rows = -(-sum(lengths) // capacity)
+    width = max(max(lengths), -(-sum(lengths) // n_rows))
+    while width < capacity:
+        bins = best_fit_decreasing(lengths, width)
+        if len(bins) <= n_rows:
+            return bins
+        width += max(1, width // 100)
+    return best_fit_decreasing(lengths, capacity)
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Each example, longest first, goes into the fullest row it fits."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
     free: list[int] = []
