@@ -51,15 +51,16 @@ def test_grad_accum_8x4_equals_1x32(embedded_model_path, tokenizer, rows):
 
 
 def test_training_is_invariant_to_the_micro_batch_split(embedded_model_path, tokenizer, rows, tmp_path):
-    """Same examples per optimizer step (batch 32 x GA 1 vs batch 4 x GA 8): same weights."""
+    """Same examples per optimizer step (batch 32 x GA 1, batch 4 x GA 8, packed): same weights."""
     torch.set_num_threads(1)
     finals = []
-    for batch_size, grad_accum in ((32, 1), (4, 8)):
+    for batch_size, grad_accum, packing in ((32, 1, "none"), (4, 8, "none"), (8, 4, "packed")):
         cfg = validate(
             compose(
                 [
                     f"trainer.batch_size={batch_size}",
                     f"grad_accum={grad_accum}",
+                    f"data.packing={packing}",
                     "trainer.max_steps=3",
                     "trainer.progress=false",
                     "lr=1e-3",
@@ -80,10 +81,11 @@ def test_training_is_invariant_to_the_micro_batch_split(embedded_model_path, tok
             lambda step: {},
         )
         finals.append((dict(model.named_parameters()), losses))
-    (params_a, losses_a), (params_b, losses_b) = finals
-    assert losses_a == pytest.approx(losses_b, abs=1e-5)
-    for name, param in params_a.items():
-        torch.testing.assert_close(params_b[name], param, rtol=1e-4, atol=1e-5, msg=name)
+    (params_a, losses_a), *others = finals
+    for params_b, losses_b in others:
+        assert losses_b == pytest.approx(losses_a, abs=1e-5)
+        for name, param in params_a.items():
+            torch.testing.assert_close(params_b[name], param, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # Train losses of the first 6 optimizer steps for a seeded, freshly initialised Llama of the
