@@ -23,7 +23,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install sweep-sft (torch $(TORCH_VERSION) first)
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install sweep-sft (torch pinned, installed first)
 
 run: $(VENV)/.installed ## install, then train and log one trial on the embedded default
 	$(PY) -m sweep_sft $(ARGS)
@@ -32,12 +36,16 @@ sweep-lr: $(VENV)/.installed ## three trials, lr 1e-4,1e-3,1e-2, under one MLflo
 	$(PY) -m sweep_sft -m lr=1e-4,1e-3,1e-2 $(ARGS)
 
 test: $(VENV)/.installed-test ## install test dependencies and run the tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed-test ## ruff on the package and tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
+
+bench: $(VENV)/.installed-bench ## throughput vs TRL SFTTrainer, then the short-answer study (tables)
+	$(PY) bench/throughput.py $(ARGS)
+	$(PY) bench/short_answer_study.py
 
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -45,4 +53,4 @@ mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) ov
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr test lint mlflow-ui clean
+.PHONY: help install run sweep-lr test lint bench mlflow-ui clean
