@@ -94,7 +94,10 @@ def test_option_composes_and_validates(path: Path) -> None:
     assert isinstance(validate(cfg), Config)
     # The option's own values (dummies for its `???`) are the ones that ended up in the config.
     expected = leaves(OmegaConf.to_container(OmegaConf.load(path)), option_prefix(path))
-    expected = {k: (DUMMY if v == "???" else v) for k, v in expected.items() if not k.startswith("hydra.")}
+    # The defaults list and the hydra node are not config values of the job.
+    expected = {
+        k: (DUMMY if v == "???" else v) for k, v in expected.items() if not k.startswith("hydra.") and k != "defaults"
+    }
     assert expected, f"{path} sets nothing outside the hydra node"
     actual = {key: plain(OmegaConf.select(cfg, key, throw_on_missing=True)) for key in expected}
     assert actual == expected

@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin `hydra/sweeper=sandwich` (sweep_sft's constraint bisection)."""

@@ -1,0 +1,122 @@
+"""The sandwich sweeper: rounds of probes through any Hydra launcher, the bracket state
+written to the sweep folder after every round (and resumed from it), the result written
+to `sandwich_result.json` and onto the sweep's MLflow parent run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
+
+log = logging.getLogger(__name__)
+STATE_FILE = "sandwich_state.json"
+RESULT_FILE = "sandwich_result.json"
+
+
+class SandwichSweeper(Sweeper):
+    def __init__(
+        self,
+        param: str,
+        passing: float,
+        failing: float,
+        scale: str,
+        precision: float,
+        probes_per_round: int,
+        seeds: int,
+        constraint: DictConfig | dict,
+    ) -> None:
+        self.param = param
+        self.spec = SandwichSpec(passing, failing, scale, precision, probes_per_round, seeds)
+        self.constraint = Constraint(**OmegaConf.to_container(OmegaConf.create(constraint)))
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        if any(o.is_sweep_override() for o in parsed):
+            raise ValueError(f"the sandwich sweeper searches {self.param} itself; remove sweeps from {arguments}")
+        base = [o.input_line for o in parsed if o.get_key_element() != self.param]
+        search = self._load_or_start(sweep_dir / STATE_FILE)
+        returns: list[list[JobReturn]] = []
+        job_idx = sum(len(p.results) for p in search.probes)  # resumed sweeps keep numbering on
+        while probes := search.next_probes():
+            batch = [
+                [*base, f"{self.param}={value!r}", f"trainer.seed={seed}"]
+                for value in probes
+                for seed in range(self.spec.seeds)
+            ]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            job_idx += len(batch)
+            returns.append(list(results))
+            metrics = [_metrics(r) for r in results]
+            n = self.spec.seeds
+            search.record({v: metrics[i * n : (i + 1) * n] for i, v in enumerate(probes)})
+            (sweep_dir / STATE_FILE).write_text(json.dumps(search.state_dict(), indent=1))
+            log.info(
+                f"sandwich round {search.rounds}: {self.param} in "
+                f"[{search.passing:.4g} passes, {search.failing:.4g} fails]"
+            )
+        result = {
+            "param": self.param,
+            "constraint": OmegaConf.to_container(OmegaConf.structured(self.constraint)),
+            **search.result(),
+        }
+        (sweep_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+        _log_to_parent(sweep_dir, result)
+        return returns
+
+    def _load_or_start(self, path: Path) -> Sandwich:
+        if path.exists():
+            search = Sandwich.from_state(json.loads(path.read_text()))
+            log.info(f"resuming the sandwich search from {path} after {search.rounds} rounds")
+            return search
+        return Sandwich(self.spec, self.constraint)
+
+
+def _metrics(job: JobReturn) -> dict[str, float] | None:
+    """The trial's final metrics (its metrics.json), or None for a failed trial."""
+    if job.status != JobStatus.COMPLETED or job.hydra_cfg is None:
+        return None
+    path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "metrics.json"
+    if job.cfg is not None and job.cfg.get("output_dir"):
+        path = Path(job.cfg.output_dir) / "metrics.json"
+    return json.loads(path.read_text())["metrics"] if path.exists() else None
+
+
+def _log_to_parent(sweep_dir: Path, result: dict[str, Any]) -> None:
+    from sweep_sft.tracking import read_parent
+
+    parent = read_parent(sweep_dir)
+    if not parent:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    client.log_dict(parent["run_id"], result, RESULT_FILE)
+    client.log_metric(parent["run_id"], "sandwich/passing", result["bracket"]["passing"])
+    client.log_metric(parent["run_id"], "sandwich/failing", result["bracket"]["failing"])
+    client.log_metric(parent["run_id"], "sandwich/trials", result["trials"])
