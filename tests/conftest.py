@@ -46,3 +46,19 @@ def tiny_overrides(tmp_path):
         "tracking.enabled=false",
         f"output_dir={tmp_path / 'trial'}",
     ]
+
+
+@pytest.fixture
+def run_app():
+    """Run one of tests/apps/ as a Hydra multirun in a subprocess (as a user would)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    apps = Path(__file__).parent / "apps"
+
+    def run(app: str, cwd, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        args = [sys.executable, str(apps / app), "-m", *overrides]
+        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+    return run

@@ -39,6 +39,22 @@ def test_task_share_of_examples():
     assert (mix["a/y"]["examples"], mix["b"]["examples"]) == (100, 200)  # the others keep their size
 
 
+def test_shares_summing_to_one_leave_the_other_tasks_out():
+    rows = rows_of({"a/x": 100, "a/y": 50, "b": 200})
+    mix = realised_mix(apply_task_mix(rows, {}, {"a": {"x": 1.0}}, "examples", 0))
+    assert mix == {"a/x": {"examples": 100, "supervised_tokens": 100, "example_share": 1.0, "token_share": 1.0}}
+    mix = realised_mix(apply_task_mix(rows, {}, {"a": {"x": 0.5, "y": 0.5}}, "examples", 0))
+    assert (mix["a/x"]["examples"], mix["a/y"]["examples"], "b" in mix) == (75, 75, False)
+
+
+def test_only_keeps_one_task_or_family():
+    rows = rows_of({"a/x": 100, "a/y": 50, "b": 200})
+    assert set(realised_mix(apply_task_mix(rows, {}, {}, "examples", 0, only="a/y"))) == {"a/y"}
+    assert set(realised_mix(apply_task_mix(rows, {}, {}, "examples", 0, only="a"))) == {"a/x", "a/y"}
+    with pytest.raises(ConfigError, match="data.mix.only.c: no task_type 'c'"):
+        apply_task_mix(rows, {}, {}, "examples", 0, only="c")
+
+
 def test_family_share_scales_its_members_together():
     mix = realised_mix(apply_task_mix(rows_of({"a/x": 100, "a/y": 100, "b": 200}), {}, {"a": 0.2}, "examples", 0))
     assert (mix["a/x"]["examples"], mix["a/y"]["examples"], mix["b"]["examples"]) == (25, 25, 200)

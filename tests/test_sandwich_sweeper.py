@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-APP = Path(__file__).parent / "apps" / "synthetic_trial.py"
+import pytest
 
 
-def sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    args = [
-        sys.executable,
-        str(APP),
-        "-m",
-        "hydra/sweeper=sandwich",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "hydra.sweeper.passing=1e-6",
-        "hydra.sweeper.failing=1e-2",
-        "hydra.sweeper.precision=1.25",
-        *overrides,
-    ]
-    import os
+@pytest.fixture
+def sweep(run_app, tmp_path):
+    def run(*overrides: str, cwd: Path = tmp_path, env: dict | None = None):
+        common = ["hydra/sweeper=sandwich", f"hydra.sweep.dir={cwd / 'sweep'}", "hydra.sweeper.passing=1e-6"]
+        common += ["hydra.sweeper.failing=1e-2", "hydra.sweeper.precision=1.25"]
+        return run_app("synthetic_trial.py", cwd, *common, *overrides, env=env)
 
-    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return run
 
 
-def test_sweeper_brackets_the_known_threshold(tmp_path):
-    proc = sweep(tmp_path)
+def test_sweeper_brackets_the_known_threshold(tmp_path, sweep):
+    proc = sweep()
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "sweep" / "sandwich_result.json").read_text())
     bracket = result["bracket"]
@@ -40,8 +31,8 @@ def test_sweeper_brackets_the_known_threshold(tmp_path):
     assert any(p["results"] == [None] and not p["passed"] for p in result["probes"])
 
 
-def test_seeds_and_parallel_probes(tmp_path):
-    proc = sweep(tmp_path, "hydra.sweeper.seeds=2", "hydra.sweeper.probes_per_round=3")
+def test_seeds_and_parallel_probes(tmp_path, sweep):
+    proc = sweep("hydra.sweeper.seeds=2", "hydra.sweeper.probes_per_round=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "sweep" / "sandwich_result.json").read_text())
     assert all(len(p["results"]) == 2 for p in result["probes"])
@@ -50,18 +41,18 @@ def test_seeds_and_parallel_probes(tmp_path):
     assert result["bracket"]["passing"] <= 3.7e-4
 
 
-def test_resume_after_the_sweep_process_dies(tmp_path):
-    killed = sweep(tmp_path, env={"KILL_ONCE": str(tmp_path / "killed")})
+def test_resume_after_the_sweep_process_dies(tmp_path, sweep):
+    killed = sweep(env={"KILL_ONCE": str(tmp_path / "killed")})
     assert killed.returncode != 0 and (tmp_path / "killed").exists()
     state = json.loads((tmp_path / "sweep" / "sandwich_state.json").read_text())
     done_before = state["trials"]
     assert done_before >= 1 and not state["done"]
-    resumed = sweep(tmp_path)
+    resumed = sweep()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((tmp_path / "sweep" / "sandwich_result.json").read_text())
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    full = json.loads((sweep(fresh).returncode == 0 and (fresh / "sweep" / "sandwich_result.json")).read_text())
+    full = json.loads((sweep(cwd=fresh).returncode == 0 and (fresh / "sweep" / "sandwich_result.json")).read_text())
     assert result["bracket"] == full["bracket"]
     # finished probes were not redone: every probe value appears once
     values = [p["value"] for p in result["probes"]]

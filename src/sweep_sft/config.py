@@ -69,6 +69,9 @@ class MixConfig:
     task_repeat: dict[str, Any] = field(default_factory=dict)
     # Share of the mix per task_type or family, nested by level: task_ratio.reasoning.addition=0.3.
     task_ratio: dict[str, Any] = field(default_factory=dict)
+    # Train on this task_type (or family) alone, e.g. reasoning/addition; null: every task.
+    # Validation still covers every task_type (what the others lose shows too).
+    only: str | None = None
     # What a share counts: examples, or supervised (loss-bearing) tokens.
     ratio_of: str = "examples"
 
@@ -245,6 +248,23 @@ class TrackingConfig:
 
 
 @dataclass
+class StudyLinkConfig:
+    """Where a trial reports its evaluations to an Optuna study (set per trial by the Optuna
+    sweeper when a pruner is on), so the study can stop it early."""
+
+    # Optuna storage: a journal file path (*.journal) or a database URL.
+    storage: str | None = None
+    study_name: str | None = None
+    trial_number: int | None = None
+    # Metric reported at each evaluation (e.g. val/loss); null: no reports, no pruning.
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and None in (self.storage, self.study_name, self.trial_number):
+            raise ConfigError("study.metric needs study.storage, study.study_name and study.trial_number")
+
+
+@dataclass
 class Config:
     # Short names for the most-swept knobs; the full paths interpolate them.
     lr: float = 1e-3
@@ -261,6 +281,8 @@ class Config:
     objective: str = "val/loss"
     # Folder for trial outputs (metrics.json, resolved config); null: Hydra's job folder.
     output_dir: str | None = None
+    # Set by the Optuna sweeper: the study this trial reports to (pruning).
+    study: StudyLinkConfig = field(default_factory=StudyLinkConfig)
 
 
 def register_configs() -> None:

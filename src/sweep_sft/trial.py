@@ -25,6 +25,9 @@ class TrialResult:
     output_dir: str
     run_id: str | None = None
     series: dict[str, list[list[float]]] = field(default_factory=dict)
+    # COMPLETE, or PRUNED when the study's pruner stopped it (at `steps`).
+    state: str = "COMPLETE"
+    steps: int = 0
 
 
 def run_trial(
@@ -48,6 +51,7 @@ def run_trial(
     from sweep_sft import general_probe, modeling
     from sweep_sft.data.pipeline import mix_table, prepare
     from sweep_sft.evaluate import exact_match, validation_loss
+    from sweep_sft.study import TrialPruned, reporter
     from sweep_sft.tracking import Run, flatten
     from sweep_sft.train.loop import train
 
@@ -63,6 +67,7 @@ def run_trial(
     model = modeling.load_model(config.model, path, tokenizer, device)
 
     resolved = _resolved(cfg, config)
+    study = reporter(config.study)
     run = Run(config.tracking, run_name, parent_run_id, tags={"sweep_sft.output_dir": str(out.resolve())})
     series: dict[str, list[list[float]]] = {}
 
@@ -94,9 +99,20 @@ def run_trial(
                 config.trainer.precision,
             )
             log(metrics, step)
+            if study is not None:
+                study.report(step, metrics)
             return metrics
 
-        state = train(model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
+        try:
+            state = train(model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
+        except TrialPruned as pruned:
+            # A pruned trial is a result, not an error: record it as such and skip the final evals.
+            run.set_tag("sweep_sft.trial_state", "PRUNED")
+            log({"time/total_s": time.perf_counter() - started}, pruned.step)
+            result = _record(config, out, run, series, "PRUNED", pruned.step)
+            print(f"pruned by the study at step {pruned.step}: {config.study.metric} = {pruned.value:.4f}")
+            run.finish("KILLED")
+            return result
         final: dict[str, float] = {"time/train_s": state.seconds}
         if config.eval.generate:
             scores, samples = exact_match(
@@ -111,11 +127,8 @@ def run_trial(
             final["general_drop"] = base["general/score"] - trained["general/score"]
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
-        metrics = {key: values[-1][1] for key, values in series.items()}
-        value = objective_value(config.objective, metrics)
-        result = TrialResult(config.objective, value, metrics, str(out), run.run_id, series)
-        (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
-        run.log_json({"objective": config.objective, "value": value}, "objective.json")
+        run.set_tag("sweep_sft.trial_state", "COMPLETE")
+        result = _record(config, out, run, series, "COMPLETE", state.step)
         print(summary_table(result, tasks, stats))
         run.finish("FINISHED")
         return result
@@ -123,6 +136,18 @@ def run_trial(
         run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
         run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def _record(config: Config, out: Path, run, series: dict, state: str, steps: int) -> TrialResult:
+    """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
+    metrics = {key: values[-1][1] for key, values in series.items()}
+    # A pruned trial reports the metric it was judged on; its final evals never ran.
+    name = config.study.metric if state == "PRUNED" else config.objective
+    value = objective_value(name, metrics)
+    result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps)
+    (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
+    run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
+    return result
 
 
 def _mix_metrics(report: dict[str, dict]) -> dict[str, float]:

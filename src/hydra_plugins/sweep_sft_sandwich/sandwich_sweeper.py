@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
+from sweep_sft.sweep_jobs import job_metrics, log_to_parent
 
 log = logging.getLogger(__name__)
 STATE_FILE = "sandwich_state.json"
@@ -63,16 +64,14 @@ class SandwichSweeper(Sweeper):
         returns: list[list[JobReturn]] = []
         job_idx = sum(len(p.results) for p in search.probes)  # resumed sweeps keep numbering on
         while probes := search.next_probes():
-            batch = [
-                [*base, f"{self.param}={value!r}", f"trainer.seed={seed}"]
-                for value in probes
-                for seed in range(self.spec.seeds)
-            ]
+            # One seed: the config's own trainer.seed; several: 0..seeds-1.
+            seeds = [[f"trainer.seed={seed}"] for seed in range(self.spec.seeds)] if self.spec.seeds > 1 else [[]]
+            batch = [[*base, f"{self.param}={value!r}", *seed] for value in probes for seed in seeds]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
             job_idx += len(batch)
             returns.append(list(results))
-            metrics = [_metrics(r) for r in results]
+            metrics = [job_metrics(r) for r in results]
             n = self.spec.seeds
             search.record({v: metrics[i * n : (i + 1) * n] for i, v in enumerate(probes)})
             (sweep_dir / STATE_FILE).write_text(json.dumps(search.state_dict(), indent=1))
@@ -86,7 +85,17 @@ class SandwichSweeper(Sweeper):
             **search.result(),
         }
         (sweep_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
-        _log_to_parent(sweep_dir, result)
+        bracket = result["bracket"]
+        log_to_parent(
+            sweep_dir,
+            RESULT_FILE,
+            result,
+            {
+                "sandwich/passing": bracket["passing"],
+                "sandwich/failing": bracket["failing"],
+                "sandwich/trials": result["trials"],
+            },
+        )
         return returns
 
     def _load_or_start(self, path: Path) -> Sandwich:
@@ -95,28 +104,3 @@ class SandwichSweeper(Sweeper):
             log.info(f"resuming the sandwich search from {path} after {search.rounds} rounds")
             return search
         return Sandwich(self.spec, self.constraint)
-
-
-def _metrics(job: JobReturn) -> dict[str, float] | None:
-    """The trial's final metrics (its metrics.json), or None for a failed trial."""
-    if job.status != JobStatus.COMPLETED or job.hydra_cfg is None:
-        return None
-    path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "metrics.json"
-    if job.cfg is not None and job.cfg.get("output_dir"):
-        path = Path(job.cfg.output_dir) / "metrics.json"
-    return json.loads(path.read_text())["metrics"] if path.exists() else None
-
-
-def _log_to_parent(sweep_dir: Path, result: dict[str, Any]) -> None:
-    from sweep_sft.tracking import read_parent
-
-    parent = read_parent(sweep_dir)
-    if not parent:
-        return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=parent["tracking_uri"])
-    client.log_dict(parent["run_id"], result, RESULT_FILE)
-    client.log_metric(parent["run_id"], "sandwich/passing", result["bracket"]["passing"])
-    client.log_metric(parent["run_id"], "sandwich/failing", result["bracket"]["failing"])
-    client.log_metric(parent["run_id"], "sandwich/trials", result["trials"])

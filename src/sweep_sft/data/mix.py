@@ -70,13 +70,21 @@ def match_groups(names: dict[str, float], tasks: Sequence[str], key: str) -> dic
 
 
 def apply_task_mix(
-    rows: list[Tokenized], repeat: dict[str, Any], ratio: dict[str, Any], ratio_of: str, seed: int
+    rows: list[Tokenized],
+    repeat: dict[str, Any],
+    ratio: dict[str, Any],
+    ratio_of: str,
+    seed: int,
+    only: str | None = None,
 ) -> list[Tokenized]:
     """The rows, each repeated as often as the mix asks, in their original order."""
     rng = random.Random(seed)
     tasks = sorted({r.task_type for r in rows})
     # Work on row indices per task, so the mixed rows keep their original order.
     by_task = {t: [i for i, r in enumerate(rows) if r.task_type == t] for t in tasks}
+    if only:
+        kept = set(match_groups({only: 1.0}, tasks, "data.mix.only")[only])
+        by_task = {t: (indices if t in kept else []) for t, indices in by_task.items()}
     repeats = flatten_tree(repeat, "data.mix.task_repeat")
     for name, covered in match_groups(repeats, tasks, "data.mix.task_repeat").items():
         for task in covered:
@@ -111,8 +119,14 @@ def _apply_shares(
             "(exactly 1 when they name every task_type)"
         )
     # The unnamed tasks keep their size; named groups are scaled around them. With every
-    # task named, the mix keeps its current total instead.
-    total = rest / (1 - total_share) if rest > 0 else sum(amount(t) for t in by_task)
+    # task named, the mix keeps its current total instead; shares summing to 1 leave the
+    # unnamed tasks out and keep the named groups' total (task_ratio.x=1.0: x alone).
+    if total_share >= 1 - 1e-9:
+        total = sum(amount(t) for t in named)
+        for task in set(by_task) - named:
+            by_task[task] = []
+    else:
+        total = rest / (1 - total_share) if rest > 0 else sum(amount(t) for t in by_task)
     for name, covered in groups.items():
         have = sum(amount(t) for t in covered)
         if have == 0:

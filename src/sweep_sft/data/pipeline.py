@@ -54,7 +54,9 @@ def prepare(
     args = (tokenizer, data.loss_on, data.max_seq_len, data.truncation, end_of_turn_id)
     rows, token_stats = tokenize(train, *args)
     val_rows, _ = tokenize(val, *args)
-    rows = apply_task_mix(rows, data.mix.task_repeat, data.mix.task_ratio, data.mix.ratio_of, config.trainer.seed)
+    rows = apply_task_mix(
+        rows, data.mix.task_repeat, data.mix.task_ratio, data.mix.ratio_of, config.trainer.seed, data.mix.only
+    )
     report = realised_mix(rows)
     for task, stats in token_stats.as_dict().items():
         entry = report.setdefault(

@@ -1,0 +1,1 @@
+"""Our Optuna 5 sweeper for Hydra: hydra/sweeper=optuna5."""

@@ -1,0 +1,265 @@
+"""Our Optuna 5 sweeper: asks the study for trials, launches them in batches through any Hydra
+launcher, and tells the study what each became (COMPLETE, PRUNED by the trial itself while it
+trained, or FAIL). The study lives in a storage (a journal file in the sweep folder by
+default), so running the same command again continues it: finished trials are kept, numbers
+and job folders go on, and a trial cut off by a dead sweep is run again under a new number."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
+from sweep_sft.errors import ConfigError
+from sweep_sft.study import PRUNER_ATTR, build, open_storage
+from sweep_sft.sweep_jobs import job_error, job_record, log_to_parent
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "optuna_result.json"
+INTERRUPTED = "sweep_sft.interrupted"
+
+
+class SweepFailed(RuntimeError):
+    pass
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, **conf: Any) -> None:
+        self.conf = OmegaConf.create(conf)
+        directions = conf["direction"]
+        self.directions = [directions] if isinstance(directions, str) else list(directions)
+        for d in self.directions:
+            if d not in ("minimize", "maximize"):
+                raise ConfigError(f"hydra.sweeper.direction: expected minimize or maximize, got {d!r}")
+        self.metrics = list(conf["metrics"])
+        if len(self.directions) > 1 and len(self.metrics) != len(self.directions):
+            raise ConfigError(
+                f"hydra.sweeper.metrics: a study with {len(self.directions)} directions needs as many metrics; "
+                f"got {self.metrics}"
+            )
+        self.pruning = not str(self.conf.pruner._target_).endswith("NopPruner")
+        if len(self.directions) > 1 and self.pruning:
+            raise ConfigError("hydra.sweeper.pruner: Optuna prunes single-objective studies only; use pruner=none")
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        import optuna
+
+        assert self.config is not None and self.launcher is not None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        c = self.conf
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        space, fixed = parse(arguments, dict(c.params))
+        storage_url = c.storage or str((sweep_dir / "optuna.journal").resolve())
+        grid = {p.key: p.grid for p in space} if all(p.grid is not None for p in space) else None
+        n_trials = c.n_trials
+        if not space:
+            log.warning("nothing to search (no sweep in the overrides or hydra.sweeper.params): one trial")
+            n_trials = 1
+        sampler_spec = OmegaConf.to_container(c.sampler, resolve=True)
+        pruner_spec = OmegaConf.to_container(c.pruner, resolve=True)
+        extra = {}
+        if sampler_spec["_target_"].endswith("GridSampler"):
+            if grid is None:
+                raise ConfigError(
+                    "hydra/sweeper/sampler=grid needs every searched parameter discrete (a list, choice or range); "
+                    f"continuous: {', '.join(p.key for p in space if p.grid is None)}"
+                )
+            extra = {"search_space": grid}
+            n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
+        study = optuna.create_study(
+            study_name=c.study_name,
+            storage=open_storage(storage_url),
+            sampler=build("sampler", sampler_spec, **extra),
+            pruner=build("pruner", pruner_spec),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        # Trials rebuild this pruner from the study: one source of truth across processes.
+        study.set_user_attr(PRUNER_ATTR, pruner_spec)
+        _requeue_interrupted(study)
+        prune_metric = self._prune_metric()
+        returns: list[list[JobReturn]] = []
+        while (left := n_trials - len(_finished(study))) > 0:
+            trials = [study.ask({p.key: p.distribution for p in space}) for _ in range(min(c.n_jobs, left))]
+            batch = [self._overrides(t, space, fixed, storage_url, prune_metric) for t in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            returns.append(list(results))
+            for trial, job in zip(trials, results, strict=True):
+                self._tell_job(study, trial, job)
+            result = self._write_result(study, sweep_dir, storage_url, n_trials)
+            failed = result["states"].get("FAIL", 0)
+            if failed > c.max_failure_rate * n_trials:
+                raise SweepFailed(
+                    f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
+                    f"{sweep_dir / RESULT_FILE}. Errors: "
+                    + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
+                )
+        result = self._write_result(study, sweep_dir, storage_url, n_trials)
+        self._log_parent(sweep_dir, result)
+        return returns
+
+    def _prune_metric(self) -> str | None:
+        if not self.pruning:
+            return None
+        metric = self.conf.prune_metric or (
+            self.metrics[0] if self.metrics else OmegaConf.select(self.config, "objective")
+        )
+        if not metric:
+            raise ConfigError(
+                "hydra.sweeper.prune_metric: name the metric trials report while training (e.g. val/loss)"
+            )
+        return metric
+
+    def _overrides(self, trial, space: list[Param], fixed: list[str], storage: str, metric: str | None) -> list[str]:
+        chosen = [p.override(trial.params[p.key]) for p in space]
+        link = []
+        if metric is not None:  # the trial reports to the study so the pruner can stop it
+            link = [
+                f"study.storage='{storage}'",
+                f"study.study_name='{self.conf.study_name}'",
+                f"study.trial_number={trial.number}",
+                f"study.metric='{metric}'",
+            ]
+        return [*fixed, *chosen, *link]
+
+    def _tell_job(self, study, trial, job: JobReturn) -> None:
+        from optuna.trial import TrialState
+
+        record = job_record(job)
+        if record is None:
+            error = job_error(job) or "the job produced no metrics.json"
+            trial.set_user_attr("error", error)
+            _tell(study, trial, state=TrialState.FAIL)
+            log.warning(f"trial {trial.number} failed: {error}")
+            return
+        trial.set_user_attr("steps", record.get("steps"))
+        trial.set_user_attr("output_dir", record.get("output_dir"))
+        if record.get("state") == "PRUNED":
+            _tell(study, trial, state=TrialState.PRUNED)
+            return
+        metrics = record["metrics"]
+        try:
+            values = [metrics[m] for m in self.metrics] if self.metrics else [job.return_value]
+        except KeyError as exc:
+            trial.set_user_attr("error", f"metric {exc} not in the trial's metrics.json")
+            _tell(study, trial, state=TrialState.FAIL)
+            return
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            trial.set_user_attr("error", f"non-finite objective {values}")
+            _tell(study, trial, state=TrialState.FAIL)
+            return
+        _tell(study, trial, values if len(values) > 1 else values[0])
+
+    def _write_result(self, study, sweep_dir: Path, storage: str, n_trials: int) -> dict[str, Any]:
+        result = summarize(study, n_trials)
+        result["storage"] = storage
+        (sweep_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    def _log_parent(self, sweep_dir: Path, result: dict[str, Any]) -> None:
+        metrics = {f"optuna/{state.lower()}": n for state, n in result["states"].items()}
+        metrics["optuna/trial_steps"] = result["trial_steps"]
+        tags = {}
+        if result.get("best"):
+            metrics["optuna/best_value"] = result["best"]["value"]
+            tags = {f"optuna.best.{k}": str(v) for k, v in result["best"]["params"].items()}
+            tags["optuna.best.trial"] = str(result["best"]["number"])
+        log_to_parent(sweep_dir, RESULT_FILE, result, metrics, tags)
+
+
+def summarize(study, n_trials: int) -> dict[str, Any]:
+    """The study as JSON: every trial, counts per state, trial-steps, the best or the Pareto front."""
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.trials if not t.user_attrs.get(INTERRUPTED)]
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    result: dict[str, Any] = {
+        "study_name": study.study_name,
+        "directions": [d.name.lower() for d in study.directions],
+        "n_trials": n_trials,
+        "states": states,
+        "trial_steps": sum(t.user_attrs.get("steps") or 0 for t in trials),
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": t.params,
+                "values": t.values,
+                "steps": t.user_attrs.get("steps"),
+                "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {}),
+            }
+            for t in trials
+        ],
+    }
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and len(study.directions) == 1:
+        best = study.best_trial
+        result["best"] = {"number": best.number, "params": best.params, "value": best.value}
+    elif complete:
+        result["pareto_front"] = [
+            {"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials
+        ]
+    return result
+
+
+def _tell(study, trial, *args, **kwargs) -> None:
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as exc:
+        # The grid sampler calls study.stop() once the grid is done, which Optuna refuses
+        # outside study.optimize(); the trial is stored by then, and our loop stops itself.
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get(INTERRUPTED)]
+
+
+def _failed(trial) -> bool:
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL
+
+
+def _requeue_interrupted(study) -> None:
+    """Trials left RUNNING by a sweep that died: closed as FAIL (marked, not counted) and their
+    parameters queued again, so they are redone rather than lost or double-counted."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if t.state == TrialState.WAITING:
+            continue  # already queued: the next ask() takes it
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params)
+        log.info(f"trial {t.number} was cut off by the previous sweep; queued again")

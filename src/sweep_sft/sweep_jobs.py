@@ -1,0 +1,55 @@
+"""What a sweeper reads back from its launched jobs (each trial's metrics.json) and writes
+onto the sweep's MLflow parent run. Shared by the sandwich and Optuna sweepers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+
+
+def job_record(job: JobReturn) -> dict[str, Any] | None:
+    """The trial's metrics.json (metrics, state, steps), or None for a failed trial."""
+    if job.status != JobStatus.COMPLETED or job.hydra_cfg is None:
+        return None
+    path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "metrics.json"
+    if job.cfg is not None and job.cfg.get("output_dir"):
+        path = Path(job.cfg.output_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def job_metrics(job: JobReturn) -> dict[str, float] | None:
+    record = job_record(job)
+    return record["metrics"] if record else None
+
+
+def job_error(job: JobReturn) -> str | None:
+    """The exception a failed job raised, as text (Hydra keeps it in the JobReturn)."""
+    if job.status != JobStatus.FAILED:
+        return None
+    return f"{type(job._return_value).__name__}: {job._return_value}"[:2000]
+
+
+def log_to_parent(
+    sweep_dir: str | Path,
+    artifact: str,
+    result: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str] | None = None,
+) -> None:
+    """A sweeper's result onto the parent run the sweep callback opened (if tracking is on)."""
+    from sweep_sft.tracking import read_parent
+
+    parent = read_parent(sweep_dir)
+    if not parent:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    client.log_dict(parent["run_id"], result, artifact)
+    for key, value in metrics.items():
+        client.log_metric(parent["run_id"], key, float(value))
+    for key, value in (tags or {}).items():
+        client.set_tag(parent["run_id"], key, value)
