@@ -35,6 +35,13 @@ run: $(VENV)/.installed ## install, then train and log one trial on the embedded
 sweep-lr: $(VENV)/.installed ## three trials, lr 1e-4,1e-3,1e-2, under one MLflow parent run
 	$(PY) -m sweep_sft -m lr=1e-4,1e-3,1e-2 $(ARGS)
 
+sweep-sandwich: $(VENV)/.installed ## sandwich searches: the largest lr within a general-ability tolerance, then the smallest sentiment share still learned
+	$(PY) -m sweep_sft sweep=sandwich_lr trainer.progress=false $(ARGS)
+	$(PY) -m sweep_sft sweep=sandwich_ratio trainer.progress=false $(ARGS)
+
+sweep-optuna: $(VENV)/.installed ## TPE over lr and schedule with median pruning (same command again: resumes)
+	$(PY) -m sweep_sft sweep=optuna_tpe trainer.progress=false $(ARGS)
+
 test: $(VENV)/.installed-test ## install test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(ARGS); status=$$?; \
@@ -43,9 +50,12 @@ test: $(VENV)/.installed-test ## install test dependencies and run the tests
 lint: $(VENV)/.installed-test ## ruff on the package and tests
 	$(VENV)/bin/ruff check src tests bench
 
-bench: $(VENV)/.installed-bench ## throughput vs TRL SFTTrainer, then the short-answer study (tables)
+bench: $(VENV)/.installed-bench bench-pruning ## throughput vs TRL SFTTrainer, the short-answer study, pruning savings (tables)
 	$(PY) bench/throughput.py $(ARGS)
 	$(PY) bench/short_answer_study.py
+
+bench-pruning: $(VENV)/.installed ## trial-steps an Optuna study saves with a median pruner (table)
+	$(PY) bench/pruning.py
 
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -53,4 +63,4 @@ mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) ov
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr test lint bench mlflow-ui clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna test lint bench bench-pruning mlflow-ui clean

@@ -103,6 +103,43 @@ def test_option_composes_and_validates(path: Path) -> None:
     assert actual == expected
 
 
+SWEEP_PRESETS = sorted((CONF / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_PRESETS, ids=lambda p: p.stem)
+def test_sweep_preset_configures_its_sweeper(path: Path) -> None:
+    """The preset's hydra.sweeper values reach the sweeper's typed config (the plugins'
+    schemas reject unknown keys), and the sweeper it names is the one composed."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sweep_sft.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"sweep={path.stem}"], return_hydra_config=True)
+    preset = OmegaConf.to_container(OmegaConf.load(path))
+    composed = OmegaConf.to_container(cfg.hydra, resolve=False)
+
+    def within(want: Any, got: Any, where: str) -> None:
+        if isinstance(want, dict):
+            for key, value in want.items():
+                within(value, got.get(key), f"{where}.{key}")
+        else:
+            assert got == want, where
+
+    within(preset["hydra"]["sweeper"], composed["sweeper"], "hydra.sweeper")
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    sweeper = OmegaConf.load(path).get("defaults", [{}])[0].get("override /hydra/sweeper", "basic")
+    assert (
+        cfg.hydra.sweeper._target_.split(".")[-1]
+        .lower()
+        .startswith({"sandwich": "sandwich", "optuna5": "optuna", "basic": "basic"}[sweeper])
+    )
+
+
 @pytest.mark.parametrize(
     "path", [p for p in OPTION_FILES if mandatory_keys(p)], ids=lambda p: p.relative_to(CONF).as_posix()
 )

@@ -47,3 +47,38 @@ def test_sweep_records_children_under_one_parent(tmp_path, tiny_overrides):
         "2: lr=0.001,grad_accum=1",
         "3: lr=0.001,grad_accum=2",
     }
+
+
+@pytest.mark.slow
+def test_optuna_sweep_records_pruned_trials_in_mlflow(tmp_path, tiny_overrides):
+    """Real trials reporting val/loss to the study: the one that does not learn (lr 1e-6) is
+    pruned by a threshold at step 4, the other completes; MLflow shows which is which."""
+    overrides = [
+        o
+        for o in tiny_overrides
+        if not o.startswith(("tracking.", "output_dir=", "trainer.max_steps", "trainer.eval_every"))
+    ]
+    args = ["-m", "hydra/sweeper=optuna5", "hydra/sweeper/sampler=grid", "lr=1e-6,3e-3"]
+    args += [
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.upper=9.0",
+        "hydra.sweeper.pruner.n_warmup_steps=4",
+    ]
+    args += ["trainer.max_steps=12", "trainer.eval_every=4", *overrides]
+    proc = subprocess.run([sys.executable, "-m", "sweep_sft", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("sweep_sft.kind") == "sweep")
+    children = {r.data.params["optimizer.lr"]: r for r in runs if r is not parent}
+    pruned, complete = children["1e-06"], children["0.003"]
+    assert pruned.data.tags["sweep_sft.trial_state"] == "PRUNED" and pruned.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val/loss")] == [0, 4]
+    assert complete.data.tags["sweep_sft.trial_state"] == "COMPLETE" and complete.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/pruned"] == 1 and parent.data.metrics["optuna/pruned"] == 1
+    assert parent.data.tags["optuna.best.lr"] == "0.003"
+    assert parent.data.metrics["optuna/best_value"] == pytest.approx(complete.data.metrics["val/loss"])
+    assert "optuna_result.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}

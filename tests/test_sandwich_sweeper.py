@@ -57,3 +57,24 @@ def test_resume_after_the_sweep_process_dies(tmp_path, sweep):
     # finished probes were not redone: every probe value appears once
     values = [p["value"] for p in result["probes"]]
     assert len(values) == len(set(values)) == len(full["probes"])
+
+
+def test_verify_passing_runs_the_passing_side_first(tmp_path, sweep):
+    proc = sweep("hydra.sweeper.verify_passing=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep" / "sandwich_result.json").read_text())
+    assert result["passing_verified"] is True and result["probes"][0]["value"] == 1e-6
+
+
+def test_a_failing_passing_side_stops_with_a_clear_error(tmp_path, sweep):
+    proc = sweep("hydra.sweeper.verify_passing=true", "hydra.sweeper.passing=5e-4")
+    assert proc.returncode != 0
+    assert "the passing side lr=0.0005 fails the constraint general_drop <= 0.02" in proc.stderr
+    result = json.loads((tmp_path / "sweep" / "sandwich_result.json").read_text())
+    assert result["passing_verified"] is False and result["trials"] == 1
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, sweep):
+    assert sweep().returncode == 0
+    proc = sweep("hydra.sweeper.precision=1.5")
+    assert proc.returncode != 0 and "different search" in proc.stderr and "hydra.sweep.dir" in proc.stderr

@@ -55,6 +55,8 @@ class SandwichSpec:
     precision: float = 1.25
     probes_per_round: int = 1
     seeds: int = 1
+    # Run the passing side once before bisecting (a trial, not an assumption).
+    verify_passing: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in ("log", "linear"):
@@ -97,16 +99,26 @@ class Sandwich:
     failing: float = field(init=False)
     rounds: int = 0
     probes: list[Probe] = field(default_factory=list)
+    # With spec.verify_passing: None until the passing side ran, then whether it passed.
+    passing_verified: bool | None = None
 
     def __post_init__(self) -> None:
         self.passing, self.failing = self.spec.passing, self.spec.failing
 
     @property
+    def verifying(self) -> bool:
+        return self.spec.verify_passing and self.passing_verified is None
+
+    @property
     def done(self) -> bool:
+        if self.passing_verified is False:  # nothing to bracket
+            return True
         return self.spec.width(self.passing, self.failing) <= self.spec.goal() * (1 + 1e-9)
 
     def next_probes(self) -> list[float]:
         """This round's probe values, splitting the bracket into k + 1 equal parts; [] when done."""
+        if self.verifying:
+            return [self.spec.passing]
         if self.done:
             return []
         k = self.spec.probes_per_round
@@ -121,6 +133,9 @@ class Sandwich:
         self.rounds += 1
         probes = [Probe(v, self.rounds, r, self.constraint.passes(r)) for v, r in sorted(outcomes.items())]
         self.probes += probes
+        if self.verifying:
+            self.passing_verified = probes[0].passed
+            return
         # Walk from the passing side: the first failure closes the bracket. A pass beyond a
         # failure (noise against monotonicity) is kept in the record, not trusted.
         towards_failing = sorted(probes, key=lambda p: self.spec.width(self.passing, p.value))
@@ -135,6 +150,7 @@ class Sandwich:
         return {
             "bracket": {"passing": self.passing, "failing": self.failing},
             "done": self.done,
+            "passing_verified": self.passing_verified,
             "rounds": self.rounds,
             "trials": sum(len(p.results) for p in self.probes),
             "probes": [asdict(p) for p in self.probes],
@@ -148,5 +164,6 @@ class Sandwich:
         search = cls(SandwichSpec(**state["spec"]), Constraint(**state["constraint"]))
         search.passing, search.failing = state["bracket"]["passing"], state["bracket"]["failing"]
         search.rounds = state["rounds"]
+        search.passing_verified = state.get("passing_verified")
         search.probes = [Probe(**p) for p in state["probes"]]
         return search

@@ -69,6 +69,7 @@ class MlflowParentRun(Callback):
                 "sweep/trials": len(states),
                 "sweep/finished": states.count("FINISHED"),
                 "sweep/failed": states.count("FAILED"),
+                "sweep/pruned": sum(c.data.tags.get("sweep_sft.trial_state") == "PRUNED" for c in children),
             },
             step=0,
         )

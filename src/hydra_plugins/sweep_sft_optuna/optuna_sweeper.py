@@ -110,7 +110,9 @@ class OptunaSweeper(Sweeper):
                 self._tell_job(study, trial, job)
             result = self._write_result(study, sweep_dir, storage_url, n_trials)
             failed = result["states"].get("FAIL", 0)
-            if failed > c.max_failure_rate * n_trials:
+            # With nothing to search the sweep is one plain run: its job's outcome is recorded, as
+            # Hydra's basic sweeper would run it, without a failure-rate verdict.
+            if space and failed > c.max_failure_rate * n_trials:
                 raise SweepFailed(
                     f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
                     f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
@@ -149,6 +151,8 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         record = job_record(job)
+        if record is None and job_error(job) is None and not self.metrics:
+            record = {"metrics": {}}  # a plain Hydra app: its return value is the objective
         if record is None:
             error = job_error(job) or "the job produced no metrics.json"
             trial.set_user_attr("error", error)

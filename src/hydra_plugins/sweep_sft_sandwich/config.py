@@ -34,6 +34,9 @@ class SandwichSweeperConf:
     # Seeds per probe (trainer.seed = 0..seeds-1).
     seeds: int = 1
     constraint: ConstraintConf = field(default_factory=ConstraintConf)
+    # Run the passing side once first and stop with an error if it fails (a data ratio's
+    # full share must be learned; lr ~ 0 passes by definition and needs no trial).
+    verify_passing: bool = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sandwich", node=SandwichSweeperConf, provider="sweep_sft")

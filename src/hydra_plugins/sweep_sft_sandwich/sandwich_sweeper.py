@@ -15,10 +15,17 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.errors import ConfigError
 from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
 from sweep_sft.sweep_jobs import job_metrics, log_to_parent
 
 log = logging.getLogger(__name__)
+
+
+class SandwichFailed(RuntimeError):
+    pass
+
+
 STATE_FILE = "sandwich_state.json"
 RESULT_FILE = "sandwich_result.json"
 
@@ -34,9 +41,10 @@ class SandwichSweeper(Sweeper):
         probes_per_round: int,
         seeds: int,
         constraint: DictConfig | dict,
+        verify_passing: bool = False,
     ) -> None:
         self.param = param
-        self.spec = SandwichSpec(passing, failing, scale, precision, probes_per_round, seeds)
+        self.spec = SandwichSpec(passing, failing, scale, precision, probes_per_round, seeds, verify_passing)
         self.constraint = Constraint(**OmegaConf.to_container(OmegaConf.create(constraint)))
         self.config: DictConfig | None = None
         self.launcher = None
@@ -96,11 +104,24 @@ class SandwichSweeper(Sweeper):
                 "sandwich/trials": result["trials"],
             },
         )
+        if search.passing_verified is False:
+            c = self.constraint
+            got = [r.get(c.metric) if r else "a failed trial" for r in search.probes[0].results]
+            raise SandwichFailed(
+                f"the passing side {self.param}={self.spec.passing} fails the constraint {c.metric} {c.op} "
+                f"{c.threshold} (got {got}); nothing to bracket: choose a passing side "
+                f"that passes (hydra.sweeper.passing) or a looser threshold"
+            )
         return returns
 
     def _load_or_start(self, path: Path) -> Sandwich:
         if path.exists():
             search = Sandwich.from_state(json.loads(path.read_text()))
+            if (search.spec, search.constraint) != (self.spec, self.constraint):
+                raise ConfigError(
+                    f"{path} holds a different search ({search.spec}, {search.constraint}) than this command "
+                    f"({self.spec}, {self.constraint}); resume with the same settings, or pass a new hydra.sweep.dir"
+                )
             log.info(f"resuming the sandwich search from {path} after {search.rounds} rounds")
             return search
         return Sandwich(self.spec, self.constraint)
