@@ -35,21 +35,20 @@ class TestOptunaSweeperIntegration(Applicable):
 
 # The sandwich searches its own parameter: one round between 1 and 4 at precision 2 probes
 # lr=2.0 once. Every job's overrides hold that lr, so the override_dirname cases do not apply.
+SANDWICH = [
+    "-m",
+    "hydra/sweeper=sandwich",
+    "hydra.sweeper.passing=1",
+    "hydra.sweeper.failing=4",
+    "hydra.sweeper.precision=2",
+    "hydra.sweeper.constraint.metric=none",
+]
+
+
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
-    [
-        (
-            {"lr": 1.0},
-            [
-                "-m",
-                "hydra/sweeper=sandwich",
-                "hydra.sweeper.passing=1",
-                "hydra.sweeper.failing=4",
-                "hydra.sweeper.precision=2",
-                "hydra.sweeper.constraint.metric=none",
-            ],
-        )
-    ],
+    [({"lr": 1.0}, SANDWICH), ({"lr": 1.0}, [*SANDWICH, "hydra/launcher=submitit_local"])],
+    ids=["basic_launcher", "submitit_local"],
 )
 class TestSandwichSweeperIntegration(Applicable):
     not_applicable = {
