@@ -245,6 +245,15 @@ class TrackingConfig:
     experiment: str = "sweep-sft"
     # Run name; null: derived from the Hydra job (overrides or the output folder).
     run_name: str | None = None
+    # Seconds a trial waits at its start (run creation) and end (delivery) for an unreachable
+    # server before failing; the undelivered records then go to mlflow_undelivered.json.
+    outage_timeout_s: float = 300.0
+    # Metric points kept in memory while the server is down; past it, logging waits for delivery.
+    max_buffered_points: int = 200_000
+
+    def __post_init__(self) -> None:
+        _at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)
+        _at_least("tracking.max_buffered_points", self.max_buffered_points, 1000)  # one log_batch
 
 
 @dataclass
@@ -362,7 +371,7 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _at_least(key: str, value: int, low: int) -> None:
+def _at_least(key: str, value: float, low: float) -> None:
     if value < low:
         raise ConfigError(f"{key} must be >= {low}, got {value}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.tracking import PARENT_FILE
+
+log = logging.getLogger(__name__)
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -27,6 +30,11 @@ def swept_keys(config: DictConfig) -> list[str]:
 class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self.run = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The submitit launcher pickles the callbacks into every job; the open run (a delivery
+        # thread, locks) stays with the sweep process, which alone finishes it.
+        return {**self.__dict__, "run": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sweep_sft.config import TrackingConfig
@@ -59,18 +67,28 @@ class MlflowParentRun(Callback):
         if self.run is None:
             return
         run, self.run = self.run, None
+        from sweep_sft.tracking import TrackingError, retry_until
+
+        # The trials are recorded already: a server that is down now must not fail the sweep.
+        try:
+            run.log_metrics(retry_until(lambda: self._counts(run), run.timeout_s, "count child runs", run.uri), 0)
+        except TrackingError as exc:
+            log.warning("sweep parent run: %s", exc)
+        try:
+            run.finish(status)
+        except TrackingError as exc:
+            log.warning("sweep parent run: %s", exc)
+
+    @staticmethod
+    def _counts(run) -> dict[str, float]:
         children = run.client.search_runs(
             [run.client.get_run(run.run_id).info.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
         )
         states = [c.info.status for c in children]
-        run.log_metrics(
-            {
-                "sweep/trials": len(states),
-                "sweep/finished": states.count("FINISHED"),
-                "sweep/failed": states.count("FAILED"),
-                "sweep/pruned": sum(c.data.tags.get("sweep_sft.trial_state") == "PRUNED" for c in children),
-            },
-            step=0,
-        )
-        run.finish(status)
+        return {
+            "sweep/trials": len(states),
+            "sweep/finished": states.count("FINISHED"),
+            "sweep/failed": states.count("FAILED"),
+            "sweep/pruned": sum(c.data.tags.get("sweep_sft.trial_state") == "PRUNED" for c in children),
+        }

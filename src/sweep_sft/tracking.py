@@ -1,4 +1,5 @@
-"""MLflow records: one run per trial (a child of the sweep's parent run), metrics batched.
+"""MLflow records: one run per trial (a child of the sweep's parent run), delivered in batches
+from a background thread that rides out server outages (sweep_sft.delivery).
 
 Uses MlflowClient rather than the fluent API: no process-global active run, so a trial
 never logs into another's run, and several trials can share one process (basic launcher).
@@ -7,14 +8,26 @@ never logs into another's run, and several trials can share one process (basic l
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from sweep_sft.config import TrackingConfig
+from sweep_sft.errors import UserInputError
 
 PARENT_FILE = "mlflow_parent_run.json"
-FLUSH_EVERY = 200
+UNDELIVERED_FILE = "mlflow_undelivered.json"
+# MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
+# 120 s for an answer; our delivery thread retries instead, so it must see a failure at once.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(UserInputError):
+    """The tracking server did not take a run's records within tracking.outage_timeout_s."""
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -43,8 +56,34 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree)}
 
 
+def retry_until(call, timeout_s: float, what: str, uri: str):
+    """`call()` retried with backoff while the server is unreachable, for up to `timeout_s`."""
+    from sweep_sft.delivery import BACKOFF_S, transient
+
+    deadline, pause, warned = time.monotonic() + timeout_s, BACKOFF_S[0], False
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() + pause > deadline:
+                raise TrackingError(
+                    f"tracking.uri {uri}: could not {what} within tracking.outage_timeout_s={timeout_s:g} s: "
+                    f"{type(exc).__name__}: {exc}"[:3000]
+                ) from exc
+            if not warned:
+                log.warning("MLflow server %s unreachable (%s); retrying to %s", uri, type(exc).__name__, what)
+                warned = True
+            time.sleep(pause)
+            pause = min(2 * pause, BACKOFF_S[1])
+
+
 class Run:
-    """An MLflow run with buffered metrics; a no-op when tracking is disabled."""
+    """An MLflow run whose records are delivered asynchronously; a no-op when tracking is disabled.
+
+    Nothing logged is lost silently: `finish` waits for delivery (up to tracking.outage_timeout_s
+    without progress), and otherwise writes what is left to `spill_dir`/mlflow_undelivered.json
+    and raises TrackingError naming the server.
+    """
 
     def __init__(
         self,
@@ -52,63 +91,137 @@ class Run:
         run_name: str | None,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        spill_dir: str | Path | None = None,
     ):
         self.enabled = cfg.enabled
         self.run_id: str | None = None
-        self._buffer: list = []
+        self.delivery = None
         if not self.enabled:
             return
+        self.uri = tracking_uri(cfg)
+        if self.uri.startswith(("http://", "https://")):
+            for key, value in HTTP_ENV.items():  # a user's own setting wins
+                os.environ.setdefault(key, value)
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri(cfg)
+        from sweep_sft.delivery import Delivery
+
+        self.timeout_s = cfg.outage_timeout_s
         self.client = MlflowClient(tracking_uri=self.uri)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(experiment_id(self.client, cfg.experiment), run_name=run_name, tags=all_tags)
-        self.run_id = run.info.run_id
+        self.spill_dir = Path(
+            spill_dir or all_tags.get("sweep_sft.output_dir") or all_tags.get("sweep_sft.sweep_dir") or "."
+        )
+
+        def create():
+            experiment = experiment_id(self.client, cfg.experiment)
+            return self.client.create_run(experiment, run_name=run_name, tags=all_tags)
+
+        self.run_id = retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
+        self.delivery = Delivery(self.client, self.run_id, self.uri, cfg.max_buffered_points)
+
+    @property
+    def open(self) -> bool:
+        """Enabled and not finished: a finished run ignores what comes after (a trial's error
+        handler tagging a run whose finish failed)."""
+        return self.enabled and self.delivery is not None
 
     def log_params(self, params: dict[str, str]) -> None:
-        if not self.enabled:
+        if not self.open:
             return
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            chunk = items[start : start + 100]
+            self.delivery.add_op(
+                f"params {chunk[0].key}..{chunk[-1].key}",
+                lambda chunk: self.client.log_batch(self.run_id, params=chunk),
+                chunk,
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled:
+        if not self.open:
             return
         from mlflow.entities import Metric
 
+        # Stamped now, never again: a re-sent point is then identical and the store keeps one.
         stamp = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        if len(self._buffer) >= FLUSH_EVERY:
-            self.flush()
+        try:
+            self.delivery.add_points([Metric(k, float(v), stamp, step) for k, v in metrics.items()], self.timeout_s)
+        except TimeoutError as exc:
+            raise TrackingError(f"tracking.uri {self.uri}: server unreachable and {exc}") from exc
 
-    def flush(self) -> None:
-        if self.enabled and self._buffer:
-            for start in range(0, len(self._buffer), 1000):
-                self.client.log_batch(self.run_id, metrics=self._buffer[start : start + 1000])
-            self._buffer = []
+    def flush(self) -> bool:
+        """Deliver what was logged so far; False if the server is down (it stays buffered)."""
+        return not self.open or self.delivery.drain(0.0)
 
     def log_json(self, obj: Any, name: str) -> None:
-        if self.enabled:
-            self.client.log_dict(self.run_id, obj, name)
+        if self.open:
+            self.delivery.add_op(f"artifact {name}", lambda obj: self.client.log_dict(self.run_id, obj, name), obj)
 
     def log_text(self, text: str, name: str) -> None:
-        if self.enabled:
-            self.client.log_text(self.run_id, text, name)
+        if self.open:
+            self.delivery.add_op(f"artifact {name}", lambda text: self.client.log_text(self.run_id, text, name), text)
 
     def set_tag(self, key: str, value: str) -> None:
-        if self.enabled:
-            self.client.set_tag(self.run_id, key, value)
+        if self.open:
+            self.delivery.add_op(f"tag {key}", lambda value: self.client.set_tag(self.run_id, key, value), value)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self.flush()
-            self.client.set_terminated(self.run_id, status=status)
+        """Deliver everything, then mark the run `status`; on a lasting outage, spill and raise."""
+        if not self.open:
+            return
+        delivery, self.delivery = self.delivery, None
+        try:
+            delivered = delivery.drain(self.timeout_s)
+            if delivered:
+                delivery.add_op(
+                    "run status", lambda status: self.client.set_terminated(self.run_id, status=status), status
+                )
+                delivered = delivery.drain(self.timeout_s)
+        finally:
+            delivery.stop()
+        rejected = delivery.rejected()
+        if delivered and not rejected:
+            return
+        path = self._spill(delivery, status)
+        reason = (
+            f"the server was unreachable for tracking.outage_timeout_s={self.timeout_s:g} s ({delivery.last_error})"
+            if not delivered
+            else f"the server refused {len(rejected)} record(s): {rejected[0][1]}"
+        )
+        raise TrackingError(
+            f"tracking.uri {self.uri}: run {self.run_id} is incomplete: {reason}; undelivered records saved to {path}"
+        )
+
+    def _spill(self, delivery, status: str) -> Path:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / UNDELIVERED_FILE
+        left = delivery.undelivered()
+        path.write_text(
+            json.dumps(
+                {
+                    "tracking_uri": self.uri,
+                    "run_id": self.run_id,
+                    "status": status,
+                    "error": delivery.last_error,
+                    **left,
+                },
+                indent=1,
+                default=str,
+            )
+        )
+        log.error(
+            "MLflow: %d metric points and %d records not delivered to %s; saved to %s",
+            len(left["metrics"]),
+            len(left["records"]),
+            self.uri,
+            path,
+        )
+        return path.resolve()
 
 
 def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
