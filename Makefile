@@ -60,7 +60,11 @@ bench-pruning: $(VENV)/.installed ## trial-steps an Optuna study saves with a me
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
+	mkdir -p mlflow-server
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server/mlflow.db --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna test lint bench bench-pruning mlflow-ui clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna test lint bench bench-pruning mlflow-ui mlflow-server clean
