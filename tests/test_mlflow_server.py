@@ -248,6 +248,36 @@ def test_trial_rides_out_a_server_restart(server, mlflow_server, tiny_overrides,
     assert sum("is back after" in m for m in messages) == 1, messages
 
 
+def test_sweep_end_rides_out_a_server_restart(server, mlflow_server, tmp_path, caplog):
+    """The sweep callback closing the parent run while the server is down for a few seconds
+    neither crashes the sweep nor loses the parent's final counts."""
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from sweep_sft.sweep_callback import MlflowParentRun
+    from sweep_sft.tracking import read_parent
+
+    sweep_dir = tmp_path / "sweep"
+    config = OmegaConf.create(
+        {
+            "tracking": {"enabled": True, "uri": mlflow_server},
+            "hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["trainer.seed=0,1"]}},
+        }
+    )
+    callback = MlflowParentRun()
+    callback.on_multirun_start(config)
+    server.stop(signal.SIGKILL)
+    restart = threading.Timer(2, server.start)
+    restart.start()
+    with caplog.at_level(logging.WARNING):
+        callback.on_multirun_end(config)
+    restart.join()
+    parent = MlflowClient(tracking_uri=mlflow_server).get_run(read_parent(sweep_dir)["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials"] == 0
+    assert parent.data.tags["sweep_sft.overrides"] == "trainer.seed=0,1"
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.slow
 def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, tiny_overrides):
     """The server never comes back within tracking.outage_timeout_s: the trial raises an error
