@@ -301,20 +301,27 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
     assert spilled["tracking_uri"] == mlflow_server and spilled["metrics"]
     assert {"artifact objective.json", "tag sweep_sft.trial_state"} <= {r["what"] for r in spilled["records"]}
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{server.folder / 'mlflow.db'}")  # what the server stored
+    server.start()  # back after the trial gave up: count what it got, then deliver the rest
+    client = MlflowClient(tracking_uri=mlflow_server)
     delivered = points_on_server(client, spilled["run_id"], series)
     for key, step in ((m[0], m[3]) for m in spilled["metrics"]):
         delivered[key].append(step)
     assert {k: sorted(v) for k, v in delivered.items()} == steps_in(series)
 
+    subprocess.run([sys.executable, "-m", "sweep_sft.tracking", str(out / UNDELIVERED_FILE)], check=True)
+    assert points_on_server(client, spilled["run_id"], series) == steps_in(series)
+    run = client.get_run(spilled["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sweep_sft.trial_state"] == "COMPLETE"
+    assert "objective.json" in {a.path for a in client.list_artifacts(spilled["run_id"])}
 
-def test_a_lost_confirmation_does_not_duplicate_points(tmp_path):
+
+def test_a_lost_confirmation_does_not_duplicate_points(mlflow_server):
     """The server stores a batch but the answer is lost (the connection drops): the batch is sent
     again unchanged, and the store keeps each point once."""
     from sweep_sft.config import TrackingConfig
     from sweep_sft.tracking import Run
 
-    run = Run(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), run_name="dedup")
+    run = Run(TrackingConfig(uri=mlflow_server), run_name="dedup")
     real_log_batch, lost = run.client.log_batch, []
 
     def log_batch_losing_first_answer(run_id, **records):

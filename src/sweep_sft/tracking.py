@@ -224,6 +224,31 @@ class Run:
         return path.resolve()
 
 
+def replay(path: str | Path, uri: str | None = None) -> int:
+    """Deliver what a run could not (its mlflow_undelivered.json) once the server is back, to
+    the same run; points already stored are not duplicated (same timestamps). Returns the
+    number of metric points sent."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    left = json.loads(Path(path).read_text())
+    client, run_id = MlflowClient(tracking_uri=uri or left["tracking_uri"]), left["run_id"]
+    points = [Metric(key, value, stamp, step) for key, value, stamp, step in left["metrics"]]
+    for start in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[start : start + 1000])
+    for record in left["records"]:
+        kind, name = record["what"].split(" ", 1)
+        payload = record["payload"]
+        if kind == "params":
+            client.log_batch(run_id, params=[Param(k, v) for k, v in payload.items()])
+        elif kind == "tag":
+            client.set_tag(run_id, name, payload)
+        elif kind == "artifact":
+            (client.log_text if isinstance(payload, str) else client.log_dict)(run_id, payload, name)
+    client.set_terminated(run_id, status=left["status"])
+    return len(points)
+
+
 def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
     """What the sweep callback left in the sweep folder: parent run id and swept keys."""
     path = Path(sweep_dir) / PARENT_FILE
@@ -234,3 +259,16 @@ def child_run_name(job_overrides: list[str], swept: list[str]) -> str:
     """The swept part of a job's overrides ("lr=0.001,grad_accum=2"), the rest being common."""
     chosen = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
     return ",".join(chosen or job_overrides)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep_sft.tracking", description="Deliver a run's mlflow_undelivered.json to MLflow."
+    )
+    parser.add_argument("file", help="mlflow_undelivered.json from a trial (or sweep) folder")
+    parser.add_argument("--uri", help="tracking URI, if not the one in the file")
+    args = parser.parse_args()
+    sent = replay(args.file, args.uri)
+    print(f"delivered {sent} metric points and the other records of {args.file}")
