@@ -337,3 +337,27 @@ def test_a_lost_confirmation_does_not_duplicate_points(mlflow_server):
     assert lost, "the fault was never injected"
     history = run.client.get_metric_history(run.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+def test_buffer_is_bounded_while_the_server_is_down(monkeypatch, caplog):
+    """Nothing listens on the port: points stay buffered up to tracking.max_buffered_points,
+    one more waits and then fails, and everything buffered is still there to be saved."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from sweep_sft.delivery import Delivery
+    from sweep_sft.tracking import HTTP_ENV
+
+    for key, value in HTTP_ENV.items():
+        monkeypatch.setenv(key, value)
+    url = f"http://127.0.0.1:{free_port()}"
+    delivery = Delivery(MlflowClient(tracking_uri=url), "0" * 32, url, max_points=1000)
+    with caplog.at_level(logging.WARNING, logger="sweep_sft.delivery"):
+        for step in range(10):
+            delivery.add_points([Metric(f"m{i}", 1.0, 0, step) for i in range(100)], wait_s=0)
+        with pytest.raises(TimeoutError, match="1000 metric points buffered"):
+            delivery.add_points([Metric("m", 1.0, 0, 10)], wait_s=0.5)
+        assert delivery.drain(0.5) is False
+    delivery.stop()
+    assert len(delivery.undelivered()["metrics"]) == 1000
+    assert sum(" unreachable (" in r.getMessage() for r in caplog.records) == 1

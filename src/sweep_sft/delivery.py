@@ -53,11 +53,10 @@ class Delivery:
         self._rejected: list[tuple[str, str]] = []  # (what, the server's refusal)
         self._rejected_points: list = []
         self._closing = False
-        self._wake = False
+        self._draining = 0  # callers waiting in drain(): send without waiting for a full batch
         self.down_since: float | None = None
         self.last_error: str | None = None
         self.last_success = time.monotonic()
-        self.delivered_points = 0
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-delivery-{run_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -78,23 +77,22 @@ class Delivery:
             self._ops.append(Op(describe, send, copy.deepcopy(payload)))
             self._cond.notify_all()
 
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._points) + len(self._ops)
-
     def drain(self, timeout_s: float) -> bool:
         """Wait until everything logged so far is delivered; give up after `timeout_s` without
         progress (a server that keeps taking batches is waited for)."""
         started = time.monotonic()
         with self._cond:
-            self._wake = True
+            self._draining += 1
             self._cond.notify_all()
-            while self._points or self._ops:
-                idle = time.monotonic() - max(self.last_success, started)
-                if self.down_since is not None and idle >= timeout_s:
-                    return False
-                self._cond.wait(min(1.0, max(0.05, timeout_s - idle)))
-            return True
+            try:
+                while self._points or self._ops:
+                    idle = time.monotonic() - max(self.last_success, started)
+                    if self.down_since is not None and idle >= timeout_s:
+                        return False
+                    self._cond.wait(min(1.0, max(0.05, timeout_s - idle)))
+                return True
+            finally:
+                self._draining -= 1
 
     def stop(self) -> None:
         """End the thread after its current attempt; what is left stays in undelivered()."""
@@ -124,7 +122,6 @@ class Delivery:
                 self._cond.wait_for(self._ready, SEND_EVERY_S)
                 if self._closing:
                     return
-                self._wake = False
                 op = self._ops[0] if self._ops else None
                 batch = [] if op or not self._points else self._points[:BATCH]
             if op is None and not batch:
@@ -147,14 +144,13 @@ class Delivery:
             self._done(op, len(batch))
 
     def _ready(self) -> bool:
-        return self._closing or self._wake or bool(self._ops) or len(self._points) >= BATCH
+        return self._closing or bool(self._ops) or len(self._points) >= BATCH or (self._draining and bool(self._points))
 
     def _done(self, op: Op | None, points: int) -> None:
         with self._cond:
             if op is not None:
                 self._ops.popleft()
             del self._points[:points]
-            self.delivered_points += points
             self.last_success = time.monotonic()
             if self.down_since is not None:
                 log.warning(

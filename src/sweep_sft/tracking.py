@@ -182,8 +182,11 @@ class Run:
                     "run status", lambda status: self.client.set_terminated(self.run_id, status=status), status
                 )
                 delivered = delivery.drain(self.timeout_s)
-        finally:
+        except BaseException:  # interrupted while waiting (Ctrl-C, Slurm's signal): keep what is left
             delivery.stop()
+            self._spill(delivery, status)
+            raise
+        delivery.stop()
         rejected = delivery.rejected()
         if delivered and not rejected:
             return
