@@ -189,3 +189,44 @@ def test_cli_deepspeed_error_is_one_line_without_heavy_imports(tmp_path):
     modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "sweep_sft.config" in modules
     assert not {m for m in modules if m.split(".")[0] in {"torch", "deepspeed", "transformers"}}
+
+
+def _pruning_rank(rank: int, storage: str, result_dir: str) -> None:
+    import torch.distributed as dist
+
+    from sweep_sft.config import StudyLinkConfig
+    from sweep_sft.study import TrialPruned
+    from sweep_sft.train import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{result_dir}/rendezvous", rank=rank, world_size=2)
+    env = distributed.DistEnv(rank, 2)
+    link = StudyLinkConfig(storage=storage, study_name="s", trial_number=0, metric="val/loss")
+    reporter = distributed.reporter(link, env)
+    outcome = []
+    for step, value in ((1, 0.5), (2, 5.0)):  # the threshold pruner stops a value above 1
+        try:
+            reporter.report(step, {"val/loss": value})
+            outcome.append(f"kept {step}")
+        except TrialPruned as pruned:
+            outcome.append(f"pruned {pruned.step}")
+            break
+    Path(result_dir, f"rank{rank}").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_rank_zero_reports_to_the_study_and_every_rank_stops(tmp_path):
+    import optuna
+    import torch.multiprocessing as mp
+
+    from sweep_sft.study import PRUNER_ATTR, open_storage
+
+    storage = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    study.set_user_attr(PRUNER_ATTR, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
+    study.ask()
+    mp.spawn(_pruning_rank, args=(storage, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}").read_text()) == ["kept 1", "pruned 2"]
+    reported = study.trials[0].intermediate_values
+    assert reported == {1: 0.5, 2: 5.0}, "rank 0 reports each evaluation once"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweep_sft.config import Config
+from sweep_sft.errors import ConfigError
 from sweep_sft.train.distributed import DistEnv, all_reduce_grads, all_reduce_sum
 
 
@@ -183,5 +184,12 @@ def build_engine(model, optimizer, scheduler, cfg: Config, env: DistEnv) -> Engi
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.deepspeed is None:
         return Engine(model, optimizer, scheduler, cfg, env)
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"deepspeed.zero_stage={cfg.deepspeed.zero_stage}: DeepSpeed is not installed; "
+            "pip install 'sweep-sft[deepspeed]', or drop the deepspeed option"
+        ) from exc
     extensions_dir()
     return DeepSpeedEngine(model, optimizer, scheduler, cfg, env)
