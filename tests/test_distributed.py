@@ -161,6 +161,11 @@ def test_deepspeed_presets_compose_into_the_json(name):
     assert ("offload_param" in zero) == (name == "zero3_offload")
 
 
+def test_deepspeed_off_is_an_option_so_it_can_be_swept():
+    assert validate(compose(["deepspeed=off"])).deepspeed is None
+    assert validate(compose([])).deepspeed is None
+
+
 def test_ranks_split_the_global_window_and_pad_the_short_one():
     import torch
 
