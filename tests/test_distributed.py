@@ -1,8 +1,8 @@
 """Multi-process trials and DeepSpeed ZeRO, run as a user runs them.
 
-- Two processes (Hydra's submitit_local launcher, tasks_per_node=2, gloo on CPU) with
-  grad_accum g train the same model as one process with grad_accum 2g on the same global batch,
-  and the trial is one MLflow run with one metrics.json.
+- Two processes (Hydra's submitit launcher, local and on the local Slurm cluster,
+  tasks_per_node=2, gloo on CPU) with grad_accum g train the same model as one process with
+  grad_accum 2g on the same global batch, and the trial is one MLflow run with one metrics.json.
 - A one-process DeepSpeed ZeRO-2 trial on CPU, with gradient checkpointing, trains like our own
   optimizer step without either, and logs its ZeRO stage, offload and gradient checkpointing.
 - Configuration mistakes name their key, before any heavy import.
@@ -69,15 +69,35 @@ def _runs(tmp_path: Path) -> list:
     return client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
 
 
+def _slurm_up() -> bool:
+    import shutil
+
+    if shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, check=False).returncode == 0
+
+
+LAUNCHERS = [
+    pytest.param(["hydra/launcher=submitit_local"], id="submitit_local"),
+    # The real cluster (launchers/slurm_cluster.sh): ranks come from SLURM_* through submitit.
+    pytest.param(
+        ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=10"],
+        id="submitit_slurm",
+        marks=[pytest.mark.slurm, pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster")],
+    ),
+]
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path, embedded_model_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path, embedded_model_path, launcher):
     want = _reference(tmp_path, "trainer.grad_accum=6")
     sweep = tmp_path / "sweep"
     proc = _cli(
         tmp_path,
         "-m",
-        "hydra/launcher=submitit_local",
+        *launcher,
         "hydra.launcher.tasks_per_node=2",
         "hydra.launcher.cpus_per_task=1",
         f"hydra.sweep.dir={sweep}",
@@ -95,6 +115,7 @@ def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path
     trials = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
     assert len(trials) == 1, "one MLflow run per trial, not one per process"
     assert trials[0].info.run_id == metrics["run_id"] and trials[0].info.status == "FINISHED"
+    assert trials[0].data.params["dist.world_size"] == "2"
 
 
 @pytest.mark.distributed
@@ -121,7 +142,7 @@ def test_deepspeed_zero2_one_process_trains_like_our_step(tmp_path, embedded_mod
     params = run.data.params
     assert params["deepspeed.zero_stage"] == "2"
     assert params["deepspeed.offload_optimizer"] == "False" and params["deepspeed.offload_params"] == "False"
-    assert params["trainer.gradient_checkpointing"] == "True"
+    assert params["trainer.gradient_checkpointing"] == "True" and params["dist.world_size"] == "1"
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,8 @@ def run_trial(
 
     try:
         run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
+        # Not a config key (the launcher decides it), yet the effective batch depends on it.
+        run.log_params({"dist.world_size": str(dist_env.world_size)})
         stats = data.report
         run.log_json(stats, "dataset_stats.json")
         log(_mix_metrics(stats), 0)
