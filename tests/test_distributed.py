@@ -40,11 +40,20 @@ SMALL = [
 TOL = 1e-5
 
 
-def _reference(tmp_path: Path, *overrides: str) -> dict:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, embedded_model_path):
+    """The one-process trial's series for these overrides (computed once per module)."""
     from sweep_sft.trial import run_trial
 
-    result = run_trial(compose([*SMALL, "tracking.enabled=false", *overrides]), output_dir=tmp_path / "reference")
-    return result.series
+    cache: dict[tuple[str, ...], dict] = {}
+
+    def series(*overrides: str) -> dict:
+        if overrides not in cache:
+            out = tmp_path_factory.mktemp("reference")
+            cache[overrides] = run_trial(compose([*SMALL, "tracking.enabled=false", *overrides]), output_dir=out).series
+        return cache[overrides]
+
+    return series
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,8 +100,8 @@ LAUNCHERS = [
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path, embedded_model_path, launcher):
-    want = _reference(tmp_path, "trainer.grad_accum=6")
+def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path, reference, launcher):
+    want = reference("trainer.grad_accum=6")
     sweep = tmp_path / "sweep"
     proc = _cli(
         tmp_path,
@@ -120,8 +129,8 @@ def test_two_process_trial_equals_one_process_with_doubled_accumulation(tmp_path
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_deepspeed_zero2_one_process_trains_like_our_step(tmp_path, embedded_model_path):
-    want = _reference(tmp_path, "trainer.grad_accum=2")
+def test_deepspeed_zero2_one_process_trains_like_our_step(tmp_path, reference):
+    want = reference("trainer.grad_accum=2")
     out = tmp_path / "zero2"
     proc = _cli(
         tmp_path,
