@@ -24,6 +24,19 @@ FORMATS = ("auto", "messages", "alpaca", "sharegpt")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+ZERO_STAGES = (0, 1, 2, 3)
+# DeepSpeed JSON keys built from our trainer/optimizer config (deepspeed.extra must not set them).
+DEEPSPEED_DERIVED = {
+    "train_batch_size": "trainer.batch_size x trainer.grad_accum x world size",
+    "train_micro_batch_size_per_gpu": "trainer.batch_size",
+    "gradient_accumulation_steps": "trainer.grad_accum",
+    "gradient_clipping": "trainer.grad_clip",
+    "bf16": "trainer.precision",
+    "fp16": "trainer.precision",
+    "zero_optimization": "deepspeed.zero_stage, deepspeed.offload_optimizer, deepspeed.offload_params",
+    "optimizer": "optimizer (ours is passed to deepspeed.initialize)",
+    "scheduler": "scheduler (ours is passed to deepspeed.initialize)",
+}
 # Short top-level names for the most-swept knobs, and the full path each one feeds.
 ALIASES = {"lr": "optimizer.lr", "grad_accum": "trainer.grad_accum", "epochs": "trainer.epochs"}
 
@@ -201,6 +214,8 @@ class TrainerConfig:
     eval_every: int = 200
     # Show a progress bar.
     progress: bool = True
+    # Recompute activations in backward (HF gradient_checkpointing_enable): less memory, ~30% more compute.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -257,6 +272,45 @@ class TrackingConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO (conf/deepspeed/); null: our own optimizer step. Batch size, accumulation,
+    clipping and precision come from `trainer`, so the DeepSpeed JSON cannot disagree with them."""
+
+    # ZeRO stage: 0 (plain data parallel), 1 (optimizer state sharded), 2 (+ gradients), 3 (+ parameters).
+    zero_stage: int = 2
+    # Keep the optimizer state and step on the CPU (ZeRO-Offload; stage >= 1).
+    offload_optimizer: bool = False
+    # Keep the parameters on the CPU between uses (ZeRO-Infinity; stage 3 only).
+    offload_params: bool = False
+    # With optimizer offload: DeepSpeedCPUAdam (compiled once, fast) instead of torch AdamW on the CPU.
+    cpu_adam: bool = True
+    # Overlap gradient reduction with backward (stage >= 2).
+    overlap_comm: bool = False
+    # Elements per gradient reduce / parameter all-gather bucket.
+    bucket_size: int = 200_000_000
+    # More DeepSpeed JSON keys, merged as given (+deepspeed.extra.wall_clock_breakdown=true); not the derived ones.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in ZERO_STAGES:
+            raise ConfigError(f"deepspeed.zero_stage must be one of 0, 1, 2, 3; got {self.zero_stage!r}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError(
+                f"deepspeed.offload_params=true needs deepspeed.zero_stage=3 (got {self.zero_stage}): "
+                "only ZeRO-3 partitions parameters"
+            )
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1 (got 0)")
+        _at_least("deepspeed.bucket_size", self.bucket_size, 1)
+        for key in self.extra:
+            if key in DEEPSPEED_DERIVED:
+                raise ConfigError(
+                    f"deepspeed.extra.{key}: set from {DEEPSPEED_DERIVED[key]}, so the DeepSpeed config "
+                    "cannot disagree with ours; set it there"
+                )
+
+
+@dataclass
 class StudyLinkConfig:
     """Where a trial reports its evaluations to an Optuna study (set per trial by the Optuna
     sweeper when a pruner is on), so the study can stop it early."""
@@ -292,6 +346,8 @@ class Config:
     output_dir: str | None = None
     # Set by the Optuna sweeper: the study this trial reports to (pruning).
     study: StudyLinkConfig = field(default_factory=StudyLinkConfig)
+    # DeepSpeed ZeRO (deepspeed=zero2|zero3|zero2_offload|zero3_offload); null: our own optimizer step.
+    deepspeed: DeepSpeedConfig | None = None
 
 
 def register_configs() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -51,14 +51,17 @@ def run_trial(
     from sweep_sft import general_probe, modeling
     from sweep_sft.data.pipeline import mix_table, prepare
     from sweep_sft.evaluate import exact_match, validation_loss
-    from sweep_sft.study import TrialPruned, reporter
+    from sweep_sft.study import TrialPruned
     from sweep_sft.tracking import Run, flatten
+    from sweep_sft.train import distributed
     from sweep_sft.train.loop import train
 
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     _seed_everything(config.trainer.seed)
-    device = _device(config.trainer.device)
+    # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
+    dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
+    device = distributed.device_for(dist_env, _device(config.trainer.device))
     path = modeling.resolve_model_path(config.model)
     tokenizer = modeling.load_tokenizer(config.model, path)
     eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
@@ -67,8 +70,9 @@ def run_trial(
     model = modeling.load_model(config.model, path, tokenizer, device)
 
     resolved = _resolved(cfg, config)
-    study = reporter(config.study)
-    run = Run(config.tracking, run_name, parent_run_id, tags={"sweep_sft.output_dir": str(out.resolve())})
+    study = distributed.reporter(config.study, dist_env)
+    tracking = config.tracking if dist_env.is_main else replace(config.tracking, enabled=False)
+    run = Run(tracking, run_name, parent_run_id, tags={"sweep_sft.output_dir": str(out.resolve())})
     series: dict[str, list[list[float]]] = {}
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -78,6 +82,8 @@ def run_trial(
 
     try:
         run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
+        # Not a config key (the launcher decides it), yet the effective batch depends on it.
+        run.log_params({"dist.world_size": str(dist_env.world_size)})
         stats = data.report
         run.log_json(stats, "dataset_stats.json")
         log(_mix_metrics(stats), 0)
@@ -104,12 +110,14 @@ def run_trial(
             return metrics
 
         try:
-            state = train(model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate)
+            state = train(
+                model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate, dist_env
+            )
         except TrialPruned as pruned:
             # A pruned trial is a result, not an error: record it as such and skip the final evals.
             run.set_tag("sweep_sft.trial_state", "PRUNED")
             log({"time/total_s": time.perf_counter() - started}, pruned.step)
-            result = _record(config, out, run, series, "PRUNED", pruned.step)
+            result = _record(config, out, run, series, "PRUNED", pruned.step, dist_env.is_main)
             print(f"pruned by the study at step {pruned.step}: {config.study.metric} = {pruned.value:.4f}")
             run.finish("KILLED")
             return result
@@ -128,7 +136,7 @@ def run_trial(
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
         run.set_tag("sweep_sft.trial_state", "COMPLETE")
-        result = _record(config, out, run, series, "COMPLETE", state.step)
+        result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main)
         print(summary_table(result, tasks, stats))
         run.finish("FINISHED")
         return result
@@ -136,16 +144,19 @@ def run_trial(
         run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
         run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        distributed.teardown(dist_env)
 
 
-def _record(config: Config, out: Path, run, series: dict, state: str, steps: int) -> TrialResult:
+def _record(config: Config, out: Path, run, series: dict, state: str, steps: int, write: bool = True) -> TrialResult:
     """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
     metrics = {key: values[-1][1] for key, values in series.items()}
     # A pruned trial reports the metric it was judged on; its final evals never ran.
     name = config.study.metric if state == "PRUNED" else config.objective
     value = objective_value(name, metrics)
     result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps)
-    (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
+    if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
+        (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
     return result
 

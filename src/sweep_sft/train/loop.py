@@ -17,6 +17,8 @@ from sweep_sft.config import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
+from sweep_sft.train.distributed import DistEnv
+from sweep_sft.train.engine import Micro, build_engine
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums, example_weights
 from sweep_sft.train.schedule import lr_factor
 
@@ -35,8 +37,8 @@ class TrainState:
     seconds: float = 0.0
 
 
-def total_steps(cfg: Config, n_examples: int) -> int:
-    per_epoch = steps_per_epoch(n_examples, cfg.trainer.batch_size, cfg.trainer.grad_accum)
+def total_steps(cfg: Config, n_examples: int, world_size: int = 1) -> int:
+    per_epoch = steps_per_epoch(n_examples, cfg.trainer.batch_size, cfg.trainer.grad_accum * world_size)
     steps = per_epoch * cfg.trainer.epochs
     return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps else steps
 
@@ -64,6 +66,7 @@ def backward_window(
     acc: TaskAccumulator | None = None,
     loss_norm: str = "token",
     n_tasks: int | None = None,
+    engine=None,
 ) -> float:
     """Accumulate the gradient of one optimizer step and return its loss.
 
@@ -74,14 +77,22 @@ def backward_window(
     if n_tasks is None:
         n_tasks = int(max(int(b.example_tasks.max()) for b in batches)) + 1
     weights = example_weights(batches, loss_norm, n_tasks)
+    # With several ranks (train/engine.py) each runs its share of the window, weighted by the whole.
+    if engine is not None:
+        micros = engine.local(batches, weights)
+    else:
+        micros = [Micro(b, w) for b, w in zip(batches, weights, strict=True)]
     total = 0.0
-    for batch, weight in zip(batches, weights, strict=True):
-        sums, counts = example_loss_sums(model, batch, device, precision)
-        loss = (sums * weight.to(sums.device, sums.dtype)).sum()
-        loss.backward()
+    for i, micro in enumerate(micros):
+        sums, counts = example_loss_sums(model, micro.batch, device, precision)
+        loss = (sums * micro.weight.to(sums.device, sums.dtype)).sum()
+        if engine is not None:
+            engine.backward(loss, last=i == len(micros) - 1)
+        else:
+            loss.backward()
         total += float(loss.detach())
-        if acc is not None:
-            acc.add(batch.example_tasks, sums, counts, weight)
+        if acc is not None and micro.counted:
+            acc.add(micro.batch.example_tasks, sums, counts, micro.weight)
     return total
 
 
@@ -94,14 +105,18 @@ def train(
     pad_id: int,
     log: LogFn,
     evaluate: Callable[[int], dict[str, float]],
+    dist_env: DistEnv | None = None,
 ) -> TrainState:
-    """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals."""
+    """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals.
+    With several ranks (`dist_env`), each step's window is grad_accum x world size micro-batches."""
     import torch
 
     tc = cfg.trainer
-    n_steps = total_steps(cfg, len(rows))
+    dist_env = dist_env or DistEnv()
+    n_steps = total_steps(cfg, len(rows), dist_env.world_size)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.scheduler, s, n_steps))
+    engine = build_engine(model, optimizer, scheduler, cfg, dist_env)
     task_index = {t: i for i, t in enumerate(tasks)}
     state = TrainState()
     window_acc = TaskAccumulator(tasks)
@@ -112,23 +127,21 @@ def train(
     model.train()
     epoch = 0
     while state.step < n_steps:
-        windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum, tc.seed, epoch)
+        windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum * dist_env.world_size, tc.seed, epoch)
         for i, window in enumerate(windows):
             batches = [
                 collate([rows[j] for j in micro], task_index, pad_id, cfg.data.packing, cfg.data.max_seq_len)
                 for micro in window
             ]
-            backward_window(model, batches, device, tc.precision, window_acc, tc.loss_norm, len(tasks))
+            backward_window(engine.model, batches, device, tc.precision, window_acc, tc.loss_norm, len(tasks), engine)
             tokens_since += sum(b.n_tokens for b in batches)
             computed_since += sum(b.n_computed for b in batches)
             supervised_since += sum(b.n_supervised for b in batches)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = engine.step()
             state.step += 1
             state.epoch = epoch + (i + 1) / len(windows)
-            metrics = window_acc.means("train/loss")
+            global_acc = engine.reduce(window_acc)  # every rank's share of the logged loss
+            metrics = global_acc.means("train/loss")
             if not math.isfinite(metrics["train/loss"]):
                 raise TrainingDiverged(
                     f"training diverged at step {state.step}: train loss {metrics['train/loss']} "
@@ -140,11 +153,11 @@ def train(
                 now = time.perf_counter()
                 state.tokens_seen += tokens_since
                 elapsed = max(now - clock, 1e-9)
-                metrics.update(window_acc.weight_shares("train/loss_weight_share"))
+                metrics.update(global_acc.weight_shares("train/loss_weight_share"))
                 metrics.update(
                     {
                         "train/grad_norm": float(grad_norm),
-                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/lr": engine.lr(),
                         "train/tokens_per_s": tokens_since / elapsed,
                         "train/supervised_tokens_per_s": supervised_since / elapsed,
                         # real (non-padding) tokens per token computed; 1 - padding waste
