@@ -59,4 +59,12 @@ class Preemption:
         """After the checkpoint: submitit's handler requeues the job and exits the process."""
         self.handed_over = True
         self._restore()
-        self._original(self.signum, None)
+        try:
+            self._original(self.signum, None)
+        except Exception as exc:  # submitit refused to requeue (e.g. time limit, max_num_timeout=0)
+            print(
+                f"submitit did not requeue ({exc}); the checkpoint stays: rerun the trial into the same output "
+                "folder (trainer.resume=auto) or raise hydra.launcher.max_num_timeout to requeue after time limits",
+                file=sys.stderr,
+            )
+            raise
