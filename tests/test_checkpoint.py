@@ -41,15 +41,19 @@ def with_mlflow(overrides, tmp_path):
 
 
 class FakeSubmitit:
-    """Stands in for submitit's USR2 handler (requeue, then sys.exit) in this process."""
+    """Stands in for submitit's USR2 handler in this process: requeue, then sys.exit; or, when it
+    refuses to requeue (a time limit with max_num_timeout=0), raise."""
 
-    def __init__(self, monkeypatch, tmp_path):
+    def __init__(self, monkeypatch, tmp_path, refuse: bool = False):
         self.calls = 0
+        self.refuse = refuse
         monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))
         self.previous = signal.signal(signal.SIGUSR2, self.handler)
 
     def handler(self, signum, frame):
         self.calls += 1
+        if self.refuse:
+            raise RuntimeError("Job not requeued because: timed-out too many times.")
         raise SystemExit(-1)
 
     def restore(self):
@@ -113,6 +117,23 @@ def test_signalled_trial_resumes_bit_identically_into_the_same_run(short, tmp_pa
     assert len(client.search_runs([run.info.experiment_id])) == 1
     artifacts = {a.path for a in client.list_artifacts(saved["run_id"])}
     assert {"config.yaml", "dataset_stats.json", "objective.json"} <= artifacts
+
+
+def test_refused_requeue_fails_the_run_and_keeps_the_checkpoint(short, tmp_path, monkeypatch, capsys):
+    fake = FakeSubmitit(monkeypatch, tmp_path, refuse=True)
+    signal_at(monkeypatch, 2)
+    try:
+        with pytest.raises(RuntimeError, match="not requeued"):
+            run_trial(compose(with_mlflow(short, tmp_path)))
+    finally:
+        fake.restore()
+    assert "rerun the trial into the same output folder" in capsys.readouterr().err
+    assert (tmp_path / "trial" / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    saved = json.loads((tmp_path / "trial" / "mlflow_run.json").read_text())
+    run = MlflowClient(tracking_uri=saved["tracking_uri"]).get_run(saved["run_id"])
+    assert run.info.status == "FAILED" and "not requeued" in run.data.tags["sweep_sft.error"]
 
 
 def test_hard_kill_after_a_checkpoint_replays_from_it(short, tmp_path, monkeypatch):

@@ -50,6 +50,18 @@ def preempt(job_id: str) -> None:
     subprocess.run(["scancel", job_id, "--signal", SlurmJobEnvironment.USR_SIG], check=True)
 
 
+def job_states(job_id: str, timeout: float = 20) -> list[str]:
+    """Every state the job went through (one line per attempt), once accounting has its end:
+    the result file submitit waits for can come before sacct records the completion."""
+    deadline = time.monotonic() + timeout
+    command = ["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State"]
+    while True:
+        states = subprocess.run(command, capture_output=True, text=True).stdout.split()
+        if (states and states[-1] not in ("RUNNING", "PENDING", "COMPLETING")) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_preempted_slurm_trial_resumes_to_the_same_final_loss(tmp_path):
@@ -65,7 +77,7 @@ def test_preempted_slurm_trial_resumes_to_the_same_final_loss(tmp_path):
     try:
         job_dir = tmp_path / "sweep" / "0"
         wait_for(lambda: (job_dir / "checkpoints" / "step-40").is_dir(), proc, 90, "the checkpoint at step 40")
-        job_id = next(p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if "%" not in p.name)
+        job_id = next(p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.name[0].isdigit())
         preempt(job_id)
         # The uninterrupted reference, computed here while Slurm requeues the job.
         reference = run_trial(
@@ -82,9 +94,7 @@ def test_preempted_slurm_trial_resumes_to_the_same_final_loss(tmp_path):
     assert proc.returncode == 0, output[-3000:]
 
     # It was requeued, and resumed from the checkpoint the signal wrote (not a periodic one).
-    states = subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    states = job_states(job_id)
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
     job_log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit" / job_id).glob("*_log.err"))
     written = re.search(r"checkpoint (\S+) written: handing over to submitit", job_log)

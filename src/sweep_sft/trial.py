@@ -49,9 +49,11 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
     out.mkdir(parents=True, exist_ok=True)
-    from sweep_sft.train.checkpoint import find_resume
+    from sweep_sft.train.checkpoint import check_resume, find_resume
 
     resume_from = find_resume(config.trainer.resume, out)
+    if resume_from is not None:
+        check_resume(resume_from, config)
     sources = load_sources(config)
     check_objective(
         config.objective,
@@ -65,7 +67,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     from sweep_sft.evaluate import exact_match, validation_loss
     from sweep_sft.study import TrialPruned, reporter
     from sweep_sft.tracking import flatten
-    from sweep_sft.train.checkpoint import Checkpoints, check_resume
+    from sweep_sft.train.checkpoint import Checkpoints
     from sweep_sft.train.loop import train
     from sweep_sft.trial_run import open_run
 
@@ -82,8 +84,6 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
 
     resolved = _resolved(cfg, config)
     study = reporter(config.study)
-    if resume_from is not None:
-        check_resume(resume_from, config)
     tags = {"sweep_sft.output_dir": str(out.resolve())}
     run, reopened = open_run(config.tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 
 def submitit_signal() -> signal.Signals | None:
@@ -34,6 +35,8 @@ class Preemption:
         self._original = None
 
     def __enter__(self) -> Preemption:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread; submitit runs jobs there
         signum = submitit_signal()
         original = signal.getsignal(signum) if signum is not None else None
         if callable(original):  # submitit's handler is in place: take it over
