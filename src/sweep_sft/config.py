@@ -216,6 +216,12 @@ class TrainerConfig:
     progress: bool = True
     # Recompute activations in backward (HF gradient_checkpointing_enable): less memory, ~30% more compute.
     gradient_checkpointing: bool = False
+    # Write a checkpoint every N optimizer steps; 0: only when Slurm/submitit signals preemption.
+    checkpoint_every: int = 0
+    # Keep only the newest N checkpoints under <output_dir>/checkpoints/.
+    save_total_limit: int = 2
+    # auto: continue from the newest checkpoint in the output folder if any; never; or a checkpoint path.
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -232,6 +238,10 @@ class TrainerConfig:
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.loss_norm", self.loss_norm, LOSS_NORMS)
         _one_of("trainer.device", self.device, DEVICES)
+        _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
+        _at_least("trainer.save_total_limit", self.save_total_limit, 1)
+        if not str(self.resume).strip():
+            raise ConfigError("trainer.resume must be auto, never or a checkpoint path; got an empty string")
 
 
 @dataclass

@@ -92,7 +92,9 @@ class Run:
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
         spill_dir: str | Path | None = None,
+        run_id: str | None = None,
     ):
+        """A new run, or with `run_id` an existing one continued (a resumed trial's)."""
         self.enabled = cfg.enabled
         self.run_id: str | None = None
         self.delivery = None
@@ -119,7 +121,7 @@ class Run:
             experiment = experiment_id(self.client, cfg.experiment)
             return self.client.create_run(experiment, run_name=run_name, tags=all_tags)
 
-        self.run_id = retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
+        self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
         self.delivery = Delivery(self.client, self.run_id, self.uri, cfg.max_buffered_points)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,10 +37,23 @@ def run_trial(
     run_name: str | None = None,
     parent_run_id: str | None = None,
 ) -> TrialResult:
+    from sweep_sft.train.preemption import Preemption
+
+    # Inside a submitit job, a preemption/time-limit signal is deferred to a step boundary.
+    with Preemption() as preemption:
+        return _run_trial(cfg, output_dir, run_name, parent_run_id, preemption)
+
+
+def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialResult:
     started = time.perf_counter()
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
     out.mkdir(parents=True, exist_ok=True)
+    from sweep_sft.train.checkpoint import check_resume, find_resume
+
+    resume_from = find_resume(config.trainer.resume, out)
+    if resume_from is not None:
+        check_resume(resume_from, config)
     sources = load_sources(config)
     check_objective(
         config.objective,
@@ -52,9 +66,11 @@ def run_trial(
     from sweep_sft.data.pipeline import mix_table, prepare
     from sweep_sft.evaluate import exact_match, validation_loss
     from sweep_sft.study import TrialPruned
-    from sweep_sft.tracking import Run, flatten
+    from sweep_sft.tracking import flatten
     from sweep_sft.train import distributed
+    from sweep_sft.train.checkpoint import Checkpoints
     from sweep_sft.train.loop import train
+    from sweep_sft.trial_run import open_run
 
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
@@ -62,6 +78,10 @@ def run_trial(
     # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
     dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
     device = distributed.device_for(dist_env, _device(config.trainer.device))
+    checkpointable = _checkpointable(config, dist_env)
+    if not checkpointable:
+        resume_from = None
+        preemption.release()
     path = modeling.resolve_model_path(config.model)
     tokenizer = modeling.load_tokenizer(config.model, path)
     eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
@@ -72,8 +92,10 @@ def run_trial(
     resolved = _resolved(cfg, config)
     study = distributed.reporter(config.study, dist_env)
     tracking = config.tracking if dist_env.is_main else replace(config.tracking, enabled=False)
-    run = Run(tracking, run_name, parent_run_id, tags={"sweep_sft.output_dir": str(out.resolve())})
+    tags = {"sweep_sft.output_dir": str(out.resolve())}
+    run, reopened = open_run(tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}
+    checkpoints = Checkpoints(config, out, series, resume_from, preemption) if checkpointable else None
 
     def log(metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -81,13 +103,14 @@ def run_trial(
         run.log_metrics(metrics, step)
 
     try:
-        run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
-        # Not a config key (the launcher decides it), yet the effective batch depends on it.
-        run.log_params({"dist.world_size": str(dist_env.world_size)})
         stats = data.report
-        run.log_json(stats, "dataset_stats.json")
+        if not reopened:  # the interrupted attempt logged these into the same run
+            run.log_params(flatten({k: v for k, v in resolved.items() if k not in ALIASES}))
+            # Not a config key (the launcher decides it), yet the effective batch depends on it.
+            run.log_params({"dist.world_size": str(dist_env.world_size)})
+            run.log_json(stats, "dataset_stats.json")
+            run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         log(_mix_metrics(stats), 0)
-        run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
         print(mix_table(stats))
@@ -111,7 +134,16 @@ def run_trial(
 
         try:
             state = train(
-                model, data.train_rows, tasks, config, device, tokenizer.pad_token_id, log, evaluate, dist_env
+                model,
+                data.train_rows,
+                tasks,
+                config,
+                device,
+                tokenizer.pad_token_id,
+                log,
+                evaluate,
+                dist_env,
+                checkpoints,
             )
         except TrialPruned as pruned:
             # A pruned trial is a result, not an error: record it as such and skip the final evals.
@@ -141,11 +173,36 @@ def run_trial(
         run.finish("FINISHED")
         return result
     except BaseException as exc:
+        if preemption.handed_over and isinstance(exc, SystemExit):
+            _leave_running(run)
+            raise
         run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
         run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         distributed.teardown(dist_env)
+
+
+def _checkpointable(config: Config, dist_env) -> bool:
+    """Checkpoints cover one-process trials without DeepSpeed; asking for them elsewhere is an error."""
+    if dist_env.world_size == 1 and config.deepspeed is None:
+        return True
+    if config.trainer.checkpoint_every:
+        raise ConfigError(
+            f"trainer.checkpoint_every={config.trainer.checkpoint_every}: checkpoints are written for one-process "
+            f"trials without DeepSpeed only (this trial: {dist_env.world_size} ranks, deepspeed "
+            f"{'on' if config.deepspeed is not None else 'off'}); set trainer.checkpoint_every=0"
+        )
+    return False
+
+
+def _leave_running(run) -> None:
+    """Submitit requeued the job: the resumed trial continues this run, so it stays RUNNING."""
+    try:
+        run.set_tag("sweep_sft.trial_state", "REQUEUED")
+        run.flush()
+    except Exception as exc:  # the job is requeued already: never turn the exit into a failure
+        print(f"warning: could not flush MLflow before the requeue: {exc}", file=sys.stderr)
 
 
 def _record(config: Config, out: Path, run, series: dict, state: str, steps: int, write: bool = True) -> TrialResult:

@@ -17,12 +17,15 @@ from sweep_sft.config import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
+from sweep_sft.train.checkpoint import Checkpoints, Position, accumulator_state, load_accumulator
 from sweep_sft.train.distributed import DistEnv
 from sweep_sft.train.engine import Micro, build_engine
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums, example_weights
 from sweep_sft.train.schedule import lr_factor
 
 LogFn = Callable[[dict[str, float], int], None]
+# Token counters since the last log line, in the order a checkpoint stores them.
+_SINCE = ("tokens", "computed", "supervised")
 
 
 class TrainingDiverged(UserInputError):
@@ -106,14 +109,20 @@ def train(
     log: LogFn,
     evaluate: Callable[[int], dict[str, float]],
     dist_env: DistEnv | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainState:
     """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals.
-    With several ranks (`dist_env`), each step's window is grad_accum x world size micro-batches."""
+
+    With several ranks (`dist_env`), each step's window is grad_accum x world size micro-batches.
+    With `checkpoints`, training continues from its resume checkpoint (if any) and saves at
+    optimizer-step boundaries (see train/checkpoint.py).
+    """
     import torch
 
     tc = cfg.trainer
     dist_env = dist_env or DistEnv()
     n_steps = total_steps(cfg, len(rows), dist_env.world_size)
+    n_per_epoch = steps_per_epoch(len(rows), tc.batch_size, tc.grad_accum * dist_env.world_size)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.scheduler, s, n_steps))
     engine = build_engine(model, optimizer, scheduler, cfg, dist_env)
@@ -122,13 +131,23 @@ def train(
     window_acc = TaskAccumulator(tasks)
     tokens_since, computed_since, supervised_since, clock = 0, 0, 0, time.perf_counter()
     started = clock
+    epoch, skip, prior_seconds = 0, 0, 0.0
+    resumed = checkpoints.restore(model, optimizer, scheduler) if checkpoints else None
+    if resumed is not None:
+        epoch, skip, prior_seconds = resumed.epoch, resumed.window, resumed.seconds
+        state = TrainState(resumed.step, epoch + skip / n_per_epoch, resumed.tokens_seen)
+        load_accumulator(window_acc, resumed.acc)
+        tokens_since, computed_since, supervised_since = (resumed.since[k] for k in _SINCE)
     progress = _progress_bar(n_steps, tc.progress)
-    evaluate(0)
+    progress.update(state.step)
+    if resumed is None:
+        evaluate(0)
     model.train()
-    epoch = 0
     while state.step < n_steps:
         windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum * dist_env.world_size, tc.seed, epoch)
         for i, window in enumerate(windows):
+            if i < skip:  # done before the checkpoint this trial resumed from
+                continue
             batches = [
                 collate([rows[j] for j in micro], task_index, pad_id, cfg.data.packing, cfg.data.max_seq_len)
                 for micro in window
@@ -175,11 +194,21 @@ def train(
                 evaluate(state.step)
                 clock += time.perf_counter() - eval_started  # keep eval time out of tokens/s
                 model.train()
+            if checkpoints is not None:
+                position = Position(
+                    state.step,
+                    *((epoch, i + 1) if i + 1 < len(windows) else (epoch + 1, 0)),
+                    state.tokens_seen,
+                    prior_seconds + time.perf_counter() - started,
+                    accumulator_state(window_acc),
+                    dict(zip(_SINCE, (tokens_since, computed_since, supervised_since), strict=True)),
+                )
+                checkpoints.after_step(model, optimizer, scheduler, position)
             if state.step >= n_steps:
                 break
-        epoch += 1
+        epoch, skip = epoch + 1, 0
     progress.close()
-    state.seconds = time.perf_counter() - started
+    state.seconds = prior_seconds + time.perf_counter() - started
     evaluate(state.step)
     return state
 

@@ -1,0 +1,273 @@
+"""Training checkpoints: everything a trial needs to continue bit-identically where it stopped.
+
+A checkpoint is `<output_dir>/checkpoints/step-<N>/`: model weights, optimizer, LR scheduler,
+RNG states, the position in the data order (epoch + next window: `epoch_windows` is a pure
+function of the seed and epoch), the train-metric accumulators not yet logged, and the metric
+series logged so far. It is written into a hidden temporary folder and renamed into place, and
+`trainer_state.json` is written last, so a kill mid-write never leaves a newest checkpoint that
+looks complete but is not; a folder without a readable state file is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweep_sft.config import Config
+from sweep_sft.errors import ConfigError
+
+STATE_FILE = "trainer_state.json"
+FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
+PREFIX = "step-"
+# Keys that may change between the interrupted and the resumed trial: they change neither the
+# weights nor the data order (where and how often to log, checkpoint, or run).
+MAY_CHANGE = {
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.save_total_limit",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.device",
+}
+COMPARED = ("model", "data", "optimizer", "scheduler", "trainer")
+
+
+@dataclass
+class Position:
+    """Where training stands after an optimizer step, and what it has not logged yet."""
+
+    step: int
+    epoch: int  # the epoch the next window comes from
+    window: int  # index of the next window in that epoch's epoch_windows()
+    tokens_seen: int = 0
+    seconds: float = 0.0  # training time of all attempts so far
+    acc: dict[str, list[float]] = field(default_factory=dict)  # TaskAccumulator sums/counts/weight
+    since: dict[str, int] = field(default_factory=dict)  # token counters since the last log
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith(PREFIX) or not name[len(PREFIX) :].isdigit():
+        return None
+    return int(name[len(PREFIX) :])
+
+
+def problem(path: Path) -> str | None:
+    """Why `path` is not a usable checkpoint, or None when it is."""
+    missing = [name for name in FILES if not (path / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"unreadable {STATE_FILE} ({exc})"
+    if not isinstance(state, dict) or not {"position", "series", "config"} <= set(state):
+        return f"{STATE_FILE} lacks position/series/config"
+    return None
+
+
+def valid_checkpoints(output_dir: str | Path, warn: bool = True) -> list[Path]:
+    """Complete checkpoints of a trial, oldest first; incomplete ones are skipped with a warning."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted((p for p in root.iterdir() if step_of(p) is not None), key=step_of):
+        why = problem(path)
+        if why is None:
+            found.append(path)
+        elif warn:
+            print(f"warning: ignoring incomplete checkpoint {path}: {why}", file=sys.stderr)
+    return found
+
+
+def find_resume(resume: str, output_dir: str | Path) -> Path | None:
+    """The checkpoint `trainer.resume` asks for: None for a fresh start."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = valid_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise ConfigError(f"trainer.resume: {path} does not exist (expected auto, never or a checkpoint folder)")
+    if step_of(path) is None and (checkpoints_dir(path).is_dir() or path.name == "checkpoints"):
+        # A trial's output folder (or its checkpoints folder): its newest checkpoint.
+        found = valid_checkpoints(path.parent if path.name == "checkpoints" else path)
+        if not found:
+            raise ConfigError(f"trainer.resume: no complete checkpoint under {path}")
+        return found[-1]
+    why = problem(path)
+    if why is not None:
+        raise ConfigError(f"trainer.resume: {path} is not a complete checkpoint: {why}")
+    return path
+
+
+def training_config(config: Config) -> dict[str, Any]:
+    """The part of the config that determines the weights and the data order, flattened."""
+    from omegaconf import OmegaConf
+
+    from sweep_sft.tracking import flatten
+
+    tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    flat = flatten({k: tree[k] for k in COMPARED})
+    return {k: v for k, v in flat.items() if k not in MAY_CHANGE}
+
+
+def check_resume(path: Path, config: Config) -> None:
+    """Fail before training when the checkpoint belongs to a differently configured trial."""
+    check_compatible(path, json.loads((path / STATE_FILE).read_text())["config"], config)
+
+
+def check_compatible(path: Path, saved: dict[str, str], config: Config) -> None:
+    current = training_config(config)
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        changes = "; ".join(f"{k}: {saved.get(k)} -> {current.get(k)}" for k in diff[:8])
+        raise ConfigError(
+            f"trainer.resume: checkpoint {path} was written with a different training config ({changes}); "
+            "resume with the same settings, or start afresh with trainer.resume=never or another output_dir"
+        )
+
+
+def accumulator_state(acc) -> dict[str, list[float]]:
+    """A train/loss.py TaskAccumulator's running sums (float64: exact through JSON)."""
+    return {name: getattr(acc, name).tolist() for name in ("sums", "counts", "weight")}
+
+
+def load_accumulator(acc, state: dict[str, list[float]]) -> None:
+    import torch
+
+    for name, values in state.items():
+        setattr(acc, name, torch.tensor(values, dtype=torch.float64))
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write(path: Path, obj: Any) -> None:
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpoints:
+    """Saves, rotates and restores a trial's checkpoints; owns the metric series it carries."""
+
+    def __init__(
+        self,
+        config: Config,
+        output_dir: str | Path,
+        series: dict,
+        resume_from: Path | None = None,
+        preemption=None,
+    ):
+        self.config = config
+        self.preemption = preemption  # a train.preemption.Preemption, or None
+        self.root = checkpoints_dir(output_dir)
+        self.every = config.trainer.checkpoint_every
+        self.keep = config.trainer.save_total_limit
+        self.series = series
+        self.resume_from = resume_from
+        self.last_saved: Path | None = None
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def after_step(self, model, optimizer, scheduler, position: Position) -> None:
+        """At an optimizer-step boundary: save when due or signalled, then hand a signal over."""
+        signalled = self.preemption is not None and self.preemption.requested
+        if signalled or self.due(position.step):
+            self.save(model, optimizer, scheduler, position)
+        if signalled:
+            print(f"checkpoint {self.last_saved} written: handing over to submitit to requeue", file=sys.stderr)
+            self.preemption.hand_over()
+
+    def save(self, model, optimizer, scheduler, position: Position) -> Path:
+        final = self.root / f"{PREFIX}{position.step}"
+        tmp = self.root / f".tmp-{PREFIX}{position.step}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _write(tmp / "model.pt", model.state_dict())
+        _write(tmp / "optimizer.pt", optimizer.state_dict())
+        _write(tmp / "scheduler.pt", scheduler.state_dict())
+        _write(tmp / "rng.pt", rng_state())
+        state = {
+            "position": position.__dict__,
+            "series": self.series,
+            "config": training_config(self.config),
+        }
+        with open(tmp / STATE_FILE, "w") as f:  # last: its presence marks the folder complete
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # a leftover that was skipped as incomplete: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        self.last_saved = final
+        self._rotate()
+        return final
+
+    def _rotate(self) -> None:
+        for path in valid_checkpoints(self.root.parent, warn=False)[: -self.keep]:
+            shutil.rmtree(path, ignore_errors=True)
+        for leftover in self.root.glob(f".tmp-{PREFIX}*"):  # from attempts killed mid-write
+            if not leftover.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def restore(self, model, optimizer, scheduler) -> Position | None:
+        """Load `resume_from` into the given objects and the series; None for a fresh start."""
+        if self.resume_from is None:
+            return None
+        import torch
+
+        path = self.resume_from
+        state = json.loads((path / STATE_FILE).read_text())
+        check_compatible(path, state["config"], self.config)
+        # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
+        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        self.series.clear()
+        self.series.update(state["series"])
+        print(f"resumed from {path} at step {state['position']['step']}", file=sys.stderr)
+        return Position(**state["position"])
