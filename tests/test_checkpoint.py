@@ -218,3 +218,18 @@ def test_resume_errors_name_the_key_and_path(short, tmp_path):
 def test_checkpoint_settings_are_validated(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose([override]))
+
+
+def test_checkpoints_are_refused_for_several_ranks_or_deepspeed(short):
+    from sweep_sft.train.distributed import DistEnv
+    from sweep_sft.trial import _checkpointable
+
+    one = validate(compose([*short, "trainer.checkpoint_every=5"]))
+    assert _checkpointable(one, DistEnv())
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 ranks"):
+        _checkpointable(one, DistEnv(world_size=2))
+    zero2 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero2"]))
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed on"):
+        _checkpointable(zero2, DistEnv())
+    # Without periodic checkpoints such a trial runs, leaving the signal to submitit.
+    assert not _checkpointable(validate(compose([*short, "deepspeed=zero2"])), DistEnv())
