@@ -1,0 +1,87 @@
+"""A trial whose job died without ending its own MLflow run (killed by Slurm: memory, time
+limit, scancel, node failure) ends it here, from the launcher: FAILED with the error, or
+KILLED when the launcher runs it again. A job that died before it opened a run gets a FAILED
+child run under the sweep's parent, so every trial of the sweep is in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sweep_sft.tracking import PARENT_FILE, child_run_name, read_parent
+
+RUN_FILE = "mlflow_run.json"  # {"run_id", "tracking_uri"}, written into the job folder by the trial
+OUTPUT_DIR_TAG = "sweep_sft.output_dir"
+ERROR_TAG = "sweep_sft.error"
+
+
+def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:
+    """Whether there is an MLflow record to end (checked before importing mlflow)."""
+    return (Path(sweep_dir) / PARENT_FILE).exists() or (Path(output_dir) / RUN_FILE).exists()
+
+
+def end_dead_trial(
+    sweep_dir: str | Path,
+    output_dir: str | Path,
+    error: str,
+    *,
+    job_num: int,
+    overrides: list[str],
+    status: str = "FAILED",
+    tags: dict[str, str] | None = None,
+) -> list[str]:
+    """End the job's still-RUNNING runs with `status` and the error; with none and status
+    FAILED, create a FAILED child of the sweep's parent. Returns the run ids it touched."""
+    from mlflow.tracking import MlflowClient
+
+    output_dir = str(Path(output_dir).resolve())
+    parent = read_parent(sweep_dir)
+    all_tags = {ERROR_TAG: error[:5000], **(tags or {})}
+    touched = []
+    for uri, run_id in _running_runs(parent, output_dir):
+        client = MlflowClient(tracking_uri=uri)
+        for key, value in all_tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status=status)
+        touched.append(run_id)
+    if touched or status != "FAILED" or not parent:
+        return touched
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    experiment = client.get_run(parent["run_id"]).info.experiment_id
+    run = client.create_run(
+        experiment,
+        run_name=f"{job_num}: {child_run_name(overrides, parent.get('swept', []))}",
+        tags={"mlflow.parentRunId": parent["run_id"], OUTPUT_DIR_TAG: output_dir, **all_tags},
+    )
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id]
+
+
+def _running_runs(parent: dict, output_dir: str) -> list[tuple[str, str]]:
+    """(tracking uri, run id) of the job's runs still RUNNING: the one its mlflow_run.json
+    names, else those under the parent tagged with its output folder."""
+    from mlflow.tracking import MlflowClient
+
+    run_file = Path(output_dir) / RUN_FILE
+    if run_file.exists():
+        named = json.loads(run_file.read_text())
+        client = MlflowClient(tracking_uri=named["tracking_uri"])
+        if client.get_run(named["run_id"]).info.status == "RUNNING":
+            return [(named["tracking_uri"], named["run_id"])]
+        return []
+    if not parent:
+        return []
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    experiment = client.get_run(parent["run_id"]).info.experiment_id
+    runs = client.search_runs(
+        [experiment],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.`{OUTPUT_DIR_TAG}` = '{_quote(output_dir)}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    return [(parent["tracking_uri"], r.info.run_id) for r in runs]
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
