@@ -138,3 +138,26 @@ def test_local_launcher_retries_a_dead_job(tmp_path, sweep):
     assert [e["state"] for e in jobs] == ["COMPLETE", "FAILED"]
     assert jobs[1]["error"] == "RuntimeError: diverged"
     assert "submitted again as job" in proc.stderr + proc.stdout
+
+
+def test_optuna5_records_a_dead_job_as_a_failed_trial(tmp_path, run_app):
+    # the optuna5 sweeper reads our FAILED JobReturn through sweep_jobs.job_error, as a task error
+    proc = run_app(
+        "synthetic_trial.py",
+        tmp_path,
+        "hydra/sweeper=optuna5",
+        "hydra/sweeper/sampler=grid",
+        "hydra/launcher=sweep_sft_local",
+        "hydra.launcher.result_grace_s=0",
+        "lr=choice(1e-4,2e-3)",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.max_failure_rate=0.5",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        env={"KILL_ONCE": str(tmp_path / "killed")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "s" / "optuna_result.json").read_text())
+    assert result["states"] == {"COMPLETE": 1, "FAIL": 1}
+    errors = [t.get("error") for t in result["trials"] if t.get("error")]
+    assert len(errors) == 1 and errors[0].startswith("JobDied: local job ")

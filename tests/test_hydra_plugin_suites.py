@@ -55,3 +55,43 @@ class TestSandwichSweeperIntegration(Applicable):
         "to_absolute_path_multirun": RESUMES,
         "override_dirname": "the sandwich adds its parameter to every job's overrides",
     }
+
+
+# -- our grid sweeper (the default) and our submitit launchers ----------------------------------
+
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/sweeper=grid"])],
+    ids=["basic_launcher"],
+)
+class TestGridSweeperIntegration(IntegrationTestSuite):
+    """The grid is Hydra's basic sweeper where every job succeeds: every case applies."""
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("basic", ["hydra/sweeper=grid", "hydra.sweeper.max_batch_size=2"])],
+)
+class TestGridSweeperBatches(BatchedSweeperTestSuite):
+    """max_batch_size splits the grid into batches, as Hydra's basic sweeper does."""
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("sweep_sft_local", ["hydra.launcher.timeout_min=2", "hydra.launcher.poll_s=0.2"])],
+)
+class TestOurLocalLauncher(LauncherTestSuite):
+    """Our launcher (submitit's local executor) passes Hydra's launcher suite: jobs get their
+    overrides, config and folders as with hydra-submitit-launcher."""
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/launcher=sweep_sft_local", "hydra.launcher.poll_s=0.2"])],
+    ids=["sweep_sft_local"],
+)
+class TestOurLocalLauncherIntegration(IntegrationTestSuite):
+    pass

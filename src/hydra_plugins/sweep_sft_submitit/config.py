@@ -20,8 +20,11 @@ class RetryConf:
     # Seconds to wait for a dead job's result file (a shared filesystem may show it late);
     # submitit waits 15 s.
     result_grace_s: int = 15
-    # Seconds between two checks of the running jobs.
+    # Seconds between two looks for the jobs' result files.
     poll_s: float = 1.0
+    # Seconds between two scheduler queries (one sacct for all jobs): how soon a killed job
+    # is noticed, against the load on the cluster's controller.
+    sacct_interval_s: float = 15.0
 
 
 @dataclass

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
-OWN_KEYS = ("retries", "result_grace_s", "poll_s")
+OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
 STDERR_LINES = 20
 
 
@@ -59,6 +59,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         self.retries = int(own.get("retries", 0))
         self.result_grace_s = float(own.get("result_grace_s", 15))
         self.poll_s = float(own.get("poll_s", 1.0))
+        self.sacct_interval_s = float(own.get("sacct_interval_s", 15.0))
         if self.retries < 0:
             raise ValueError(f"hydra.launcher.retries: expected an integer >= 0, got {self.retries}")
 
@@ -79,7 +80,13 @@ class RetryingLauncher(BaseSubmititLauncher):
         jobs = executor.map_array(self, *zip(*params, strict=True))
         pending = [_Pending(i, p[2], p[0], job, 1) for i, (p, job) in enumerate(zip(params, jobs, strict=True))]
         results: list[JobReturn | None] = [None] * len(job_overrides)
+        asked = time.monotonic()
         while pending:
+            if time.monotonic() - asked >= self.sacct_interval_s:
+                # One scheduler query for every job: submitit alone asks ever more rarely (up
+                # to every 10 min), so a killed job would be noticed late.
+                pending[0].job.watcher.update()
+                asked = time.monotonic()
             still = []
             for p in pending:
                 if not p.job.done():
