@@ -60,6 +60,21 @@ class TestSandwichSweeperIntegration(Applicable):
 # -- our grid sweeper (the default) and our submitit launchers ----------------------------------
 
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite  # noqa: E402
+from hydra.version import VersionBase  # noqa: E402
+
+
+class InProcess:
+    """Hydra's in-process suites assume no version_base was set (jobs chdir into their folder);
+    an earlier test's `initialize_config_dir(version_base="1.3")` leaves it set in this process."""
+
+    @pytest.fixture(autouse=True)
+    def _unset_version_base(self):
+        from hydra.version import _UNSPECIFIED_
+
+        base = VersionBase.instance()
+        before, base.version_base = base.version_base, _UNSPECIFIED_
+        yield
+        base.version_base = before
 
 
 @pytest.mark.parametrize(
@@ -75,7 +90,7 @@ class TestGridSweeperIntegration(IntegrationTestSuite):
     "launcher_name, overrides",
     [("basic", ["hydra/sweeper=grid", "hydra.sweeper.max_batch_size=2"])],
 )
-class TestGridSweeperBatches(BatchedSweeperTestSuite):
+class TestGridSweeperBatches(InProcess, BatchedSweeperTestSuite):
     """max_batch_size splits the grid into batches, as Hydra's basic sweeper does."""
 
 
@@ -83,7 +98,7 @@ class TestGridSweeperBatches(BatchedSweeperTestSuite):
     "launcher_name, overrides",
     [("sweep_sft_local", ["hydra.launcher.timeout_min=2", "hydra.launcher.poll_s=0.2"])],
 )
-class TestOurLocalLauncher(LauncherTestSuite):
+class TestOurLocalLauncher(InProcess, LauncherTestSuite):
     """Our launcher (submitit's local executor) passes Hydra's launcher suite: jobs get their
     overrides, config and folders as with hydra-submitit-launcher."""
 
