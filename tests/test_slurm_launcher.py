@@ -178,3 +178,21 @@ def test_a_killed_job_with_retries_succeeds_on_its_retry(tmp_path, overrides):
         if other is not finished[0]:
             assert other.info.status == "KILLED" and "sweep_sft.retried" in other.data.tags
     assert parent.info.status == "FINISHED"
+
+
+def test_a_job_killed_for_memory_is_a_failed_trial(tmp_path, run_app):
+    # a tiny app, no torch: the job over --mem=1G is killed by Slurm, the other completes
+    proc = run_app(
+        "memory_hog.py",
+        tmp_path,
+        "+mb=0,3000",
+        "hydra/sweeper=grid",
+        "hydra.searchpath=[pkg://sweep_sft.conf]",  # our profiles serve any Hydra app
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.mem_gb=1",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = summary(tmp_path)["jobs"]
+    assert [j["state"] for j in jobs] == ["COMPLETE", "FAILED"]
+    assert "ended FAILED without a result" in jobs[1]["error"] and "exceeded memory limit" in jobs[1]["error"]
