@@ -55,7 +55,17 @@ def test_dead_trials_end_in_mlflow(tmp_path):
     (sweep / "2" / "mlflow_run.json").write_text(json.dumps({"run_id": other.run_id, "tracking_uri": other.uri}))
     assert end_dead_trial(sweep, sweep / "2", "oom", job_num=2, overrides=["lr=2"]) == [other.run_id]
     assert client.get_run(other.run_id).info.status == "FAILED"
+    # 4. a run the trial ended FINISHED before its job was killed (while exiting) ends FAILED:
+    # the job returned nothing, so the sweep counts the trial failed; runs of earlier attempts
+    # (started before this one was submitted) are left alone
+    done = Run(tracking, "3: lr=3", parent.run_id, tags={"sweep_sft.output_dir": str((sweep / "3").resolve())})
+    done.finish("FINISHED")
+    start = client.get_run(done.run_id).info.start_time
+    assert end_dead_trial(sweep, sweep / "3", "x", job_num=3, overrides=["lr=3"], since_ms=start + 1) != [done.run_id]
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    assert end_dead_trial(sweep, sweep / "3", "x", job_num=3, overrides=["lr=3"], since_ms=start) == [done.run_id]
+    assert client.get_run(done.run_id).info.status == "FAILED"
     children = client.search_runs(
         [client.get_run(parent.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'"
     )
-    assert len(children) == 3
+    assert len(children) == 5  # 3 trial runs, the one created in 1., the one created for 3 in 4.

@@ -132,9 +132,10 @@ def test_four_trial_sweep_records_four_finished_child_runs(tmp_path, overrides):
 
 
 def test_a_job_killed_by_slurm_is_a_failed_trial_and_the_sweep_goes_on(tmp_path, overrides):
-    # Trial 1 trains long enough to be cancelled once it has opened its MLflow run.
+    # Trial 1 trains long enough (5000 steps; epochs would stop it first) to be cancelled once
+    # it has opened its MLflow run.
     args = [o for o in overrides if not o.startswith("trainer.max_steps=")]
-    proc = start(tmp_path, "trainer.max_steps=4,5000,5", *args)
+    proc = start(tmp_path, "trainer.max_steps=4,5000,5", "epochs=1000", *args)
     try:
         job_id = wait_for("trial 1's Slurm job", lambda: array_task(tmp_path, 1))
         wait_for("trial 1's MLflow run (its config.yaml)", lambda: (tmp_path / "s" / "1" / "config.yaml").exists())

@@ -29,16 +29,19 @@ def end_dead_trial(
     overrides: list[str],
     status: str = "FAILED",
     tags: dict[str, str] | None = None,
+    since_ms: int = 0,
 ) -> list[str]:
-    """End the job's still-RUNNING runs with `status` and the error; with none and status
-    FAILED, create a FAILED child of the sweep's parent. Returns the run ids it touched."""
+    """End the job's runs started since `since_ms` (the attempt's submission) with `status` and
+    the error; with none and status FAILED, create a FAILED child of the sweep's parent.
+    Returns the run ids it touched. A run the trial itself ended FINISHED is ended too: its
+    job was killed before it returned (e.g. while exiting), so the sweep counts it failed."""
     from mlflow.tracking import MlflowClient
 
     output_dir = str(Path(output_dir).resolve())
     parent = read_parent(sweep_dir)
     all_tags = {ERROR_TAG: error[:5000], **(tags or {})}
     touched = []
-    for uri, run_id in _running_runs(parent, output_dir):
+    for uri, run_id in _attempt_runs(parent, output_dir, since_ms):
         client = MlflowClient(tracking_uri=uri)
         for key, value in all_tags.items():
             client.set_tag(run_id, key, value)
@@ -57,18 +60,23 @@ def end_dead_trial(
     return [run.info.run_id]
 
 
-def _running_runs(parent: dict, output_dir: str) -> list[tuple[str, str]]:
-    """(tracking uri, run id) of the job's runs still RUNNING: the one its mlflow_run.json
-    names, else those under the parent tagged with its output folder."""
+def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[str, str]]:
+    """(tracking uri, run id) of the attempt's runs not yet ended as dead: the one its
+    mlflow_run.json names, else those under the parent tagged with its output folder."""
     from mlflow.tracking import MlflowClient
+
+    def live(run) -> bool:
+        return (
+            run.info.status in ("RUNNING", "FINISHED")
+            and ERROR_TAG not in run.data.tags
+            and run.info.start_time >= since_ms
+        )
 
     run_file = Path(output_dir) / RUN_FILE
     if run_file.exists():
         named = json.loads(run_file.read_text())
         client = MlflowClient(tracking_uri=named["tracking_uri"])
-        if client.get_run(named["run_id"]).info.status == "RUNNING":
-            return [(named["tracking_uri"], named["run_id"])]
-        return []
+        return [(named["tracking_uri"], named["run_id"])] if live(client.get_run(named["run_id"])) else []
     if not parent:
         return []
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
@@ -76,11 +84,10 @@ def _running_runs(parent: dict, output_dir: str) -> list[tuple[str, str]]:
     runs = client.search_runs(
         [experiment],
         filter_string=(
-            f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.`{OUTPUT_DIR_TAG}` = '{_quote(output_dir)}' "
-            "and attributes.status = 'RUNNING'"
+            f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.`{OUTPUT_DIR_TAG}` = '{_quote(output_dir)}'"
         ),
     )
-    return [(parent["tracking_uri"], r.info.run_id) for r in runs]
+    return [(parent["tracking_uri"], r.info.run_id) for r in runs if live(r)]
 
 
 def _quote(value: str) -> str:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
 OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
 STDERR_LINES = 20
+# squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
+LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+GONE_TIMEOUT_S = 180.0
 
 
 class JobDied(RuntimeError):
@@ -50,6 +53,7 @@ class _Pending:
         self.overrides = overrides
         self.job = job  # a submitit Job
         self.attempt = attempt  # 1 for the first submission
+        self.submitted_ms = int(time.time() * 1000) - 1000  # runs it opened start after this
 
 
 class RetryingLauncher(BaseSubmititLauncher):
@@ -96,6 +100,7 @@ class RetryingLauncher(BaseSubmititLauncher):
                 if isinstance(outcome, JobReturn):
                     results[p.index] = outcome
                     continue
+                self._wait_until_gone(p.job)
                 if p.attempt <= self.retries:
                     self._end_attempt(p, outcome, "KILLED", retried=True)
                     job = executor.submit(self, *self._job_args(p.overrides, p.num))
@@ -127,6 +132,10 @@ class RetryingLauncher(BaseSubmititLauncher):
             }
         )
         return executor
+
+    def _wait_until_gone(self, job) -> None:
+        """Return once the dead job's processes are gone (they could still write to MLflow)."""
+        raise NotImplementedError
 
     def _job_args(self, overrides: list[str], num: int) -> tuple:
         # What BaseSubmititLauncher.__call__ takes (and checkpoint() resubmits).
@@ -183,7 +192,14 @@ class RetryingLauncher(BaseSubmititLauncher):
             tags["sweep_sft.retried"] = f"attempt {p.attempt} of {self.retries + 1}"
         try:
             runs = end_dead_trial(
-                sweep_dir, output_dir, str(error), job_num=p.num, overrides=p.overrides, status=status, tags=tags
+                sweep_dir,
+                output_dir,
+                str(error),
+                job_num=p.num,
+                overrides=p.overrides,
+                status=status,
+                tags=tags,
+                since_ms=p.submitted_ms,
             )
             log.info(f"#{p.num}: MLflow run(s) {', '.join(runs) or '(none)'} ended {status}")
         except Exception as exc:  # noqa: BLE001 - a bookkeeping failure must not end the sweep
@@ -221,6 +237,28 @@ def _tail(text: str | None, lines: int = STDERR_LINES) -> str:
 class LocalLauncher(RetryingLauncher):
     _EXECUTOR = "local"
 
+    def _wait_until_gone(self, job) -> None:
+        pass  # a local job without a result has exited
+
 
 class SlurmLauncher(RetryingLauncher):
     _EXECUTOR = "slurm"
+
+    def _wait_until_gone(self, job, timeout_s: float = GONE_TIMEOUT_S) -> None:
+        """sacct says CANCELLED at once, but the job's processes live on until Slurm's KillWait
+        ends (submitit ignores the SIGTERM): a trial could still open its MLflow run after we
+        looked for it. Wait until squeue no longer lists the job as running or completing."""
+        import subprocess
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                out = subprocess.run(
+                    ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+                ).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            if not set(out.split()) & LIVE_STATES:
+                return
+            time.sleep(0.5)
+        log.warning(f"slurm job {job.job_id} still listed by squeue after {timeout_s:.0f} s; recording it anyway")
