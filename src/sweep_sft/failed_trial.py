@@ -74,9 +74,12 @@ def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[st
 
     run_file = Path(output_dir) / RUN_FILE
     if run_file.exists():
+        # The trial's own record of its current run, which a resumed attempt may have reopened
+        # (so it can be older than this attempt, and carry an earlier attempt's error tag).
         named = json.loads(run_file.read_text())
-        client = MlflowClient(tracking_uri=named["tracking_uri"])
-        return [(named["tracking_uri"], named["run_id"])] if live(client.get_run(named["run_id"])) else []
+        run = MlflowClient(tracking_uri=named["tracking_uri"]).get_run(named["run_id"])
+        current = run.info.status == "RUNNING" or (run.info.status == "FINISHED" and ERROR_TAG not in run.data.tags)
+        return [(named["tracking_uri"], named["run_id"])] if current else []
     if not parent:
         return []
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
