@@ -42,7 +42,13 @@ sweep-sandwich: $(VENV)/.installed ## sandwich searches: the largest lr within a
 sweep-optuna: $(VENV)/.installed ## TPE over lr and schedule with median pruning (same command again: resumes)
 	$(PY) -m sweep_sft sweep=optuna_tpe trainer.progress=false $(ARGS)
 
-test: $(VENV)/.installed-test ## install test dependencies and run the tests
+slurm-up: ## start the one-node Slurm cluster on localhost the `slurm` tests use (idempotent, root)
+	launchers/slurm_cluster.sh start
+
+slurm-down: ## stop the local Slurm cluster's daemons
+	launchers/slurm_cluster.sh stop
+
+test: $(VENV)/.installed-test slurm-up ## start the local Slurm cluster, install test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
@@ -67,4 +73,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna test lint bench bench-pruning mlflow-ui mlflow-server clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up slurm-down test lint bench bench-pruning mlflow-ui mlflow-server clean

@@ -23,6 +23,9 @@ DB_USER=slurm
 DB_PASS=sweep-sft-slurm
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 WAIT_S=${SLURM_LOCAL_WAIT_S:-60}
+# Jobs that may share one CPU of the debug partition: 2 CPUs x 8 = 16 one-CPU trials at once, so a
+# sweep's trials run concurrently even though each mostly waits (tests, MLflow server load).
+OVERSUBSCRIBE=${SLURM_LOCAL_OVERSUBSCRIBE:-8}
 
 # daemon -> pidfile / log
 declare -A PIDFILE=(
@@ -127,7 +130,10 @@ write_config() {
   cores=$(field CoresPerSocket); threads=$(field ThreadsPerCore); mem=$(field RealMemory)
   [[ -n $cpus && -n $mem ]] || fail "parse 'slurmd -C' output: $hw"
   real=$((mem * 95 / 100))
-  def_mem=$((real / cpus))   # a job without --mem gets its CPUs' share of the node's memory
+  [[ $OVERSUBSCRIBE =~ ^[1-9][0-9]*$ ]] || fail "SLURM_LOCAL_OVERSUBSCRIBE must be a positive integer, got '$OVERSUBSCRIBE'"
+  # a job without --mem gets its share of the node's memory when every CPU slot is taken, so that
+  # cpus x OVERSUBSCRIBE such jobs fit at once
+  def_mem=$((real / (cpus * OVERSUBSCRIBE)))
   CONFIG_CHANGED=0
   write_if_changed "$CONF_DIR/slurm.conf" 644 <<EOF && CONFIG_CHANGED=1 || true
 # Written by launchers/slurm_cluster.sh (sweep-sft): a one-node cluster on localhost. Do not edit.
@@ -175,7 +181,8 @@ SlurmdLogFile=${LOGFILE[slurmd]}
 SlurmctldDebug=info
 SlurmdDebug=info
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$real State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# each CPU may be allocated to up to $OVERSUBSCRIBE jobs at once (no gang scheduling: they all run)
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:$OVERSUBSCRIBE
 EOF
   write_if_changed "$CONF_DIR/slurmdbd.conf" 600 <<EOF && CONFIG_CHANGED=1 || true
 # Written by launchers/slurm_cluster.sh (sweep-sft). Must stay mode 600.
@@ -191,7 +198,7 @@ PidFile=${PIDFILE[slurmdbd]}
 LogFile=${LOGFILE[slurmdbd]}
 DebugLevel=info
 EOF
-  say "config ${CONF_DIR}/slurm.conf: $NODE CPUs=$cpus RealMemory=$real (of $mem) MB, partition $PARTITION$( ((CONFIG_CHANGED)) && echo ' (written)' || echo ' (unchanged)')"
+  say "config ${CONF_DIR}/slurm.conf: $NODE CPUs=$cpus RealMemory=$real (of $mem) MB, DefMemPerCPU=$def_mem, partition $PARTITION OverSubscribe=FORCE:$OVERSUBSCRIBE$( ((CONFIG_CHANGED)) && echo ' (written)' || echo ' (unchanged)')"
 }
 
 # ---------------------------------------------------------------------------------------------

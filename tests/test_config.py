@@ -17,7 +17,13 @@ from sweep_sft.config import Config, compose, config_dir, validate
 from sweep_sft.errors import ConfigError
 
 CONF = Path(config_dir())
-OPTION_FILES = sorted(p for p in CONF.rglob("*.yaml") if p != CONF / "config.yaml")
+# Options that configure Hydra only, not the job: launcher profiles (conf/hydra/launcher) and
+# the default sweeper (conf/sweeper); tested on their own below.
+HYDRA_ONLY = (CONF / "hydra", CONF / "sweeper")
+OPTION_FILES = sorted(
+    p for p in CONF.rglob("*.yaml") if p != CONF / "config.yaml" and not any(d in p.parents for d in HYDRA_ONLY)
+)
+LAUNCHER_PROFILES = sorted((CONF / "hydra" / "launcher").glob("*.yaml"))
 GLOBAL_HEADER = "# @package _global_"
 DUMMY = "/dummy"
 
@@ -132,12 +138,68 @@ def test_sweep_preset_configures_its_sweeper(path: Path) -> None:
 
     within(preset["hydra"]["sweeper"], composed["sweeper"], "hydra.sweeper")
     assert cfg.hydra.mode.name == "MULTIRUN"
-    sweeper = OmegaConf.load(path).get("defaults", [{}])[0].get("override /hydra/sweeper", "basic")
+    sweeper = OmegaConf.load(path).get("defaults", [{}])[0].get("override /hydra/sweeper", "grid")
     assert (
         cfg.hydra.sweeper._target_.split(".")[-1]
         .lower()
-        .startswith({"sandwich": "sandwich", "optuna5": "optuna", "basic": "basic"}[sweeper])
+        .startswith({"sandwich": "sandwich", "optuna5": "optuna", "grid": "grid"}[sweeper])
     )
+
+
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sweep_sft.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def test_found_the_launcher_profiles() -> None:
+    assert {p.stem for p in LAUNCHER_PROFILES} >= {"local_jobs", "slurm", "slurm_local", "slurm_gpu_example"}
+    assert (CONF.parent.parent.parent / "launchers" / "profiles").resolve() == CONF / "hydra" / "launcher"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_PROFILES, ids=lambda p: p.stem)
+def test_launcher_profile_composes_onto_our_launcher(path: Path) -> None:
+    """Each profile's values reach hydra.launcher, typed by our launcher's schema (unknown keys
+    are refused), and the launcher is ours (a killed job becomes a failed trial)."""
+    cfg = compose_with_hydra([f"hydra/launcher={path.stem}"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    own = OmegaConf.to_container(OmegaConf.load(path))
+    own.pop("defaults", None)
+    assert own, f"{path} sets nothing"
+    assert {k: launcher[k] for k in own} == own
+    assert launcher["_target_"].startswith("hydra_plugins.sweep_sft_submitit.launcher.")
+    if launcher["_target_"].endswith("SlurmLauncher"):
+        assert launcher["max_num_timeout"] > 0, "a checkpointed job must be requeued after its time limit"
+        assert launcher["partition"] is None or isinstance(launcher["partition"], str)
+    from hydra.utils import instantiate
+
+    instantiate(cfg.hydra.launcher)  # builds (no jobs launched)
+
+
+def test_slurm_local_profile_builds_on_slurm() -> None:
+    cfg = compose_with_hydra(["hydra/launcher=slurm_local", "hydra.launcher.retries=2"])
+    assert cfg.hydra.launcher.partition == "debug" and cfg.hydra.launcher.cpus_per_task == 1
+    assert cfg.hydra.launcher.retries == 2
+    assert cfg.hydra.launcher.additional_parameters == {}  # from slurm.yaml
+
+
+def test_launcher_profile_rejects_unknown_key() -> None:
+    with pytest.raises(Exception, match="hydra.launcher.partitoin|partitoin"):
+        compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partitoin=gpu"])
+
+
+def test_default_sweeper_is_our_grid() -> None:
+    cfg = compose_with_hydra([])
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.sweep_sft_grid.grid_sweeper.GridSweeper"
+    assert cfg.hydra.sweeper.max_failure_rate == 0.5
+    assert compose_with_hydra(["hydra/sweeper=basic"]).hydra.sweeper._target_.endswith(".BasicSweeper")
 
 
 @pytest.mark.parametrize(

@@ -55,3 +55,50 @@ class TestSandwichSweeperIntegration(Applicable):
         "to_absolute_path_multirun": RESUMES,
         "override_dirname": "the sandwich adds its parameter to every job's overrides",
     }
+
+
+# -- our grid sweeper (the default) and our submitit launchers ----------------------------------
+
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite  # noqa: E402
+from hydra.version import VersionBase  # noqa: E402
+
+
+class InProcess:
+    """Hydra's in-process suites assume no version_base was set (jobs chdir into their folder);
+    an earlier test's `initialize_config_dir(version_base="1.3")` leaves it set in this process."""
+
+    @pytest.fixture(autouse=True)
+    def _unset_version_base(self):
+        from hydra.version import _UNSPECIFIED_
+
+        base = VersionBase.instance()
+        before, base.version_base = base.version_base, _UNSPECIFIED_
+        yield
+        base.version_base = before
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/sweeper=grid"])],
+    ids=["basic_launcher"],
+)
+class TestGridSweeperIntegration(IntegrationTestSuite):
+    """The grid is Hydra's basic sweeper where every job succeeds: every case applies."""
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("basic", ["hydra/sweeper=grid", "hydra.sweeper.max_batch_size=2"])],
+)
+class TestGridSweeperBatches(InProcess, BatchedSweeperTestSuite):
+    """max_batch_size splits the grid into batches, as Hydra's basic sweeper does."""
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("sweep_sft_local", ["hydra.launcher.timeout_min=2", "hydra.launcher.poll_s=0.2"])],
+)
+class TestOurLocalLauncher(InProcess, LauncherTestSuite):
+    """Our launcher (submitit's local executor) passes Hydra's launcher suite: jobs get their
+    overrides, config and folders as with hydra-submitit-launcher. (Its IntegrationTestSuite
+    passes too, 45 s more: the job side is hydra-submitit-launcher's, unchanged, so it is not run.)"""

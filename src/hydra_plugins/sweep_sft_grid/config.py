@@ -1,0 +1,23 @@
+"""Config of our grid sweeper, registered as hydra/sweeper=grid (the default of sweep_sft).
+
+(No `from __future__ import annotations` here: Hydra's plugin scan builds these dataclasses
+into configs and needs real types.)"""
+
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class GridSweeperConf:
+    _target_: str = "hydra_plugins.sweep_sft_grid.grid_sweeper.GridSweeper"
+    # Jobs launched together (one job array on Slurm); null: all of them.
+    max_batch_size: int | None = None
+    # The grid in Hydra's override grammar, e.g. lr: 1e-4,1e-3; the command line adds to it.
+    params: dict[str, str] | None = None
+    # The sweep exits 1 (after writing sweep_summary.json) once more than this share of its
+    # jobs failed; otherwise failed trials are listed and the sweep finishes.
+    max_failure_rate: float = 0.5
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sweep_sft")

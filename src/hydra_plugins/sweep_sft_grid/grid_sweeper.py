@@ -1,0 +1,71 @@
+"""Hydra's basic grid sweeper, except that a failed job does not end the sweep: every job is
+recorded in `sweep_summary.json` in the sweep folder, a table lists the failed ones, and the
+sweep fails (exit 1) only when more than `max_failure_rate` of its jobs failed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
+
+from sweep_sft.errors import ConfigError
+from sweep_sft.sweep_jobs import log_to_parent
+from sweep_sft.sweep_summary import SUMMARY_FILE, job_entry, summarize, table, too_many_failed, write
+
+log = logging.getLogger(__name__)
+
+
+class SweepFailed(RuntimeError):
+    pass
+
+
+class GridSweeper(BasicSweeper):
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, max_failure_rate: float = 0.5
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        if not 0 <= max_failure_rate <= 1:
+            raise ConfigError(f"hydra.sweeper.max_failure_rate: expected a share in [0, 1], got {max_failure_rate}")
+        self.max_failure_rate = max_failure_rate
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        n_jobs = sum(len(batch) for batch in self.overrides)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns: list[list[JobReturn]] = []
+        entries: list[dict[str, Any]] = []
+        job_idx = 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            tic = time.perf_counter()
+            self.validate_batch_is_legal(batch)
+            log.debug(f"validated {len(batch)} job configs in {time.perf_counter() - tic:.2f} s")
+            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
+            entries += [job_entry(job_idx + i, r) for i, r in enumerate(results)]
+            job_idx += len(batch)
+            returns.append(results)
+            summary = summarize(entries, n_jobs, self.max_failure_rate)
+            write(sweep_dir, summary)
+            if too_many_failed(summary["states"]["FAILED"], n_jobs, self.max_failure_rate):
+                break
+        log.info("sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, table(summary))
+        states = summary["states"]
+        log_to_parent(sweep_dir, SUMMARY_FILE, summary, {f"sweep/{k.lower()}": v for k, v in states.items()})
+        if summary["too_many_failed"]:
+            raise SweepFailed(
+                f"{states['FAILED']} of {n_jobs} jobs failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate}; the finished ones are recorded in {sweep_dir / SUMMARY_FILE}. Errors: "
+                + "; ".join(f"#{e['number']}: {e['error']}" for e in entries if e["state"] == "FAILED")[:2000]
+            )
+        return returns

@@ -1,0 +1,264 @@
+"""hydra-submitit-launcher's Slurm and local launchers, with one change: launch() waits on
+each job separately. A job that died without a result (submitit raises from `results()`:
+killed by Slurm for memory, time limit, scancel, node failure) is submitted again up to
+`retries` times, then returned as a FAILED JobReturn, so the sweeper records a failed trial
+and goes on instead of the whole sweep ending. The task's own exception is not retried: Hydra
+already returns it as a FAILED JobReturn from inside the job."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+# Our keys, read by launch(); not submitit executor parameters.
+OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
+STDERR_LINES = 20
+# squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
+LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+GONE_TIMEOUT_S = 180.0
+
+
+class JobDied(RuntimeError):
+    """A job that ended without a result. Its message names the scheduler's job id, its
+    state and the tail of its stderr (what a user needs to see why)."""
+
+    def __init__(self, executor: str, job_id: str, state: str, attempts: int, detail: str) -> None:
+        self.job_id, self.state, self.attempts = job_id, state, attempts
+        super().__init__(
+            f"{executor} job {job_id} ended {state} without a result "
+            f"(attempt {attempts}; retries: hydra.launcher.retries); {detail}"
+        )
+
+
+class _Pending:
+    """One submitted job being waited on. (Not a dataclass: Hydra's plugin scan executes this
+    module outside sys.modules, where dataclasses with string annotations fail.)"""
+
+    def __init__(self, index: int, num: int, overrides: list[str], job: Any, attempt: int) -> None:
+        self.index = index  # position in this launch's batch
+        self.num = num  # Hydra job number
+        self.overrides = overrides
+        self.job = job  # a submitit Job
+        self.attempt = attempt  # 1 for the first submission
+        self.submitted_ms = int(time.time() * 1000) - 1000  # runs it opened start after this
+
+
+class RetryingLauncher(BaseSubmititLauncher):
+    def __init__(self, **params: Any) -> None:
+        own = {key: params.pop(key) for key in OWN_KEYS if key in params}
+        super().__init__(**params)
+        self.retries = int(own.get("retries", 0))
+        self.result_grace_s = float(own.get("result_grace_s", 15))
+        self.poll_s = float(own.get("poll_s", 1.0))
+        self.sacct_interval_s = float(own.get("sacct_interval_s", 15.0))
+        if self.retries < 0:
+            raise ValueError(f"hydra.launcher.retries: expected an integer >= 0, got {self.retries}")
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        assert len(job_overrides) > 0
+        executor = self._executor()
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        params = []
+        for i, overrides in enumerate(job_overrides):
+            num = initial_job_idx + i
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            params.append(self._job_args(list(overrides), num))
+        jobs = executor.map_array(self, *zip(*params, strict=True))
+        pending = [_Pending(i, p[2], p[0], job, 1) for i, (p, job) in enumerate(zip(params, jobs, strict=True))]
+        results: list[JobReturn | None] = [None] * len(job_overrides)
+        asked = time.monotonic()
+        while pending:
+            if time.monotonic() - asked >= self.sacct_interval_s:
+                # One scheduler query for every job: submitit alone asks ever more rarely (up
+                # to every 10 min), so a killed job would be noticed late.
+                pending[0].job.watcher.update()
+                asked = time.monotonic()
+            still = []
+            for p in pending:
+                if not p.job.done():
+                    still.append(p)
+                    continue
+                outcome = self._collect(p)
+                if isinstance(outcome, JobReturn):
+                    results[p.index] = outcome
+                    continue
+                self._wait_until_gone(p.job)
+                if p.attempt <= self.retries:
+                    self._end_attempt(p, outcome, "KILLED", retried=True)
+                    job = executor.submit(self, *self._job_args(p.overrides, p.num))
+                    log.warning(f"#{p.num}: {outcome}; submitted again as job {job.job_id}")
+                    still.append(_Pending(p.index, p.num, p.overrides, job, p.attempt + 1))
+                else:
+                    log.error(f"#{p.num} failed: {outcome}")
+                    results[p.index] = self._failed_return(p, outcome)
+            pending = still
+            if pending:
+                time.sleep(self.poll_s)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _executor(self):
+        """The submitit executor, parameters mapped as hydra-submitit-launcher maps them."""
+        import submitit
+
+        init_keys = {"max_num_timeout"}
+        init = {"folder": self.params["submitit_folder"]}
+        init.update({f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in init_keys})
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                k if k in base else f"{self._EXECUTOR}_{k}": v
+                for k, v in self.params.items()
+                if k not in init_keys | {"submitit_folder"}
+            }
+        )
+        return executor
+
+    def _wait_until_gone(self, job) -> None:
+        """Return once the dead job's processes are gone (they could still write to MLflow)."""
+        raise NotImplementedError
+
+    def _job_args(self, overrides: list[str], num: int) -> tuple:
+        # What BaseSubmititLauncher.__call__ takes (and checkpoint() resubmits).
+        return (overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+
+    def _collect(self, p: _Pending) -> JobReturn | JobDied:
+        """The job's JobReturn, or why it has none."""
+        p.job._results_timeout_s = self.result_grace_s  # submitit's wait for a late result file
+        try:
+            return p.job.results()[0]
+        except Exception as exc:  # noqa: BLE001 - any error here is the job's death, not the task's
+            state = _state(p.job)
+            stderr = _tail(p.job.stderr())
+            detail = f"stderr tail:\n{stderr}" if stderr else f"{type(exc).__name__}: {_tail(str(exc))}"
+            return JobDied(self._EXECUTOR, str(p.job.job_id), state, p.attempt, detail)
+
+    def _failed_return(self, p: _Pending, error: JobDied) -> JobReturn:
+        """A FAILED JobReturn filled as Hydra's run_job fills one, so sweepers read it alike."""
+        assert self.hydra_context is not None and self.config is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, p.overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = str(p.job.job_id)
+            config.hydra.job.num = p.num
+        output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
+        with open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = output_dir
+        ret = JobReturn()
+        ret.overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
+        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
+        task_cfg = copy.deepcopy(config)
+        with open_dict(task_cfg):
+            del task_cfg["hydra"]
+        ret.cfg = task_cfg
+        ret.working_dir = output_dir
+        ret.task_name = str(config.hydra.job.name)
+        ret.status = JobStatus.FAILED
+        ret.return_value = error
+        self._end_attempt(p, error, "FAILED", retried=False, config=config)
+        return ret
+
+    def _end_attempt(
+        self, p: _Pending, error: JobDied, status: str, retried: bool, config: DictConfig | None = None
+    ) -> None:
+        """End the attempt's MLflow run (sweep_sft apps): KILLED when it runs again, else FAILED."""
+        from sweep_sft.failed_trial import end_dead_trial, is_tracked
+
+        assert self.config is not None
+        sweep_dir = str(self.config.hydra.sweep.dir)
+        output_dir = _job_output_dir(self, p, config)
+        if not is_tracked(sweep_dir, output_dir):
+            return
+        tags = {"sweep_sft.slurm_job_id": str(p.job.job_id), "sweep_sft.job_state": error.state}
+        if retried:
+            tags["sweep_sft.retried"] = f"attempt {p.attempt} of {self.retries + 1}"
+        try:
+            runs = end_dead_trial(
+                sweep_dir,
+                output_dir,
+                str(error),
+                job_num=p.num,
+                overrides=p.overrides,
+                status=status,
+                tags=tags,
+                since_ms=p.submitted_ms,
+            )
+            log.info(f"#{p.num}: MLflow run(s) {', '.join(runs) or '(none)'} ended {status}")
+        except Exception as exc:  # noqa: BLE001 - a bookkeeping failure must not end the sweep
+            log.warning(f"#{p.num}: could not record the dead job in MLflow: {type(exc).__name__}: {exc}")
+
+
+def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig | None) -> str:
+    """Where the trial writes (its `output_dir`, else Hydra's job folder), as trial.py tags it."""
+    if config is None:
+        assert launcher.hydra_context is not None
+        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = p.num
+    original = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)  # `${hydra:...}` in output_dir resolves for this job
+    try:
+        job_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
+        own = OmegaConf.select(config, "output_dir", default=None)
+    finally:
+        HydraConfig.instance().cfg = original
+    return str(Path(own or job_dir).resolve())
+
+
+def _state(job) -> str:
+    try:
+        return str(job.get_info().get("State") or job.state)
+    except Exception:  # noqa: BLE001 - sacct may be down; the state is for the message only
+        return "UNKNOWN"
+
+
+def _tail(text: str | None, lines: int = STDERR_LINES) -> str:
+    return "\n".join((text or "").rstrip().splitlines()[-lines:])
+
+
+class LocalLauncher(RetryingLauncher):
+    _EXECUTOR = "local"
+
+    def _wait_until_gone(self, job) -> None:
+        pass  # a local job without a result has exited
+
+
+class SlurmLauncher(RetryingLauncher):
+    _EXECUTOR = "slurm"
+
+    def _wait_until_gone(self, job, timeout_s: float = GONE_TIMEOUT_S) -> None:
+        """sacct says CANCELLED at once, but the job's processes live on until Slurm's KillWait
+        ends (submitit ignores the SIGTERM): a trial could still open its MLflow run after we
+        looked for it. Wait until squeue no longer lists the job as running or completing."""
+        import subprocess
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                out = subprocess.run(
+                    ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+                ).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            if not set(out.split()) & LIVE_STATES:
+                return
+            time.sleep(0.5)
+        log.warning(f"slurm job {job.job_id} still listed by squeue after {timeout_s:.0f} s; recording it anyway")

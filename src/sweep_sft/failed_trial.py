@@ -1,0 +1,97 @@
+"""A trial whose job died without ending its own MLflow run (killed by Slurm: memory, time
+limit, scancel, node failure) ends it here, from the launcher: FAILED with the error, or
+KILLED when the launcher runs it again. A job that died before it opened a run gets a FAILED
+child run under the sweep's parent, so every trial of the sweep is in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sweep_sft.tracking import PARENT_FILE, child_run_name, read_parent
+
+RUN_FILE = "mlflow_run.json"  # {"run_id", "tracking_uri"}, written into the job folder by the trial
+OUTPUT_DIR_TAG = "sweep_sft.output_dir"
+ERROR_TAG = "sweep_sft.error"
+
+
+def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:
+    """Whether there is an MLflow record to end (checked before importing mlflow)."""
+    return (Path(sweep_dir) / PARENT_FILE).exists() or (Path(output_dir) / RUN_FILE).exists()
+
+
+def end_dead_trial(
+    sweep_dir: str | Path,
+    output_dir: str | Path,
+    error: str,
+    *,
+    job_num: int,
+    overrides: list[str],
+    status: str = "FAILED",
+    tags: dict[str, str] | None = None,
+    since_ms: int = 0,
+) -> list[str]:
+    """End the job's runs started since `since_ms` (the attempt's submission) with `status` and
+    the error; with none and status FAILED, create a FAILED child of the sweep's parent.
+    Returns the run ids it touched. A run the trial itself ended FINISHED is ended too: its
+    job was killed before it returned (e.g. while exiting), so the sweep counts it failed."""
+    from mlflow.tracking import MlflowClient
+
+    output_dir = str(Path(output_dir).resolve())
+    parent = read_parent(sweep_dir)
+    all_tags = {ERROR_TAG: error[:5000], **(tags or {})}
+    touched = []
+    for uri, run_id in _attempt_runs(parent, output_dir, since_ms):
+        client = MlflowClient(tracking_uri=uri)
+        for key, value in all_tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status=status)
+        touched.append(run_id)
+    if touched or status != "FAILED" or not parent:
+        return touched
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    experiment = client.get_run(parent["run_id"]).info.experiment_id
+    run = client.create_run(
+        experiment,
+        run_name=f"{job_num}: {child_run_name(overrides, parent.get('swept', []))}",
+        tags={"mlflow.parentRunId": parent["run_id"], OUTPUT_DIR_TAG: output_dir, **all_tags},
+    )
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id]
+
+
+def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[str, str]]:
+    """(tracking uri, run id) of the attempt's runs not yet ended as dead: the one its
+    mlflow_run.json names, else those under the parent tagged with its output folder."""
+    from mlflow.tracking import MlflowClient
+
+    def live(run) -> bool:
+        return (
+            run.info.status in ("RUNNING", "FINISHED")
+            and ERROR_TAG not in run.data.tags
+            and run.info.start_time >= since_ms
+        )
+
+    run_file = Path(output_dir) / RUN_FILE
+    if run_file.exists():
+        # The trial's own record of its current run, which a resumed attempt may have reopened
+        # (so it can be older than this attempt, and carry an earlier attempt's error tag).
+        named = json.loads(run_file.read_text())
+        run = MlflowClient(tracking_uri=named["tracking_uri"]).get_run(named["run_id"])
+        current = run.info.status == "RUNNING" or (run.info.status == "FINISHED" and ERROR_TAG not in run.data.tags)
+        return [(named["tracking_uri"], named["run_id"])] if current else []
+    if not parent:
+        return []
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    experiment = client.get_run(parent["run_id"]).info.experiment_id
+    runs = client.search_runs(
+        [experiment],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.`{OUTPUT_DIR_TAG}` = '{_quote(output_dir)}'"
+        ),
+    )
+    return [(parent["tracking_uri"], r.info.run_id) for r in runs if live(r)]
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
