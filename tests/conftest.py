@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,21 @@ def run_app():
         return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
     return run
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Fail (not skip): a CI run without the local cluster must not pass silently."""
+    script = Path(__file__).resolve().parent.parent / "launchers" / "slurm_cluster.sh"
+    status = subprocess.run([script, "status"], capture_output=True, text=True)
+    if status.returncode != 0 or shutil.which("sbatch") is None:
+        pytest.fail(
+            f"the local Slurm cluster is not up (`{script} status` exited {status.returncode}); "
+            f"start it with `make slurm-up`:\n{status.stdout}{status.stderr}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _slurm_marked_needs_the_cluster(request):
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm_cluster")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -65,8 +64,6 @@ def job_states(job_id: str, timeout: float = 20) -> list[str]:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_preempted_slurm_trial_resumes_to_the_same_final_loss(tmp_path):
-    if shutil.which("sbatch") is None:
-        pytest.skip("no Slurm client here: launchers/slurm_cluster.sh start")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [sys.executable, "-m", "sweep_sft", "-m", "hydra/launcher=submitit_slurm"]
     args += ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.sweep.dir=sweep"]

