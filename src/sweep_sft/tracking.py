@@ -56,6 +56,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree)}
 
 
+def http_defaults(uri: str) -> None:
+    """Fail fast on an HTTP tracking server so our own retries decide (a user's setting wins):
+    MLflow's defaults retry for minutes inside one call."""
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_ENV.items():
+            os.environ.setdefault(key, value)
+
+
 def retry_until(call, timeout_s: float, what: str, uri: str):
     """`call()` retried with backoff while the server is unreachable, for up to `timeout_s`."""
     from sweep_sft.delivery import BACKOFF_S, transient
@@ -101,9 +109,7 @@ class Run:
         if not self.enabled:
             return
         self.uri = tracking_uri(cfg)
-        if self.uri.startswith(("http://", "https://")):
-            for key, value in HTTP_ENV.items():  # a user's own setting wins
-                os.environ.setdefault(key, value)
+        http_defaults(self.uri)
         from mlflow.tracking import MlflowClient
 
         from sweep_sft.delivery import Delivery

@@ -16,6 +16,7 @@ from sweep_sft.config import ALIASES, Config, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
+from sweep_sft.tracking import TrackingError
 
 
 @dataclass
@@ -96,6 +97,8 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     run, reopened = open_run(tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}
     checkpoints = Checkpoints(config, out, series, resume_from, preemption) if checkpointable else None
+    if checkpoints is not None and hasattr(run, "backfill"):
+        checkpoints.on_restore = run.backfill
 
     def log(metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -177,7 +180,10 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
             _leave_running(run)
             raise
         run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
-        run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        try:
+            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        except TrackingError as tracking_error:  # keep the trial's own error the one raised
+            print(f"warning: {tracking_error}", file=sys.stderr)
         raise
     finally:
         distributed.teardown(dist_env)
@@ -200,7 +206,11 @@ def _leave_running(run) -> None:
     """Submitit requeued the job: the resumed trial continues this run, so it stays RUNNING."""
     try:
         run.set_tag("sweep_sft.trial_state", "REQUEUED")
-        run.flush()
+        if not run.flush():  # the server is down: the resumed attempt sends them from the checkpoint
+            print(
+                "warning: MLflow server unreachable before the requeue; the resumed trial sends what it lacks",
+                file=sys.stderr,
+            )
     except Exception as exc:  # the job is requeued already: never turn the exit into a failure
         print(f"warning: could not flush MLflow before the requeue: {exc}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sweep_sft.config import TrackingConfig
-from sweep_sft.tracking import Run, tracking_uri
+from sweep_sft.tracking import Run, http_defaults, retry_until, tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 RESUMES_TAG = "sweep_sft.resumes"
@@ -22,14 +22,29 @@ class ReopenedRun(Run):
     """An existing run set back to RUNNING; metrics at steps it already holds are not re-logged
     (the steps replayed since the checkpoint were logged by the interrupted attempt)."""
 
-    def __init__(self, cfg: TrackingConfig, run_id: str, logged: dict[str, int], spill_dir: Path):
+    def __init__(self, cfg: TrackingConfig, run_id: str, logged: dict[str, int], spill_dir: Path, has_params: bool):
         super().__init__(cfg, None, spill_dir=spill_dir, run_id=run_id)
         self._logged = logged  # metric key -> last step already in the run
+        self.has_params = has_params
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         fresh = {k: v for k, v in metrics.items() if step > self._logged.get(k, -1)}
         if fresh:
             super().log_metrics(fresh, step)
+
+    def backfill(self, series: dict[str, list[list[float]]]) -> None:
+        """Points the checkpoint holds but the run lacks (the interrupted attempt could not
+        deliver them: a server outage before the requeue), sent now in step order."""
+        by_step: dict[int, dict[str, float]] = {}
+        for key, points in series.items():
+            for step, value in points:
+                if step > self._logged.get(key, -1):
+                    by_step.setdefault(int(step), {})[key] = value
+        for step in sorted(by_step):
+            self.log_metrics(by_step[step], step)
+        for key, points in series.items():
+            if points:
+                self._logged[key] = max(self._logged.get(key, -1), int(points[-1][0]))
 
 
 def open_run(
@@ -40,11 +55,12 @@ def open_run(
     tags: dict[str, str],
     resuming: bool,
 ) -> tuple[Run, bool]:
-    """The trial's run and whether it is the interrupted attempt's run, reopened."""
+    """The trial's run, and whether it is the interrupted attempt's run reopened with its params
+    and artifacts already delivered (then they are not logged again)."""
     if cfg.enabled and resuming:
         run = _reopen(cfg, out / RUN_FILE, out)
         if run is not None:
-            return run, True
+            return run, run.has_params
     run = Run(cfg, run_name, parent_run_id, tags=tags)
     if run.enabled:
         (out / RUN_FILE).write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}))
@@ -52,30 +68,45 @@ def open_run(
 
 
 def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     if not path.exists():
         print(f"warning: resuming without {path}: the trial gets a new MLflow run", file=sys.stderr)
         return None
     saved = json.loads(path.read_text())
-    if saved.get("tracking_uri") != tracking_uri(cfg):
-        print(
-            f"warning: {path} names another tracking store ({saved.get('tracking_uri')}): the trial gets a new run",
-            file=sys.stderr,
-        )
+    uri, run_id = saved.get("tracking_uri"), saved.get("run_id")
+    if uri != tracking_uri(cfg):
+        print(f"warning: {path} names another tracking store ({uri}): the trial gets a new run", file=sys.stderr)
         return None
-    client = MlflowClient(tracking_uri=saved["tracking_uri"])
-    try:
-        previous = client.get_run(saved["run_id"])
-    except Exception as exc:  # deleted or never committed: start a new run rather than fail the trial
-        print(f"warning: cannot reopen MLflow run {saved['run_id']} ({exc}): the trial gets a new run", file=sys.stderr)
+    http_defaults(uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    def get():
+        try:
+            return client.get_run(run_id)
+        except MlflowException as exc:  # gone from the store (not an outage: that is retried)
+            if exc.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+                return None
+            raise
+
+    # An outage is waited out: a new run here would orphan the interrupted one, RUNNING forever.
+    previous = retry_until(get, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
+    if previous is None or previous.info.lifecycle_stage == "deleted":
+        print(f"warning: MLflow run {run_id} no longer exists: the trial gets a new run", file=sys.stderr)
         return None
-    if previous.info.lifecycle_stage == "deleted":
-        return None
-    history = {key: client.get_metric_history(saved["run_id"], key) for key in previous.data.metrics}
-    logged = {key: max(m.step for m in points) for key, points in history.items() if points}
-    client.update_run(saved["run_id"], status="RUNNING")
+
     resumes = int(previous.data.tags.get(RESUMES_TAG, "0")) + 1
-    client.set_tag(saved["run_id"], RESUMES_TAG, str(resumes))
-    print(f"continuing MLflow run {saved['run_id']} (resume {resumes})", file=sys.stderr)
-    return ReopenedRun(cfg, saved["run_id"], logged, out)
+
+    def reopen() -> dict[str, int]:
+        history = {key: client.get_metric_history(run_id, key) for key in previous.data.metrics}
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, RESUMES_TAG, str(resumes))
+        if "sweep_sft.error" in previous.data.tags:  # left by a launcher that saw the attempt die
+            client.delete_tag(run_id, "sweep_sft.error")
+        return {key: max(m.step for m in points) for key, points in history.items() if points}
+
+    logged = retry_until(reopen, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
+    print(f"continuing MLflow run {run_id} (resume {resumes})", file=sys.stderr)
+    # Records are delivered asynchronously: an attempt that died early may not have sent its params.
+    return ReopenedRun(cfg, run_id, logged, out, has_params=bool(previous.data.params))

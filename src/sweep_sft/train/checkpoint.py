@@ -206,6 +206,8 @@ class Checkpoints:
         self.series = series
         self.resume_from = resume_from
         self.last_saved: Path | None = None
+        # Called with the restored series (a reopened MLflow run sends the points it lacks).
+        self.on_restore = None
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
@@ -269,5 +271,7 @@ class Checkpoints:
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
         self.series.clear()
         self.series.update(state["series"])
+        if self.on_restore is not None:
+            self.on_restore(self.series)
         print(f"resumed from {path} at step {state['position']['step']}", file=sys.stderr)
         return Position(**state["position"])

@@ -1,0 +1,49 @@
+"""Reopening a trial's MLflow run after a requeue (sweep_sft.trial_run): points the interrupted
+attempt could not deliver are sent from the checkpoint's series, once each."""
+
+from __future__ import annotations
+
+import json
+
+from sweep_sft.config import TrackingConfig
+from sweep_sft.trial_run import RUN_FILE, open_run
+
+
+def test_reopened_run_backfills_what_the_interrupted_attempt_lacked(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first, reopened = open_run(cfg, tmp_path, "trial", None, {}, resuming=False)
+    assert not reopened and json.loads((tmp_path / RUN_FILE).read_text())["run_id"] == first.run_id
+    first.log_params({"lr": "0.001"})
+    for step in (1, 2, 3):  # delivered before the requeue; steps 4-6 were not (server down)
+        first.log_metrics({"train/loss": 10.0 - step}, step)
+    first.set_tag("sweep_sft.error", "JobDied: left by a launcher")
+    first.flush()
+    first.delivery.stop()  # the process exits for the requeue; the run stays RUNNING
+
+    second, reopened = open_run(cfg, tmp_path, "trial", None, {}, resuming=True)
+    assert reopened and second.run_id == first.run_id  # params were delivered: not logged again
+    series = {"train/loss": [[step, 10.0 - step] for step in range(1, 7)]}
+    second.backfill(series)
+    second.log_metrics({"train/loss": 3.0}, 7)
+    second.log_metrics({"train/loss": 99.0}, 2)  # a replayed step the run already holds
+    second.finish("FINISHED")
+
+    client = MlflowClient(tracking_uri=cfg.uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/loss"))
+    assert history == [(step, 10.0 - step) for step in range(1, 8)]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["sweep_sft.resumes"] == "1"
+    assert "sweep_sft.error" not in run.data.tags
+
+
+def test_an_attempt_that_died_before_delivering_params_gets_them_logged(tmp_path):
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first, _ = open_run(cfg, tmp_path, "trial", None, {}, resuming=False)
+    first.flush()
+    first.delivery.stop()
+    second, reopened = open_run(cfg, tmp_path, "trial", None, {}, resuming=True)
+    assert second.run_id == first.run_id and not reopened  # the same run, and the trial logs its params
+    second.finish("FINISHED")
