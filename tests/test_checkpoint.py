@@ -220,16 +220,32 @@ def test_checkpoint_settings_are_validated(override, key):
         validate(compose([override]))
 
 
-def test_checkpoints_are_refused_for_several_ranks_or_deepspeed(short):
+def test_checkpoints_cover_several_ranks_and_are_refused_for_deepspeed(short):
     from sweep_sft.train.distributed import DistEnv
     from sweep_sft.trial import _checkpointable
 
     one = validate(compose([*short, "trainer.checkpoint_every=5"]))
     assert _checkpointable(one, DistEnv())
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 ranks"):
-        _checkpointable(one, DistEnv(world_size=2))
+    assert _checkpointable(one, DistEnv(world_size=2))  # plain data parallel: rank 0 writes
     zero2 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero2"]))
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed on"):
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed.zero_stage=2"):
         _checkpointable(zero2, DistEnv())
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 rank"):
+        _checkpointable(zero2, DistEnv(world_size=2))
     # Without periodic checkpoints such a trial runs, leaving the signal to submitit.
     assert not _checkpointable(validate(compose([*short, "deepspeed=zero2"])), DistEnv())
+
+
+def test_resume_with_another_number_of_ranks_is_refused(short, tmp_path):
+    """The global batch is batch_size x grad_accum x ranks: a checkpoint of 2 ranks does not
+    continue in 1 (the count is not a config key, so it is checked apart)."""
+    from sweep_sft.train.checkpoint import STATE_FILE
+
+    root = checkpointed(short, tmp_path)
+    state = json.loads((root / "step-4" / STATE_FILE).read_text())
+    assert state["world_size"] == 1
+    state["world_size"] = 2
+    (root / "step-4" / STATE_FILE).write_text(json.dumps(state))
+    written_by_two = r"trainer.resume: checkpoint .*step-4 was written by 2 rank\(s\), this trial has 1"
+    with pytest.raises(ConfigError, match=written_by_two):
+        run_trial(compose(short + [f"trainer.resume={root / 'step-4'}"]))

@@ -95,7 +95,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     tags = {"sweep_sft.output_dir": str(out.resolve())}
     run, reopened = open_run(tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}
-    checkpoints = Checkpoints(config, out, series, resume_from, preemption) if checkpointable else None
+    checkpoints = Checkpoints(config, out, series, resume_from, preemption, dist_env) if checkpointable else None
 
     def log(metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -184,14 +184,15 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
 
 
 def _checkpointable(config: Config, dist_env) -> bool:
-    """Checkpoints cover one-process trials without DeepSpeed; asking for them elsewhere is an error."""
-    if dist_env.world_size == 1 and config.deepspeed is None:
+    """Checkpoints cover trials without DeepSpeed (one rank or several); asking for them with
+    DeepSpeed is an error."""
+    if config.deepspeed is None:
         return True
     if config.trainer.checkpoint_every:
         raise ConfigError(
-            f"trainer.checkpoint_every={config.trainer.checkpoint_every}: checkpoints are written for one-process "
-            f"trials without DeepSpeed only (this trial: {dist_env.world_size} ranks, deepspeed "
-            f"{'on' if config.deepspeed is not None else 'off'}); set trainer.checkpoint_every=0"
+            f"trainer.checkpoint_every={config.trainer.checkpoint_every}: checkpoints are not written for "
+            f"DeepSpeed trials (this trial: {dist_env.world_size} rank(s), deepspeed.zero_stage="
+            f"{config.deepspeed.zero_stage}); set trainer.checkpoint_every=0 or deepspeed=off"
         )
     return False
 

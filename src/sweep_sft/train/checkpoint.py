@@ -6,6 +6,12 @@ function of the seed and epoch), the train-metric accumulators not yet logged, a
 series logged so far. It is written into a hidden temporary folder and renamed into place, and
 `trainer_state.json` is written last, so a kill mid-write never leaves a newest checkpoint that
 looks complete but is not; a folder without a readable state file is skipped with a warning.
+
+With several ranks (plain data parallel) every rank holds the same weights, optimizer and
+scheduler state after a step, so rank 0 alone writes them; what differs per rank (RNG streams,
+the rank's share of the train-loss sums not yet logged) is gathered into `rng.pt`. Every rank
+restores from the same folder. A preemption signal may reach only some ranks: the ranks combine
+their flags at each step boundary (one all-reduce), so all of them stop at the same step.
 """
 
 from __future__ import annotations
@@ -197,9 +203,13 @@ class Checkpoints:
         series: dict,
         resume_from: Path | None = None,
         preemption=None,
+        dist_env=None,
     ):
+        from sweep_sft.train.distributed import DistEnv
+
         self.config = config
         self.preemption = preemption  # a train.preemption.Preemption, or None
+        self.dist_env = dist_env or DistEnv()
         self.root = checkpoints_dir(output_dir)
         self.every = config.trainer.checkpoint_every
         self.keep = config.trainer.save_total_limit
@@ -212,15 +222,56 @@ class Checkpoints:
 
     def after_step(self, model, optimizer, scheduler, position: Position) -> None:
         """At an optimizer-step boundary: save when due or signalled, then hand a signal over."""
-        signalled = self.preemption is not None and self.preemption.requested
+        signalled = self._signalled()
         if signalled or self.due(position.step):
             self.save(model, optimizer, scheduler, position)
         if signalled:
-            print(f"checkpoint {self.last_saved} written: handing over to submitit to requeue", file=sys.stderr)
+            if self.dist_env.is_main:
+                print(f"checkpoint {self.last_saved} written: handing over to submitit to requeue", file=sys.stderr)
             self.preemption.hand_over()
 
+    def _signalled(self) -> bool:
+        """Whether any rank caught the signal: the same answer on every rank."""
+        if self.preemption is None:
+            return False
+        flag = self.preemption.requested
+        if not (self.dist_env.distributed and self.preemption.active):
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        combined = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(combined, op=dist.ReduceOp.MAX)
+        if combined.item() and not flag:
+            print("another rank caught the preemption signal: checkpointing at this step", file=sys.stderr)
+        return bool(combined.item())
+
     def save(self, model, optimizer, scheduler, position: Position) -> Path:
+        """Write a checkpoint (rank 0; every rank must call it, the others only send their own state)."""
         final = self.root / f"{PREFIX}{position.step}"
+        ranks = self._gather_rank_states(position)
+        if self.dist_env.is_main:
+            self._write_folder(final, model, optimizer, scheduler, position, ranks)
+        if self.dist_env.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank goes on (or exits, after a signal) before the checkpoint is complete
+        self.last_saved = final
+        return final
+
+    def _gather_rank_states(self, position: Position) -> list[dict] | None:
+        """Each rank's RNG streams and train-loss sums, on rank 0 (None with one rank)."""
+        if not self.dist_env.distributed:
+            return None
+        import torch.distributed as dist
+
+        mine = {"rng": rng_state(), "acc": position.acc}
+        gathered: list | None = [None] * self.dist_env.world_size if self.dist_env.is_main else None
+        dist.gather_object(mine, gathered, dst=0)
+        return gathered
+
+    def _write_folder(self, final: Path, model, optimizer, scheduler, position: Position, ranks) -> None:
         tmp = self.root / f".tmp-{PREFIX}{position.step}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -228,11 +279,16 @@ class Checkpoints:
         _write(tmp / "model.pt", model.state_dict())
         _write(tmp / "optimizer.pt", optimizer.state_dict())
         _write(tmp / "scheduler.pt", scheduler.state_dict())
-        _write(tmp / "rng.pt", rng_state())
+        rng = rng_state()
+        if ranks is not None:
+            rng["ranks"] = ranks
+        _write(tmp / "rng.pt", rng)
         state = {
             "position": position.__dict__,
             "series": self.series,
             "config": training_config(self.config),
+            # Not a config key (the launcher decides it), yet it sets the global batch.
+            "world_size": self.dist_env.world_size,
         }
         with open(tmp / STATE_FILE, "w") as f:  # last: its presence marks the folder complete
             json.dump(state, f)
@@ -242,9 +298,7 @@ class Checkpoints:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(self.root)
-        self.last_saved = final
         self._rotate()
-        return final
 
     def _rotate(self) -> None:
         for path in valid_checkpoints(self.root.parent, warn=False)[: -self.keep]:
@@ -262,12 +316,26 @@ class Checkpoints:
         path = self.resume_from
         state = json.loads((path / STATE_FILE).read_text())
         check_compatible(path, state["config"], self.config)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist_env.world_size:
+            raise ConfigError(
+                f"trainer.resume: checkpoint {path} was written by {saved_world} rank(s), this trial has "
+                f"{self.dist_env.world_size} (hydra.launcher.tasks_per_node, or torchrun's --nproc-per-node): "
+                "the global "
+                "batch would differ; resume with the same number of ranks, or start afresh with trainer.resume=never"
+            )
         # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
         model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        position = Position(**state["position"])
+        if "ranks" in rng:  # several ranks: this rank's own streams and loss sums
+            mine = rng["ranks"][self.dist_env.rank]
+            rng, position.acc = mine["rng"], mine["acc"]
+        set_rng_state(rng)
         self.series.clear()
         self.series.update(state["series"])
-        print(f"resumed from {path} at step {state['position']['step']}", file=sys.stderr)
-        return Position(**state["position"])
+        if self.dist_env.is_main:
+            print(f"resumed from {path} at step {position.step}", file=sys.stderr)
+        return position
