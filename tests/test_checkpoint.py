@@ -220,7 +220,7 @@ def test_checkpoint_settings_are_validated(override, key):
         validate(compose([override]))
 
 
-def test_checkpoints_cover_several_ranks_and_are_refused_for_deepspeed(short):
+def test_checkpoints_cover_several_ranks_and_zero2_and_are_refused_for_zero3(short):
     from sweep_sft.train.distributed import DistEnv
     from sweep_sft.trial import _checkpointable
 
@@ -228,12 +228,12 @@ def test_checkpoints_cover_several_ranks_and_are_refused_for_deepspeed(short):
     assert _checkpointable(one, DistEnv())
     assert _checkpointable(one, DistEnv(world_size=2))  # plain data parallel: rank 0 writes
     zero2 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero2"]))
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed.zero_stage=2"):
-        _checkpointable(zero2, DistEnv())
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 rank"):
-        _checkpointable(zero2, DistEnv(world_size=2))
+    assert _checkpointable(zero2, DistEnv()) and _checkpointable(zero2, DistEnv(world_size=2))
+    zero3 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero3"]))
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 rank.*deepspeed.zero_stage=3"):
+        _checkpointable(zero3, DistEnv(world_size=2))
     # Without periodic checkpoints such a trial runs, leaving the signal to submitit.
-    assert not _checkpointable(validate(compose([*short, "deepspeed=zero2"])), DistEnv())
+    assert not _checkpointable(validate(compose([*short, "deepspeed=zero3"])), DistEnv())
 
 
 def test_resume_with_another_number_of_ranks_is_refused(short, tmp_path):
@@ -249,3 +249,12 @@ def test_resume_with_another_number_of_ranks_is_refused(short, tmp_path):
     written_by_two = r"trainer.resume: checkpoint .*step-4 was written by 2 rank\(s\), this trial has 1"
     with pytest.raises(ConfigError, match=written_by_two):
         run_trial(compose(short + [f"trainer.resume={root / 'step-4'}"]))
+
+
+def test_resume_across_deepspeed_settings_is_refused(short, tmp_path):
+    """A plain checkpoint holds no DeepSpeed engine state (nor the reverse): refused before training."""
+    root = checkpointed(short, tmp_path)
+    refused = r"trainer.resume: checkpoint .*step-8 was written with deepspeed off.*zero_stage"
+    with pytest.raises(ConfigError, match=refused):
+        run_trial(compose(short + ["deepspeed=zero2"]))
+    assert (root / "step-8").is_dir()

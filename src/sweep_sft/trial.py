@@ -184,15 +184,15 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
 
 
 def _checkpointable(config: Config, dist_env) -> bool:
-    """Checkpoints cover trials without DeepSpeed (one rank or several); asking for them with
-    DeepSpeed is an error."""
-    if config.deepspeed is None:
+    """Checkpoints cover trials without DeepSpeed (one rank or several) and DeepSpeed ZeRO
+    stages 0-2; asking for them with ZeRO-3 is an error."""
+    if config.deepspeed is None or config.deepspeed.zero_stage < 3:
         return True
     if config.trainer.checkpoint_every:
         raise ConfigError(
             f"trainer.checkpoint_every={config.trainer.checkpoint_every}: checkpoints are not written for "
-            f"DeepSpeed trials (this trial: {dist_env.world_size} rank(s), deepspeed.zero_stage="
-            f"{config.deepspeed.zero_stage}); set trainer.checkpoint_every=0 or deepspeed=off"
+            f"DeepSpeed ZeRO-3 trials (this trial: {dist_env.world_size} rank(s), deepspeed.zero_stage="
+            f"{config.deepspeed.zero_stage}); set trainer.checkpoint_every=0, or use deepspeed.zero_stage<=2"
         )
     return False
 

@@ -12,6 +12,10 @@ scheduler state after a step, so rank 0 alone writes them; what differs per rank
 the rank's share of the train-loss sums not yet logged) is gathered into `rng.pt`. Every rank
 restores from the same folder. A preemption signal may reach only some ranks: the ranks combine
 their flags at each step boundary (one all-reduce), so all of them stop at the same step.
+
+With DeepSpeed (ZeRO stages 0-2) the weights, optimizer and scheduler are written by the engine's
+own collective `save_checkpoint` into `deepspeed/` of the same temporary folder (each rank its
+optimizer partition); rank 0 adds `rng.pt` and `trainer_state.json` and renames it into place.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from sweep_sft.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
 FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
+DS_TAG = "deepspeed"  # the engine's checkpoint tag: its subfolder in a DeepSpeed checkpoint
+DS_FILES = (DS_TAG, "rng.pt", STATE_FILE)
 PREFIX = "step-"
 # Keys that may change between the interrupted and the resumed trial: they change neither the
 # weights nor the data order (where and how often to log, checkpoint, or run).
@@ -70,16 +76,26 @@ def step_of(path: Path) -> int | None:
 
 def problem(path: Path) -> str | None:
     """Why `path` is not a usable checkpoint, or None when it is."""
-    missing = [name for name in FILES if not (path / name).is_file()]
-    if missing:
-        return f"missing {', '.join(missing)}"
+    if not (path / STATE_FILE).is_file():
+        return f"missing {', '.join(name for name in FILES if not (path / name).is_file())}"
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
         return f"unreadable {STATE_FILE} ({exc})"
     if not isinstance(state, dict) or not {"position", "series", "config"} <= set(state):
         return f"{STATE_FILE} lacks position/series/config"
+    missing = [name for name in (DS_FILES if state.get("deepspeed") else FILES) if not (path / name).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
     return None
+
+
+def deepspeed_state(config: Config) -> dict[str, Any] | None:
+    """What a DeepSpeed checkpoint can only be resumed with (the engine's layout of the state)."""
+    ds = config.deepspeed
+    if ds is None:
+        return None
+    return {"zero_stage": ds.zero_stage, "offload_optimizer": ds.offload_optimizer, "offload_params": ds.offload_params}
 
 
 def valid_checkpoints(output_dir: str | Path, warn: bool = True) -> list[Path]:
@@ -132,7 +148,19 @@ def training_config(config: Config) -> dict[str, Any]:
 
 def check_resume(path: Path, config: Config) -> None:
     """Fail before training when the checkpoint belongs to a differently configured trial."""
-    check_compatible(path, json.loads((path / STATE_FILE).read_text())["config"], config)
+    state = json.loads((path / STATE_FILE).read_text())
+    check_compatible(path, state["config"], config)
+    check_deepspeed(path, state.get("deepspeed"), config)
+
+
+def check_deepspeed(path: Path, saved: dict | None, config: Config) -> None:
+    current = deepspeed_state(config)
+    if saved != current:
+        raise ConfigError(
+            f"trainer.resume: checkpoint {path} was written with deepspeed {saved or 'off'}, this trial has "
+            f"deepspeed {current or 'off'}: the engine's state does not carry over; resume with the same deepspeed "
+            "settings, or start afresh with trainer.resume=never or another output_dir"
+        )
 
 
 def check_compatible(path: Path, saved: dict[str, str], config: Config) -> None:
@@ -251,7 +279,9 @@ class Checkpoints:
         """Write a checkpoint (rank 0; every rank must call it, the others only send their own state)."""
         final = self.root / f"{PREFIX}{position.step}"
         ranks = self._gather_rank_states(position)
-        if self.dist_env.is_main:
+        if self.config.deepspeed is not None:
+            self._write_deepspeed(final, model, position, ranks)
+        elif self.dist_env.is_main:
             self._write_folder(final, model, optimizer, scheduler, position, ranks)
         if self.dist_env.distributed:
             import torch.distributed as dist
@@ -271,14 +301,45 @@ class Checkpoints:
         dist.gather_object(mine, gathered, dst=0)
         return gathered
 
+    def _leader_pid(self) -> int:
+        """Rank 0's pid, which names the temporary folder every rank writes into."""
+        if not hasattr(self, "_pid"):
+            pid = [os.getpid()]
+            if self.dist_env.distributed:
+                import torch.distributed as dist
+
+                dist.broadcast_object_list(pid, src=0)
+            self._pid = pid[0]
+        return self._pid
+
+    def _tmp(self, step: int, pid: int) -> Path:
+        return self.root / f".tmp-{PREFIX}{step}-{pid}"
+
+    def _write_deepspeed(self, final: Path, engine, position: Position, ranks) -> None:
+        """The engine writes its collective checkpoint into the temporary folder, rank 0 the rest."""
+        tmp = self._tmp(position.step, self._leader_pid())
+        if self.dist_env.is_main and tmp.exists():
+            shutil.rmtree(tmp)  # the engine's save starts with a barrier after rank 0 creates the folder
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+        if self.dist_env.is_main:
+            for path in (tmp / DS_TAG).rglob("*"):  # the engine does not fsync
+                if path.is_file():
+                    with open(path, "rb") as f:
+                        os.fsync(f.fileno())
+            self._finish_folder(tmp, final, position, ranks)
+
     def _write_folder(self, final: Path, model, optimizer, scheduler, position: Position, ranks) -> None:
-        tmp = self.root / f".tmp-{PREFIX}{position.step}-{os.getpid()}"
+        tmp = self._tmp(position.step, os.getpid())
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         _write(tmp / "model.pt", model.state_dict())
         _write(tmp / "optimizer.pt", optimizer.state_dict())
         _write(tmp / "scheduler.pt", scheduler.state_dict())
+        self._finish_folder(tmp, final, position, ranks)
+
+    def _finish_folder(self, tmp: Path, final: Path, position: Position, ranks) -> None:
+        """RNG and trainer state (last), then the rename that makes the checkpoint visible."""
         rng = rng_state()
         if ranks is not None:
             rng["ranks"] = ranks
@@ -289,6 +350,7 @@ class Checkpoints:
             "config": training_config(self.config),
             # Not a config key (the launcher decides it), yet it sets the global batch.
             "world_size": self.dist_env.world_size,
+            "deepspeed": deepspeed_state(self.config),
         }
         with open(tmp / STATE_FILE, "w") as f:  # last: its presence marks the folder complete
             json.dump(state, f)
@@ -324,10 +386,18 @@ class Checkpoints:
                 "the global "
                 "batch would differ; resume with the same number of ranks, or start afresh with trainer.resume=never"
             )
-        # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        check_deepspeed(path, state.get("deepspeed"), self.config)
+        if self.config.deepspeed is not None:  # `model` is the DeepSpeed engine: it loads all three
+            loaded, _ = model.load_checkpoint(
+                str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if loaded is None:
+                raise ConfigError(f"trainer.resume: DeepSpeed could not load {path / DS_TAG}")
+        else:
+            # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
+            model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = torch.load(path / "rng.pt", weights_only=True)
         position = Position(**state["position"])
         if "ranks" in rng:  # several ranks: this rank's own streams and loss sums
