@@ -220,16 +220,42 @@ def test_checkpoint_settings_are_validated(override, key):
         validate(compose([override]))
 
 
-def test_checkpoints_are_refused_for_several_ranks_or_deepspeed(short):
-    from sweep_sft.train.distributed import DistEnv
+def test_checkpoints_cover_several_ranks_and_zero2_and_are_refused_for_zero3(short, tmp_path):
     from sweep_sft.trial import _checkpointable
 
-    one = validate(compose([*short, "trainer.checkpoint_every=5"]))
-    assert _checkpointable(one, DistEnv())
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*2 ranks"):
-        _checkpointable(one, DistEnv(world_size=2))
-    zero2 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero2"]))
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed on"):
-        _checkpointable(zero2, DistEnv())
+    # Plain data parallel (rank 0 writes) and ZeRO-2 are covered, whatever the number of ranks.
+    assert _checkpointable(validate(compose([*short, "trainer.checkpoint_every=5"])))
+    assert _checkpointable(validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero2"])))
+    zero3 = validate(compose([*short, "trainer.checkpoint_every=5", "deepspeed=zero3"]))
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=5.*deepspeed.zero_stage=3"):
+        _checkpointable(zero3)
+    # An explicit resume is refused too, rather than silently starting afresh.
+    resume = validate(compose([*short, f"trainer.resume={tmp_path}", "deepspeed=zero3"]))
+    with pytest.raises(ConfigError, match=f"trainer.resume={tmp_path}.*ZeRO-3"):
+        _checkpointable(resume)
     # Without periodic checkpoints such a trial runs, leaving the signal to submitit.
-    assert not _checkpointable(validate(compose([*short, "deepspeed=zero2"])), DistEnv())
+    assert not _checkpointable(validate(compose([*short, "deepspeed=zero3"])))
+
+
+def test_resume_with_another_number_of_ranks_is_refused(short, tmp_path):
+    """The global batch is batch_size x grad_accum x ranks: a checkpoint of 2 ranks does not
+    continue in 1 (the count is not a config key, so it is checked apart)."""
+    from sweep_sft.train.checkpoint import STATE_FILE
+
+    root = checkpointed(short, tmp_path)
+    state = json.loads((root / "step-4" / STATE_FILE).read_text())
+    assert state["world_size"] == 1
+    state["world_size"] = 2
+    (root / "step-4" / STATE_FILE).write_text(json.dumps(state))
+    written_by_two = r"trainer.resume: checkpoint .*step-4 was written by 2 rank\(s\), this trial has 1"
+    with pytest.raises(ConfigError, match=written_by_two):
+        run_trial(compose(short + [f"trainer.resume={root / 'step-4'}"]))
+
+
+def test_resume_across_deepspeed_settings_is_refused(short, tmp_path):
+    """A plain checkpoint holds no DeepSpeed engine state (nor the reverse): refused before training."""
+    root = checkpointed(short, tmp_path)
+    refused = r"trainer.resume: checkpoint .*step-8 was written with deepspeed off.*zero_stage"
+    with pytest.raises(ConfigError, match=refused):
+        run_trial(compose(short + ["deepspeed=zero2"]))
+    assert (root / "step-8").is_dir()

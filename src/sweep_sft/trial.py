@@ -52,7 +52,10 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     out.mkdir(parents=True, exist_ok=True)
     from sweep_sft.train.checkpoint import check_resume, find_resume
 
-    resume_from = find_resume(config.trainer.resume, out)
+    checkpointable = _checkpointable(config)
+    if not checkpointable:
+        preemption.release()  # no checkpoint to write: submitit requeues at once
+    resume_from = find_resume(config.trainer.resume, out) if checkpointable else None
     if resume_from is not None:
         check_resume(resume_from, config)
     sources = load_sources(config)
@@ -63,6 +66,24 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
 
     import torch
 
+    from sweep_sft.train import distributed
+
+    if config.trainer.num_threads:
+        torch.set_num_threads(config.trainer.num_threads)
+    _seed_everything(config.trainer.seed)
+    # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
+    dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
+    try:
+        return _train_and_record(
+            cfg, config, out, run_name, parent_run_id, preemption, started, sources, resume_from, dist_env
+        )
+    finally:
+        distributed.teardown(dist_env)
+
+
+def _train_and_record(
+    cfg, config: Config, out: Path, run_name, parent_run_id, preemption, started, sources, resume_from, dist_env
+) -> TrialResult:
     from sweep_sft import general_probe, modeling
     from sweep_sft.data.pipeline import mix_table, prepare
     from sweep_sft.evaluate import exact_match, validation_loss
@@ -73,16 +94,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     from sweep_sft.train.loop import train
     from sweep_sft.trial_run import open_run
 
-    if config.trainer.num_threads:
-        torch.set_num_threads(config.trainer.num_threads)
-    _seed_everything(config.trainer.seed)
-    # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
-    dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
     device = distributed.device_for(dist_env, _device(config.trainer.device))
-    checkpointable = _checkpointable(config, dist_env)
-    if not checkpointable:
-        resume_from = None
-        preemption.release()
     path = modeling.resolve_model_path(config.model)
     tokenizer = modeling.load_tokenizer(config.model, path)
     eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
@@ -96,7 +108,9 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     tags = {"sweep_sft.output_dir": str(out.resolve())}
     run, reopened = open_run(tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}
-    checkpoints = Checkpoints(config, out, series, resume_from, preemption) if checkpointable else None
+    checkpoints = (
+        Checkpoints(config, out, series, resume_from, preemption, dist_env) if _checkpointable(config) else None
+    )
     if checkpoints is not None and hasattr(run, "backfill"):
         checkpoints.on_restore = run.backfill
 
@@ -185,19 +199,22 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
         except TrackingError as tracking_error:  # keep the trial's own error the one raised
             print(f"warning: {tracking_error}", file=sys.stderr)
         raise
-    finally:
-        distributed.teardown(dist_env)
 
 
-def _checkpointable(config: Config, dist_env) -> bool:
-    """Checkpoints cover one-process trials without DeepSpeed; asking for them elsewhere is an error."""
-    if dist_env.world_size == 1 and config.deepspeed is None:
+def _checkpointable(config: Config) -> bool:
+    """Checkpoints cover trials without DeepSpeed (one rank or several) and DeepSpeed ZeRO
+    stages 0-2; asking for them (or for a resume) with ZeRO-3 is an error."""
+    if config.deepspeed is None or config.deepspeed.zero_stage < 3:
         return True
-    if config.trainer.checkpoint_every:
+    asked = {"trainer.checkpoint_every": config.trainer.checkpoint_every}
+    if config.trainer.resume not in ("auto", "never"):
+        asked["trainer.resume"] = config.trainer.resume
+    if config.trainer.checkpoint_every or len(asked) > 1:
+        key, value = next((k, v) for k, v in reversed(asked.items()) if v)
         raise ConfigError(
-            f"trainer.checkpoint_every={config.trainer.checkpoint_every}: checkpoints are written for one-process "
-            f"trials without DeepSpeed only (this trial: {dist_env.world_size} ranks, deepspeed "
-            f"{'on' if config.deepspeed is not None else 'off'}); set trainer.checkpoint_every=0"
+            f"{key}={value}: checkpoints are not written or read for DeepSpeed ZeRO-3 trials "
+            f"(deepspeed.zero_stage={config.deepspeed.zero_stage}); set trainer.checkpoint_every=0 and "
+            "trainer.resume=auto, or use deepspeed.zero_stage<=2"
         )
     return False
 

@@ -6,6 +6,16 @@ function of the seed and epoch), the train-metric accumulators not yet logged, a
 series logged so far. It is written into a hidden temporary folder and renamed into place, and
 `trainer_state.json` is written last, so a kill mid-write never leaves a newest checkpoint that
 looks complete but is not; a folder without a readable state file is skipped with a warning.
+
+With several ranks (plain data parallel) every rank holds the same weights, optimizer and
+scheduler state after a step, so rank 0 alone writes them; what differs per rank (RNG streams,
+the rank's share of the train-loss sums not yet logged) is gathered into `rng.pt`. Every rank
+restores from the same folder. A preemption signal may reach only some ranks: the ranks combine
+their flags at each step boundary (one all-reduce), so all of them stop at the same step.
+
+With DeepSpeed (ZeRO stages 0-2) the weights, optimizer and scheduler are written by the engine's
+own collective `save_checkpoint` into `deepspeed/` of the same temporary folder (each rank its
+optimizer partition); rank 0 adds `rng.pt` and `trainer_state.json` and renames it into place.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from sweep_sft.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
 FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
+DS_TAG = "deepspeed"  # the engine's checkpoint tag: its subfolder in a DeepSpeed checkpoint
+DS_FILES = (DS_TAG, "rng.pt", STATE_FILE)
 PREFIX = "step-"
 # Keys that may change between the interrupted and the resumed trial: they change neither the
 # weights nor the data order (where and how often to log, checkpoint, or run).
@@ -64,16 +76,26 @@ def step_of(path: Path) -> int | None:
 
 def problem(path: Path) -> str | None:
     """Why `path` is not a usable checkpoint, or None when it is."""
-    missing = [name for name in FILES if not (path / name).is_file()]
-    if missing:
-        return f"missing {', '.join(missing)}"
+    if not (path / STATE_FILE).is_file():
+        return f"missing {', '.join(name for name in FILES if not (path / name).is_file())}"
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
         return f"unreadable {STATE_FILE} ({exc})"
     if not isinstance(state, dict) or not {"position", "series", "config"} <= set(state):
         return f"{STATE_FILE} lacks position/series/config"
+    missing = [name for name in (DS_FILES if state.get("deepspeed") else FILES) if not (path / name).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
     return None
+
+
+def deepspeed_state(config: Config) -> dict[str, Any] | None:
+    """What a DeepSpeed checkpoint can only be resumed with (the engine's layout of the state)."""
+    ds = config.deepspeed
+    if ds is None:
+        return None
+    return {"zero_stage": ds.zero_stage, "offload_optimizer": ds.offload_optimizer, "offload_params": ds.offload_params}
 
 
 def valid_checkpoints(output_dir: str | Path, warn: bool = True) -> list[Path]:
@@ -126,7 +148,19 @@ def training_config(config: Config) -> dict[str, Any]:
 
 def check_resume(path: Path, config: Config) -> None:
     """Fail before training when the checkpoint belongs to a differently configured trial."""
-    check_compatible(path, json.loads((path / STATE_FILE).read_text())["config"], config)
+    state = json.loads((path / STATE_FILE).read_text())
+    check_compatible(path, state["config"], config)
+    check_deepspeed(path, state.get("deepspeed"), config)
+
+
+def check_deepspeed(path: Path, saved: dict | None, config: Config) -> None:
+    current = deepspeed_state(config)
+    if saved != current:
+        raise ConfigError(
+            f"trainer.resume: checkpoint {path} was written with deepspeed {saved or 'off'}, this trial has "
+            f"deepspeed {current or 'off'}: the engine's state does not carry over; resume with the same deepspeed "
+            "settings, or start afresh with trainer.resume=never or another output_dir"
+        )
 
 
 def check_compatible(path: Path, saved: dict[str, str], config: Config) -> None:
@@ -197,9 +231,13 @@ class Checkpoints:
         series: dict,
         resume_from: Path | None = None,
         preemption=None,
+        dist_env=None,
     ):
+        from sweep_sft.train.distributed import DistEnv
+
         self.config = config
         self.preemption = preemption  # a train.preemption.Preemption, or None
+        self.dist_env = dist_env or DistEnv()
         self.root = checkpoints_dir(output_dir)
         self.every = config.trainer.checkpoint_every
         self.keep = config.trainer.save_total_limit
@@ -214,27 +252,107 @@ class Checkpoints:
 
     def after_step(self, model, optimizer, scheduler, position: Position) -> None:
         """At an optimizer-step boundary: save when due or signalled, then hand a signal over."""
-        signalled = self.preemption is not None and self.preemption.requested
+        signalled = self._signalled()
         if signalled or self.due(position.step):
             self.save(model, optimizer, scheduler, position)
         if signalled:
-            print(f"checkpoint {self.last_saved} written: handing over to submitit to requeue", file=sys.stderr)
+            if self.dist_env.is_main:
+                print(f"checkpoint {self.last_saved} written: handing over to submitit to requeue", file=sys.stderr)
             self.preemption.hand_over()
 
+    def _signalled(self) -> bool:
+        """Whether any rank caught the signal: the same answer on every rank."""
+        if self.preemption is None:
+            return False
+        flag = self.preemption.requested
+        if not (self.dist_env.distributed and self.preemption.active):
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        combined = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(combined, op=dist.ReduceOp.MAX)
+        if combined.item() and not flag:
+            print("another rank caught the preemption signal: checkpointing at this step", file=sys.stderr)
+        return bool(combined.item())
+
     def save(self, model, optimizer, scheduler, position: Position) -> Path:
+        """Write a checkpoint (rank 0; every rank must call it, the others only send their own state)."""
         final = self.root / f"{PREFIX}{position.step}"
-        tmp = self.root / f".tmp-{PREFIX}{position.step}-{os.getpid()}"
+        ranks = self._gather_rank_states(position)
+        if self.config.deepspeed is not None:
+            self._write_deepspeed(final, model, position, ranks)
+        elif self.dist_env.is_main:
+            self._write_folder(final, model, optimizer, scheduler, position, ranks)
+        if self.dist_env.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank goes on (or exits, after a signal) before the checkpoint is complete
+        self.last_saved = final
+        return final
+
+    def _gather_rank_states(self, position: Position) -> list[dict] | None:
+        """Each rank's RNG streams and train-loss sums, on rank 0 (None with one rank)."""
+        if not self.dist_env.distributed:
+            return None
+        import torch.distributed as dist
+
+        mine = {"rng": rng_state(), "acc": position.acc}
+        gathered: list | None = [None] * self.dist_env.world_size if self.dist_env.is_main else None
+        dist.gather_object(mine, gathered, dst=0)
+        return gathered
+
+    def _leader_pid(self) -> int:
+        """Rank 0's pid, which names the temporary folder every rank writes into."""
+        if not hasattr(self, "_pid"):
+            pid = [os.getpid()]
+            if self.dist_env.distributed:
+                import torch.distributed as dist
+
+                dist.broadcast_object_list(pid, src=0)
+            self._pid = pid[0]
+        return self._pid
+
+    def _tmp(self, step: int, pid: int) -> Path:
+        return self.root / f".tmp-{PREFIX}{step}-{pid}"
+
+    def _write_deepspeed(self, final: Path, engine, position: Position, ranks) -> None:
+        """The engine writes its collective checkpoint into the temporary folder, rank 0 the rest."""
+        tmp = self._tmp(position.step, self._leader_pid())
+        if self.dist_env.is_main and tmp.exists():
+            shutil.rmtree(tmp)  # the engine's save starts with a barrier after rank 0 creates the folder
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+        if self.dist_env.is_main:
+            for path in (tmp / DS_TAG).rglob("*"):  # the engine does not fsync
+                if path.is_file():
+                    with open(path, "rb") as f:
+                        os.fsync(f.fileno())
+            self._finish_folder(tmp, final, position, ranks)
+
+    def _write_folder(self, final: Path, model, optimizer, scheduler, position: Position, ranks) -> None:
+        tmp = self._tmp(position.step, os.getpid())
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         _write(tmp / "model.pt", model.state_dict())
         _write(tmp / "optimizer.pt", optimizer.state_dict())
         _write(tmp / "scheduler.pt", scheduler.state_dict())
-        _write(tmp / "rng.pt", rng_state())
+        self._finish_folder(tmp, final, position, ranks)
+
+    def _finish_folder(self, tmp: Path, final: Path, position: Position, ranks) -> None:
+        """RNG and trainer state (last), then the rename that makes the checkpoint visible."""
+        rng = rng_state()
+        if ranks is not None:
+            rng["ranks"] = ranks
+        _write(tmp / "rng.pt", rng)
         state = {
             "position": position.__dict__,
             "series": self.series,
             "config": training_config(self.config),
+            # Not a config key (the launcher decides it), yet it sets the global batch.
+            "world_size": self.dist_env.world_size,
+            "deepspeed": deepspeed_state(self.config),
         }
         with open(tmp / STATE_FILE, "w") as f:  # last: its presence marks the folder complete
             json.dump(state, f)
@@ -244,9 +362,7 @@ class Checkpoints:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(self.root)
-        self.last_saved = final
         self._rotate()
-        return final
 
     def _rotate(self) -> None:
         for path in valid_checkpoints(self.root.parent, warn=False)[: -self.keep]:
@@ -264,14 +380,36 @@ class Checkpoints:
         path = self.resume_from
         state = json.loads((path / STATE_FILE).read_text())
         check_compatible(path, state["config"], self.config)
-        # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist_env.world_size:
+            raise ConfigError(
+                f"trainer.resume: checkpoint {path} was written by {saved_world} rank(s), this trial has "
+                f"{self.dist_env.world_size} (hydra.launcher.tasks_per_node, or torchrun's --nproc-per-node): "
+                "the global "
+                "batch would differ; resume with the same number of ranks, or start afresh with trainer.resume=never"
+            )
+        check_deepspeed(path, state.get("deepspeed"), self.config)
+        if self.config.deepspeed is not None:  # `model` is the DeepSpeed engine: it loads all three
+            loaded, _ = model.load_checkpoint(
+                str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if loaded is None:
+                raise ConfigError(f"trainer.resume: DeepSpeed could not load {path / DS_TAG}")
+        else:
+            # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
+            model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        position = Position(**state["position"])
+        if "ranks" in rng:  # several ranks: this rank's own streams and loss sums
+            mine = rng["ranks"][self.dist_env.rank]
+            rng, position.acc = mine["rng"], mine["acc"]
+        set_rng_state(rng)
         self.series.clear()
         self.series.update(state["series"])
         if self.on_restore is not None:
             self.on_restore(self.series)
-        print(f"resumed from {path} at step {state['position']['step']}", file=sys.stderr)
-        return Position(**state["position"])
+        if self.dist_env.is_main:
+            print(f"resumed from {path} at step {position.step}", file=sys.stderr)
+        return position

@@ -132,7 +132,8 @@ def train(
     tokens_since, computed_since, supervised_since, clock = 0, 0, 0, time.perf_counter()
     started = clock
     epoch, skip, prior_seconds = 0, 0, 0.0
-    resumed = checkpoints.restore(model, optimizer, scheduler) if checkpoints else None
+    # The engine's objects: with DeepSpeed, its engine saves and loads model, optimizer and scheduler.
+    resumed = checkpoints.restore(engine.model, engine.optimizer, engine.scheduler) if checkpoints else None
     if resumed is not None:
         epoch, skip, prior_seconds = resumed.epoch, resumed.window, resumed.seconds
         state = TrainState(resumed.step, epoch + skip / n_per_epoch, resumed.tokens_seen)
@@ -203,7 +204,7 @@ def train(
                     accumulator_state(window_acc),
                     dict(zip(_SINCE, (tokens_since, computed_since, supervised_since), strict=True)),
                 )
-                checkpoints.after_step(model, optimizer, scheduler, position)
+                checkpoints.after_step(engine.model, engine.optimizer, engine.scheduler, position)
             if state.step >= n_steps:
                 break
         epoch, skip = epoch + 1, 0

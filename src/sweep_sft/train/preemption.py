@@ -5,6 +5,10 @@ submitit installs a handler for its USR signal that calls the submitted callable
 checkpoint taken there could catch the optimizer mid-step. While a trial trains, our handler
 only raises a flag; the loop checks it after each optimizer step, writes a checkpoint, then
 calls submitit's own handler, which requeues (or refuses to: too many time-outs) and exits.
+
+With several ranks, submitit's handler requeues on rank 0 only and returns on the others (it
+must not kill the job's main task); there we exit ourselves, after the checkpoint (the ranks
+agree on the step, see train/checkpoint.py), so every rank leaves at the same boundary.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class Preemption:
             # Signalled after the last step boundary: the trial is finishing; let it finish.
             print("preemption signal came after training ended: finishing the trial", file=sys.stderr)
 
+    @property
+    def active(self) -> bool:
+        """Whether the signal is deferred to step boundaries (a submitit job, main thread)."""
+        return self.signum is not None
+
     def _flag(self, signum, frame) -> None:
         self.requested = True
         print(f"caught {signal.Signals(signum).name}: checkpointing at the next optimizer step", file=sys.stderr)
@@ -76,3 +85,6 @@ class Preemption:
                 file=sys.stderr,
             )
             raise
+        # Returned: a rank other than 0, which submitit leaves running; rank 0 requeues the job.
+        print("checkpoint written by rank 0: this rank exits for the requeue", file=sys.stderr)
+        raise SystemExit(0)
