@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from sweep_sft.diagnostics import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
 
 LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
@@ -358,6 +359,8 @@ class Config:
     study: StudyLinkConfig = field(default_factory=StudyLinkConfig)
     # DeepSpeed ZeRO (deepspeed=zero2|zero3|zero2_offload|zero3_offload); null: our own optimizer step.
     deepspeed: DeepSpeedConfig | None = None
+    # Loss-curve diagnostics run on every finished trial's series (e.g. diagnostics.loss_floor=0.2).
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def register_configs() -> None:

@@ -63,7 +63,7 @@ class Finding:
     severity: str  # "warning" or "error"
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: it is the `diagnostics` node of the trial config, which overrides write into
 class DiagnosticsConfig:
     # Series names, as src/sweep_sft/train/loop.py and trial.py log them.
     train_loss: str = "train/loss"

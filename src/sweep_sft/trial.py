@@ -30,6 +30,8 @@ class TrialResult:
     # COMPLETE, or PRUNED when the study's pruner stopped it (at `steps`).
     state: str = "COMPLETE"
     steps: int = 0
+    # Loss-curve findings (sweep_sft.diagnostics.Finding as dicts) of a completed trial.
+    diagnostics: list[dict] = field(default_factory=list)
 
 
 def run_trial(
@@ -185,7 +187,8 @@ def _train_and_record(
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
         run.set_tag("sweep_sft.trial_state", "COMPLETE")
-        result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main)
+        findings = _diagnose(config, series, run) if dist_env.is_main else []
+        result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main, findings)
         print(summary_table(result, tasks, stats))
         run.finish("FINISHED")
         return result
@@ -232,13 +235,34 @@ def _leave_running(run) -> None:
         print(f"warning: could not flush MLflow before the requeue: {exc}", file=sys.stderr)
 
 
-def _record(config: Config, out: Path, run, series: dict, state: str, steps: int, write: bool = True) -> TrialResult:
+def _diagnose(config: Config, series: dict, run) -> list[dict]:
+    """Loss-curve signs of the finished trial: printed, and tags on its run (`diagnostics.<sign>`,
+    `diagnostics.count`) so runs can be filtered on them in the MLflow UI."""
+    from sweep_sft.diagnostics import as_tags, diagnose, format_findings
+
+    findings = diagnose(series, config=config.diagnostics)
+    print(format_findings(findings))
+    for key, value in as_tags(findings).items():
+        run.set_tag(key, value)
+    return [asdict(f) for f in findings]
+
+
+def _record(
+    config: Config,
+    out: Path,
+    run,
+    series: dict,
+    state: str,
+    steps: int,
+    write: bool = True,
+    findings: list[dict] | None = None,
+) -> TrialResult:
     """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
     metrics = {key: values[-1][1] for key, values in series.items()}
     # A pruned trial reports the metric it was judged on; its final evals never ran.
     name = config.study.metric if state == "PRUNED" else config.objective
     value = objective_value(name, metrics)
-    result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps)
+    result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps, findings or [])
     if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
         (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
