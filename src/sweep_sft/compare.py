@@ -1,0 +1,132 @@
+"""Compare two trials per task_type: `python -m sweep_sft.compare A B`.
+
+A and B are trial output folders (their metrics.json) or MLflow run ids (`--tracking-uri`, default
+the local ./mlflow.db). B is the candidate, A the baseline: every delta is B - A, and a task_type
+whose exact match drops or whose validation loss rises beyond the tolerances is flagged as a
+regression, and so is a general-ability drop (forgetting) beyond A's. Exit status 1 when anything
+regressed, so CI can gate on it; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweep_sft.errors import UserInputError
+
+EM, LOSS = "task/exact_match/", "val/loss/"
+
+
+@dataclass
+class Row:
+    task: str
+    loss_a: float
+    loss_b: float
+    em_a: float
+    em_b: float
+    regressed: list[str]
+
+
+def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """The final metrics of a trial: a folder with metrics.json, or an MLflow run id."""
+    path = Path(ref)
+    if path.is_dir() or path.name == "metrics.json":
+        file = path / "metrics.json" if path.is_dir() else path
+        if not file.exists():
+            raise UserInputError(f"{file}: no metrics.json (expected a trial's output folder or an MLflow run id)")
+        return json.loads(file.read_text())["metrics"]
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    try:
+        return dict(MlflowClient(tracking_uri=uri).get_run(ref).data.metrics)
+    except MlflowException as exc:
+        raise UserInputError(
+            f"{ref}: neither a trial folder nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
+        ) from exc
+
+
+def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_tolerance: float) -> list[Row]:
+    """One row per task_type either run reports, with what regressed in B against A."""
+    tasks = sorted({k[len(p) :] for m in (a, b) for k in m for p in (EM, LOSS) if k.startswith(p)})
+    rows = []
+    for task in tasks:
+        loss_a, loss_b, em_a, em_b = (m.get(f"{p}{task}", math.nan) for p in (LOSS, EM) for m in (a, b))
+        row = Row(task, loss_a, loss_b, em_a, em_b, [])
+        if row.em_a - row.em_b > em_tolerance:
+            row.regressed.append(f"exact match -{row.em_a - row.em_b:.2f}")
+        if row.loss_b - row.loss_a > loss_tolerance * abs(row.loss_a):
+            row.regressed.append(f"val loss +{(row.loss_b - row.loss_a) / abs(row.loss_a):.0%}")
+        rows.append(row)
+    return rows
+
+
+def _num(x: float, width: int, fmt: str) -> str:
+    """`x` right-aligned in `width` with `fmt` (".3f", "+.2f"); a metric a run lacks shows as -."""
+    sign, rest = ("+", fmt[1:]) if fmt.startswith("+") else ("", fmt)
+    return f"{'-':>{width}}" if math.isnan(x) else f"{x:>{sign}{width}{rest}}"
+
+
+def general_regression(a: dict[str, float], b: dict[str, float], tolerance: float) -> str | None:
+    """Forgetting: B's general-ability drop (against the base model) beyond A's by more than `tolerance`."""
+    rise = b.get("general_drop", math.nan) - a.get("general_drop", math.nan)
+    return f"general_drop +{rise:.3f}" if rise > tolerance else None
+
+
+def table(
+    rows: list[Row], a: dict[str, float], b: dict[str, float], names: tuple[str, str], general: str | None
+) -> str:
+    head = f"{'task_type':<26}{'val loss A':>11}{'B':>8}{'delta':>8}{'exact A':>9}{'B':>6}{'delta':>7}  regression"
+    lines = [f"A = {names[0]}", f"B = {names[1]}", "", head]
+    for r in rows:
+        lines.append(
+            f"{r.task:<26}{_num(r.loss_a, 11, '.3f')}{_num(r.loss_b, 8, '.3f')}{_num(r.loss_b - r.loss_a, 8, '+.3f')}"
+            f"{_num(r.em_a, 9, '.2f')}{_num(r.em_b, 6, '.2f')}{_num(r.em_b - r.em_a, 7, '+.2f')}"
+            f"  {'; '.join(r.regressed) or '-'}"
+        )
+    for key in ("val/loss", "task/exact_match", "general_drop"):
+        if key in a or key in b:
+            va, vb = a.get(key, math.nan), b.get(key, math.nan)
+            flag = general if key == "general_drop" and general else "-"
+            values = f"{_num(va, 11, '.3f')}{_num(vb, 8, '.3f')}{_num(vb - va, 8, '+.3f')}"
+            lines.append(f"{key:<26}{values}{'':>22}  {flag}")
+    regressed = [r.task for r in rows if r.regressed] + (["general ability"] if general else [])
+    lines.append("")
+    lines.append(f"regressions: {', '.join(regressed)}" if regressed else "no regression beyond the tolerances")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep_sft.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline", help="trial output folder or MLflow run id (A)")
+    parser.add_argument("candidate", help="trial output folder or MLflow run id (B)")
+    parser.add_argument("--tracking-uri", help="MLflow store holding run ids (default: sqlite:///./mlflow.db)")
+    parser.add_argument("--em-tolerance", type=float, default=0.05, help="exact-match drop still accepted")
+    parser.add_argument("--loss-tolerance", type=float, default=0.05, help="relative val-loss rise still accepted")
+    parser.add_argument("--general-tolerance", type=float, default=0.02, help="general_drop rise still accepted")
+    args = parser.parse_args(argv)
+    try:
+        a = load_metrics(args.baseline, args.tracking_uri)
+        b = load_metrics(args.candidate, args.tracking_uri)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = compare(a, b, args.em_tolerance, args.loss_tolerance)
+    if not rows:
+        print(
+            "error: neither run reports per-task_type metrics (val/loss/<task>, task/exact_match/<task>)",
+            file=sys.stderr,
+        )
+        return 2
+    general = general_regression(a, b, args.general_tolerance)
+    print(table(rows, a, b, (args.baseline, args.candidate), general))
+    return 1 if general or any(r.regressed for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

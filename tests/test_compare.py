@@ -1,0 +1,84 @@
+"""`python -m sweep_sft.compare A B`: per-task_type deltas of B against A, regressions flagged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sweep_sft.compare import main
+
+BASE = {
+    "val/loss/reasoning/addition": 1.0,
+    "task/exact_match/reasoning/addition": 0.50,
+    "val/loss/classification/sentiment": 0.10,
+    "task/exact_match/classification/sentiment": 1.00,
+    "val/loss": 0.55,
+    "general_drop": 0.01,
+}
+
+
+def trial(tmp_path, name: str, **changes: float):
+    folder = tmp_path / name
+    folder.mkdir()
+    metrics = {**BASE, **{k.replace("__", "/"): v for k, v in changes.items()}}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    return str(folder)
+
+
+def rows(out: str) -> dict[str, str]:
+    """task_type -> its table line."""
+    return {line.split()[0]: line for line in out.splitlines() if "/" in line.split(" ")[0] and "=" not in line}
+
+
+def test_identical_trials_show_zero_deltas_and_no_regression(tmp_path, capsys):
+    assert main([trial(tmp_path, "a"), trial(tmp_path, "b")]) == 0
+    out = capsys.readouterr().out
+    assert "no regression beyond the tolerances" in out
+    assert rows(out)["reasoning/addition"].split()[3] == "+0.000"
+
+
+def test_an_exact_match_drop_is_flagged_on_its_task_only(tmp_path, capsys):
+    b = trial(tmp_path, "b", task__exact_match__reasoning__addition=0.30)
+    assert main([trial(tmp_path, "a"), b]) == 1
+    table = rows(capsys.readouterr().out)
+    assert "exact match -0.20" in table["reasoning/addition"]
+    assert table["classification/sentiment"].rstrip().endswith("-")
+
+
+def test_tolerances_decide_what_counts(tmp_path, capsys):
+    a = trial(tmp_path, "a")
+    b = trial(tmp_path, "b", task__exact_match__reasoning__addition=0.47, val__loss__classification__sentiment=0.104)
+    assert main([a, b]) == 0  # -0.03 exact match and +4% loss are within the defaults (0.05, 5%)
+    assert main([a, b, "--em-tolerance", "0.01", "--loss-tolerance", "0.01"]) == 1
+    out = capsys.readouterr().out
+    assert "val loss +4%" in out and "exact match -0.03" in out
+
+
+def test_forgetting_is_a_regression(tmp_path, capsys):
+    assert main([trial(tmp_path, "a"), trial(tmp_path, "b", general_drop=0.2)]) == 1
+    assert "regressions: general ability" in capsys.readouterr().out
+
+
+def test_a_missing_trial_is_a_clear_error(tmp_path, capsys):
+    assert main([str(tmp_path), trial(tmp_path, "b")]) == 2
+    assert f"{tmp_path / 'metrics.json'}: no metrics.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mlflow_run_ids_are_compared_too(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep-sft")
+    ids = []
+    for em in (0.5, 0.1):
+        run = client.create_run(experiment)
+        for key, value in {**BASE, "task/exact_match/reasoning/addition": em}.items():
+            client.log_metric(run.info.run_id, key, value)
+        ids.append(run.info.run_id)
+    assert main([*ids, "--tracking-uri", uri]) == 1
+    assert "exact match -0.40" in rows(capsys.readouterr().out)["reasoning/addition"]
+    assert main(["no-such-run", ids[0], "--tracking-uri", uri]) == 2
+    assert "no-such-run: neither a trial folder nor a run in" in capsys.readouterr().err
