@@ -283,6 +283,7 @@ def metric_names(tasks: list[str]) -> list[str]:
     """Every metric a trial reports at its end, for objective checks before training."""
     names = [
         "val/loss",
+        "val/answer_logprob",
         "train/loss",
         "task/exact_match",
         "general/score",
@@ -293,7 +294,7 @@ def metric_names(tasks: list[str]) -> list[str]:
         "time/total_s",
     ]
     for task in tasks:
-        names += [f"val/loss/{task}", f"train/loss/{task}", f"task/exact_match/{task}"]
+        names += [f"val/loss/{task}", f"val/answer_logprob/{task}", f"train/loss/{task}", f"task/exact_match/{task}"]
     return names
 
 
