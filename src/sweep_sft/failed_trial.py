@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_sft.tracking import PARENT_FILE, child_run_name, read_parent
+from sweep_sft.tracking import ERROR_TAG, PARENT_FILE, child_run_name, read_parent
+from sweep_sft.trial_run import RUN_FILE
 
-RUN_FILE = "mlflow_run.json"  # {"run_id", "tracking_uri"}, written into the job folder by the trial
 OUTPUT_DIR_TAG = "sweep_sft.output_dir"
-ERROR_TAG = "sweep_sft.error"
 
 
 def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 from sweep_sft.config import TrackingConfig
 from sweep_sft.errors import UserInputError
 
+# The tag a failed trial's run carries: the error, for the UI and for the launcher's bookkeeping.
+ERROR_TAG = "sweep_sft.error"
 PARENT_FILE = "mlflow_parent_run.json"
 UNDELIVERED_FILE = "mlflow_undelivered.json"
 # MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits

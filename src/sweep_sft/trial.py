@@ -16,7 +16,7 @@ from sweep_sft.config import ALIASES, Config, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
-from sweep_sft.tracking import TrackingError
+from sweep_sft.tracking import ERROR_TAG, TrackingError
 
 
 @dataclass
@@ -196,7 +196,7 @@ def _train_and_record(
         if preemption.handed_over and isinstance(exc, SystemExit):
             _leave_running(run)
             raise
-        run.set_tag("sweep_sft.error", f"{type(exc).__name__}: {exc}"[:5000])
+        run.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         try:
             run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         except TrackingError as tracking_error:  # keep the trial's own error the one raised

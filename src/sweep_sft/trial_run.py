@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sweep_sft.config import TrackingConfig
-from sweep_sft.tracking import Run, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking import ERROR_TAG, Run, http_defaults, retry_until, tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 RESUMES_TAG = "sweep_sft.resumes"
@@ -102,8 +102,8 @@ def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
         history = {key: client.get_metric_history(run_id, key) for key in previous.data.metrics}
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, RESUMES_TAG, str(resumes))
-        if "sweep_sft.error" in previous.data.tags:  # left by a launcher that saw the attempt die
-            client.delete_tag(run_id, "sweep_sft.error")
+        if ERROR_TAG in previous.data.tags:  # left by a launcher that saw the attempt die
+            client.delete_tag(run_id, ERROR_TAG)
         return {key: max(m.step for m in points) for key, points in history.items() if points}
 
     logged = retry_until(reopen, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
