@@ -46,6 +46,7 @@ def tiny_overrides(tmp_path):
         "trainer.num_threads=1",
         "trainer.progress=false",
         "eval.max_new_tokens=8",
+        "eval.train_recall_examples=4",
         "tracking.enabled=false",
         f"output_dir={tmp_path / 'trial'}",
     ]

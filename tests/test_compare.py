@@ -82,3 +82,39 @@ def test_mlflow_run_ids_are_compared_too(tmp_path, capsys):
     assert "exact match -0.40" in rows(capsys.readouterr().out)["reasoning/addition"]
     assert main(["no-such-run", ids[0], "--tracking-uri", uri]) == 2
     assert "no-such-run: neither a trial folder nor a run in" in capsys.readouterr().err
+
+
+def test_pass_at_k_tells_a_fluctuation_from_a_real_drop(tmp_path, capsys):
+    with_pass = {"task__pass_at_4__reasoning__addition": 0.80, "task__pass_at_4__classification__sentiment": 1.0}
+    a = trial(tmp_path, "a", **with_pass)
+    # Greedy exact match fell, but the right answer is still among 4 samples as often.
+    held = trial(tmp_path, "held", task__exact_match__reasoning__addition=0.30, **with_pass)
+    assert main([a, held]) == 0
+    out = capsys.readouterr().out
+    assert "exact match -0.20 but pass@4 0.80->0.80: fluctuation" in rows(out)["reasoning/addition"]
+    assert "pass@4 A" in out and "no regression beyond the tolerances" in out
+    fell = trial(
+        tmp_path,
+        "fell",
+        task__exact_match__reasoning__addition=0.30,
+        **{**with_pass, "task__pass_at_4__reasoning__addition": 0.40},
+    )
+    assert main([a, fell]) == 1
+    out = capsys.readouterr().out
+    assert "exact match -0.20, pass@4 also 0.80->0.40: real drop" in rows(out)["reasoning/addition"]
+    assert "regressions: reasoning/addition" in out
+
+
+def test_without_pass_at_k_in_both_runs_a_drop_stays_a_regression(tmp_path, capsys):
+    a = trial(tmp_path, "a", task__pass_at_4__reasoning__addition=0.8)
+    b = trial(tmp_path, "b", task__exact_match__reasoning__addition=0.30)
+    assert main([a, b]) == 1
+    assert "pass@" not in capsys.readouterr().out
+
+
+def test_an_evaluation_file_is_compared_like_a_trial(tmp_path, capsys):
+    (tmp_path / "evaluation.json").write_text(json.dumps({"target": "x", "metrics": BASE}))
+    assert main([trial(tmp_path, "a"), str(tmp_path / "evaluation.json")]) == 0
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    assert main([trial(tmp_path, "b"), str(tmp_path / "broken.json")]) == 2
+    assert "broken.json: not a metrics file" in capsys.readouterr().err

@@ -246,6 +246,13 @@ def test_appended_unknown_key_is_rejected(override: str, key: str) -> None:
         (["scheduler.warmup_ratio=0.1", "scheduler.warmup_steps=10"], "scheduler.warmup_steps"),
         (["data.loss_on=bogus"], "data.loss_on"),
         (["trainer.precision=fp8"], "trainer.precision"),
+        (["eval.pass_k=-1"], "eval.pass_k"),
+        (["eval.pass_k=4", "eval.samples=2"], "eval.samples"),
+        (["eval.temperature=0"], "eval.temperature"),
+        (["eval.pass_k_examples=0"], "eval.pass_k_examples"),
+        (["eval.train_recall_examples=-1"], "eval.train_recall_examples"),
+        (["eval.em_tolerance=-0.1"], "eval.em_tolerance"),
+        (["eval.baseline_run_id=' '"], "eval.baseline_run_id"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )

@@ -1,10 +1,13 @@
 """Compare two trials per task_type: `python -m sweep_sft.compare A B`.
 
-A and B are trial output folders (their metrics.json) or MLflow run ids (`--tracking-uri`, default
+A and B are trial output folders (their metrics.json), evaluation.json files written by
+`python -m sweep_sft.evaluate`, or MLflow run ids (`--tracking-uri`, default
 the local ./mlflow.db). B is the candidate, A the baseline: every delta is B - A, and a task_type
 whose exact match drops or whose validation loss rises beyond the tolerances is flagged as a
-regression, and so is a general-ability drop (forgetting) beyond A's. Exit status 1 when anything
-regressed, so CI can gate on it; 2 for bad input.
+regression, and so is a general-ability drop (forgetting) beyond A's. Where exact match drops and
+both runs measured pass@k (`eval.pass_k`), pass@k tells a fluctuation (greedy decoding flipped, but
+the right answer is still among the k samples as often: not a regression) from a real drop.
+Exit status 1 when anything regressed, so CI can gate on it; 2 for bad input.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
@@ -29,16 +33,41 @@ class Row:
     em_a: float
     em_b: float
     regressed: list[str]
+    # pass@k of A and B (nan when either run lacks it), and the verdict on an exact-match drop.
+    pass_a: float = math.nan
+    pass_b: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Tolerances:
+    em: float = 0.05
+    loss: float = 0.05
+    general: float = 0.02
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    general: str | None
+    k: int | None
+
+    @property
+    def regressions(self) -> list[str]:
+        return [r.task for r in self.rows if r.regressed] + (["general ability"] if self.general else [])
 
 
 def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
     """The final metrics of a trial: a folder with metrics.json, or an MLflow run id."""
     path = Path(ref)
-    if path.is_dir() or path.name == "metrics.json":
+    if path.is_dir() or path.suffix == ".json":
         file = path / "metrics.json" if path.is_dir() else path
         if not file.exists():
             raise UserInputError(f"{file}: no metrics.json (expected a trial's output folder or an MLflow run id)")
-        return json.loads(file.read_text())["metrics"]
+        try:
+            return dict(json.loads(file.read_text())["metrics"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserInputError(f"{file}: not a metrics file with a 'metrics' mapping ({exc})") from exc
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -51,19 +80,39 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
         ) from exc
 
 
+def common_k(a: dict[str, float], b: dict[str, float]) -> int | None:
+    """The largest k both runs report pass@k for (`task/pass_at_<k>/<task>`)."""
+    ks = [{int(m.group(1)) for key in run if (m := re.match(r"task/pass_at_(\d+)/", key))} for run in (a, b)]
+    return max(ks[0] & ks[1], default=None)
+
+
 def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_tolerance: float) -> list[Row]:
     """One row per task_type either run reports, with what regressed in B against A."""
     tasks = sorted({k[len(p) :] for m in (a, b) for k in m for p in (EM, LOSS) if k.startswith(p)})
+    k = common_k(a, b)
     rows = []
     for task in tasks:
         loss_a, loss_b, em_a, em_b = (m.get(f"{p}{task}", math.nan) for p in (LOSS, EM) for m in (a, b))
-        row = Row(task, loss_a, loss_b, em_a, em_b, [])
+        pass_a, pass_b = (m.get(f"task/pass_at_{k}/{task}", math.nan) for m in (a, b))
+        row = Row(task, loss_a, loss_b, em_a, em_b, [], pass_a, pass_b)
         if row.em_a - row.em_b > em_tolerance:
-            row.regressed.append(f"exact match -{row.em_a - row.em_b:.2f}")
+            drop = f"exact match -{row.em_a - row.em_b:.2f}"
+            if math.isnan(pass_a) or math.isnan(pass_b):
+                row.regressed.append(drop)
+            elif pass_a - pass_b > em_tolerance:
+                row.regressed.append(f"{drop}, pass@{k} also {pass_a:.2f}->{pass_b:.2f}: real drop")
+            else:
+                row.notes.append(f"{drop} but pass@{k} {pass_a:.2f}->{pass_b:.2f}: fluctuation")
         if row.loss_b - row.loss_a > loss_tolerance * abs(row.loss_a):
             row.regressed.append(f"val loss +{(row.loss_b - row.loss_a) / abs(row.loss_a):.0%}")
         rows.append(row)
     return rows
+
+
+def compare_runs(a: dict[str, float], b: dict[str, float], tolerances: Tolerances) -> Comparison:
+    return Comparison(
+        compare(a, b, tolerances.em, tolerances.loss), general_regression(a, b, tolerances.general), common_k(a, b)
+    )
 
 
 def _num(x: float, width: int, fmt: str) -> str:
@@ -78,25 +127,29 @@ def general_regression(a: dict[str, float], b: dict[str, float], tolerance: floa
     return f"general_drop +{rise:.3f}" if rise > tolerance else None
 
 
-def table(
-    rows: list[Row], a: dict[str, float], b: dict[str, float], names: tuple[str, str], general: str | None
-) -> str:
-    head = f"{'task_type':<26}{'val loss A':>11}{'B':>8}{'delta':>8}{'exact A':>9}{'B':>6}{'delta':>7}  regression"
+def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], names: tuple[str, str]) -> str:
+    k = comparison.k
+    pass_head = f"{f'pass@{k} A':>10}{'B':>6}" if k else ""
+    head = (
+        f"{'task_type':<26}{'val loss A':>11}{'B':>8}{'delta':>8}{'exact A':>9}{'B':>6}{'delta':>7}{pass_head}"
+        "  regression"
+    )
     lines = [f"A = {names[0]}", f"B = {names[1]}", "", head]
-    for r in rows:
+    for r in comparison.rows:
+        passes = f"{_num(r.pass_a, 10, '.2f')}{_num(r.pass_b, 6, '.2f')}" if k else ""
         lines.append(
             f"{r.task:<26}{_num(r.loss_a, 11, '.3f')}{_num(r.loss_b, 8, '.3f')}{_num(r.loss_b - r.loss_a, 8, '+.3f')}"
-            f"{_num(r.em_a, 9, '.2f')}{_num(r.em_b, 6, '.2f')}{_num(r.em_b - r.em_a, 7, '+.2f')}"
-            f"  {'; '.join(r.regressed) or '-'}"
+            f"{_num(r.em_a, 9, '.2f')}{_num(r.em_b, 6, '.2f')}{_num(r.em_b - r.em_a, 7, '+.2f')}{passes}"
+            f"  {'; '.join(r.regressed + r.notes) or '-'}"
         )
     for key in ("val/loss", "task/exact_match", "general_drop"):
         if key in a or key in b:
             va, vb = a.get(key, math.nan), b.get(key, math.nan)
-            flag = general if key == "general_drop" and general else "-"
+            flag = comparison.general if key == "general_drop" and comparison.general else "-"
             values = f"{_num(va, 11, '.3f')}{_num(vb, 8, '.3f')}{_num(vb - va, 8, '+.3f')}"
-            lines.append(f"{key:<26}{values}{'':>22}  {flag}")
-    regressed = [r.task for r in rows if r.regressed] + (["general ability"] if general else [])
+            lines.append(f"{key:<26}{values}{'':>{22 + len(pass_head)}}  {flag}")
     lines.append("")
+    regressed = comparison.regressions
     lines.append(f"regressions: {', '.join(regressed)}" if regressed else "no regression beyond the tolerances")
     return "\n".join(lines)
 
@@ -106,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("baseline", help="trial output folder or MLflow run id (A)")
     parser.add_argument("candidate", help="trial output folder or MLflow run id (B)")
     parser.add_argument("--tracking-uri", help="MLflow store holding run ids (default: sqlite:///./mlflow.db)")
-    parser.add_argument("--em-tolerance", type=float, default=0.05, help="exact-match drop still accepted")
-    parser.add_argument("--loss-tolerance", type=float, default=0.05, help="relative val-loss rise still accepted")
-    parser.add_argument("--general-tolerance", type=float, default=0.02, help="general_drop rise still accepted")
+    parser.add_argument("--em-tolerance", type=float, default=Tolerances.em, help="exact-match drop still accepted")
+    parser.add_argument(
+        "--loss-tolerance", type=float, default=Tolerances.loss, help="relative val-loss rise still accepted"
+    )
+    parser.add_argument(
+        "--general-tolerance", type=float, default=Tolerances.general, help="general_drop rise still accepted"
+    )
     args = parser.parse_args(argv)
     try:
         a = load_metrics(args.baseline, args.tracking_uri)
@@ -116,16 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = compare(a, b, args.em_tolerance, args.loss_tolerance)
-    if not rows:
+    comparison = compare_runs(a, b, Tolerances(args.em_tolerance, args.loss_tolerance, args.general_tolerance))
+    if not comparison.rows:
         print(
             "error: neither run reports per-task_type metrics (val/loss/<task>, task/exact_match/<task>)",
             file=sys.stderr,
         )
         return 2
-    general = general_regression(a, b, args.general_tolerance)
-    print(table(rows, a, b, (args.baseline, args.candidate), general))
-    return 1 if general or any(r.regressed for r in rows) else 0
+    print(table(comparison, a, b, (args.baseline, args.candidate)))
+    return 1 if comparison.regressions else 0
 
 
 if __name__ == "__main__":

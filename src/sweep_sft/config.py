@@ -223,6 +223,9 @@ class TrainerConfig:
     save_total_limit: int = 2
     # auto: continue from the newest checkpoint in the output folder if any; never; or a checkpoint path.
     resume: str = "auto"
+    # Save the trained model and tokenizer (save_pretrained) into <output_dir>/model at the end,
+    # for `python -m sweep_sft.evaluate` and for use; not under DeepSpeed ZeRO-3 (partitioned weights).
+    save_model: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -251,14 +254,52 @@ class EvalConfig:
     max_new_tokens: int = 64
     # Examples per forward pass during evaluation.
     batch_size: int = 128
-    # Score exact match of greedy generations per task_type at the end.
+    # Generate at the end: exact match of greedy generations per task_type, pass@k, train recall
+    # (false: none of the three).
     generate: bool = True
     # Score the general-ability probe (trained vs base model) at the end.
     general_probe: bool = True
+    # pass@k at the end: k sampled generations per validation prompt; 0: off.
+    pass_k: int = 4
+    # Samples drawn per prompt for pass@k (the unbiased estimator of Chen et al. 2021); null: pass_k.
+    samples: int | None = None
+    # Sampling temperature of the pass@k generations.
+    temperature: float = 0.8
+    # Validation prompts per task_type that get sampled (the first N); null: all of them.
+    pass_k_examples: int | None = 16
+    # Training prompts per task_type (a seeded sample of what was trained on) whose greedy
+    # generation is scored like exact match: low recall = underfit, high recall with low
+    # validation exact match = learned but not generalising. 0: off.
+    train_recall_examples: int = 32
+    # A baseline to compare the finished trial with: an MLflow run id (in tracking.uri's store)
+    # or a trial output folder; the per-task_type table is printed and logged to the run.
+    baseline_run_id: str | None = None
+    # Exact-match drop per task_type accepted before the comparison flags a regression.
+    em_tolerance: float = 0.05
+    # Relative validation-loss rise per task_type accepted before a regression is flagged.
+    loss_tolerance: float = 0.05
+    # general_drop rise over the baseline's accepted before forgetting is flagged.
+    general_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
         _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
         _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.pass_k", self.pass_k, 0)
+        _at_least("eval.train_recall_examples", self.train_recall_examples, 0)
+        if self.pass_k_examples is not None:
+            _at_least("eval.pass_k_examples", self.pass_k_examples, 1)
+        if self.samples is not None and self.samples < self.pass_k:
+            raise ConfigError(f"eval.samples={self.samples} must be at least eval.pass_k={self.pass_k} (or null)")
+        if not self.temperature > 0:
+            raise ConfigError(f"eval.temperature must be > 0 for sampled generations; got {self.temperature}")
+        for key in ("em_tolerance", "loss_tolerance", "general_tolerance"):
+            _at_least(f"eval.{key}", getattr(self, key), 0)
+        if self.baseline_run_id is not None and not str(self.baseline_run_id).strip():
+            raise ConfigError("eval.baseline_run_id: expected an MLflow run id or a trial folder, or null")
+
+    @property
+    def num_samples(self) -> int:
+        return self.pass_k if self.samples is None else self.samples
 
 
 @dataclass
@@ -276,6 +317,9 @@ class TrackingConfig:
     outage_timeout_s: float = 300.0
     # Metric points kept in memory while the server is down; past it, logging waits for delivery.
     max_buffered_points: int = 200_000
+    # Also log the saved model (trainer.save_model) as the run's `model` artifact, so it can be
+    # evaluated from its run id where the trial folder cannot be reached; off: models can be large.
+    log_model: bool = False
 
     def __post_init__(self) -> None:
         _at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)

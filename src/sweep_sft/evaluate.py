@@ -1,12 +1,15 @@
-"""Evaluation per task_type: validation loss, answer log-probability, and exact match of greedy
-generations."""
+"""Evaluation per task_type: validation loss, answer log-probability, exact match of greedy
+generations, pass@k of sampled ones, recall on trained prompts, and the general-ability probe."""
 
 from __future__ import annotations
 
+import math
+import random
 from collections import defaultdict
 
+from sweep_sft.config import Config, EvalConfig
 from sweep_sft.data.batches import collate
-from sweep_sft.data.records import Example
+from sweep_sft.data.records import Example, first_per_task
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums
 
@@ -40,23 +43,37 @@ def validation_loss(
     return metrics
 
 
-def exact_match(
-    model, tokenizer, examples: list[Example], device, max_new_tokens: int, batch_size: int, end_of_turn_id: int
-) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """Greedy-generate the last assistant turn from the conversation before it, stopping at
-    end-of-turn; score per task_type the share that equals the reference exactly."""
+def generate_answers(
+    model,
+    tokenizer,
+    examples: list[Example],
+    device,
+    max_new_tokens: int,
+    batch_size: int,
+    end_of_turn_id: int,
+    samples: int = 1,
+    temperature: float | None = None,
+) -> list[list[str]]:
+    """Answers to each example's last assistant turn, generated from the conversation before it
+    and stopped at end-of-turn: greedy (temperature None, one answer) or `samples` sampled ones."""
     import torch
 
     prompts = tokenizer.apply_chat_template(
         [list(e.messages[:-1]) for e in examples], tokenize=True, add_generation_prompt=True, return_dict=True
     )["input_ids"]
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
-    hits: dict[str, list[bool]] = defaultdict(list)
-    samples: list[dict[str, str]] = []
+    answers: list[list[str]] = [[] for _ in examples]
+    sampling = {"do_sample": False}
+    if temperature is not None:
+        # Plain temperature sampling: a model's own generation_config (top_k, top_p) must not
+        # change what pass@k measures.
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    per_batch = max(1, batch_size // samples)
+    was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
             width = max(len(prompts[i]) for i in chunk)
             # Left padding, so every prompt ends where generation starts.
             ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -68,16 +85,178 @@ def exact_match(
                 input_ids=ids.to(device),
                 attention_mask=attention.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                num_return_sequences=samples,
                 eos_token_id=end_of_turn_id,
                 pad_token_id=tokenizer.pad_token_id,
+                **sampling,
             )
             for row, i in enumerate(chunk):
-                answer = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-                reference = examples[i].messages[-1]["content"].strip()
-                hits[examples[i].task_type].append(answer == reference)
-                if len(hits[examples[i].task_type]) <= 3:
-                    samples.append({"task_type": examples[i].task_type, "reference": reference, "generated": answer})
-    scores = {f"task/exact_match/{t}": sum(h) / len(h) for t, h in sorted(hits.items())}
-    scores["task/exact_match"] = sum(scores.values()) / max(len(scores), 1)
-    return scores, samples
+                for j in range(samples):
+                    generated = out[row * samples + j, width:]
+                    answers[i].append(tokenizer.decode(generated, skip_special_tokens=True).strip())
+    model.train(was_training)
+    return answers
+
+
+def reference(example: Example) -> str:
+    return example.messages[-1]["content"].strip()
+
+
+def per_task_mean(prefix: str, values: dict[str, list[float]]) -> dict[str, float]:
+    """`prefix/<task>` means, and `prefix` itself: the mean over task_types (each weighs the same)."""
+    scores = {f"{prefix}/{t}": sum(v) / len(v) for t, v in sorted(values.items()) if v}
+    scores[prefix] = sum(scores.values()) / max(len(scores), 1)
+    return scores
+
+
+def exact_match(
+    model,
+    tokenizer,
+    examples: list[Example],
+    device,
+    max_new_tokens: int,
+    batch_size: int,
+    end_of_turn_id: int,
+    prefix: str = "task/exact_match",
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Per task_type, the share of greedy generations equal to the reference; and the first three
+    generations of each task_type, to read."""
+    answers = generate_answers(model, tokenizer, examples, device, max_new_tokens, batch_size, end_of_turn_id)
+    hits: dict[str, list[float]] = defaultdict(list)
+    samples: list[dict[str, str]] = []
+    for example, (answer,) in zip(examples, answers, strict=True):
+        hits[example.task_type].append(float(answer == reference(example)))
+        if len(hits[example.task_type]) <= 3:
+            samples.append({"task_type": example.task_type, "reference": reference(example), "generated": answer})
+    return per_task_mean(prefix, hits), samples
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of P(at least one of k samples is right) from n samples with c right
+    (Chen et al. 2021, "Evaluating Large Language Models Trained on Code")."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_pass_at_k(
+    model, tokenizer, examples: list[Example], device, cfg: EvalConfig, end_of_turn_id: int, seed: int
+) -> dict[str, float]:
+    """pass@k per task_type (`task/pass_at_<k>/<task>`) and the share of right samples
+    (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from seeded samples."""
+    import torch
+
+    n = cfg.num_samples
+    with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
+        torch.manual_seed(seed)  # the same samples for the same model, whatever ran before
+        answers = generate_answers(
+            model, tokenizer, examples, device, cfg.max_new_tokens, cfg.batch_size, end_of_turn_id, n, cfg.temperature
+        )
+    passed: dict[str, list[float]] = defaultdict(list)
+    matched: dict[str, list[float]] = defaultdict(list)
+    for example, sampled in zip(examples, answers, strict=True):
+        right = sum(a == reference(example) for a in sampled)
+        passed[example.task_type].append(pass_at_k(n, right, cfg.pass_k))
+        matched[example.task_type].append(right / n)
+    return {**per_task_mean(f"task/pass_at_{cfg.pass_k}", passed), **per_task_mean("task/sample_match", matched)}
+
+
+def trained_sample(rows: list[Tokenized], n: int, seed: int) -> list[Example]:
+    """Up to `n` distinct trained examples per task_type, drawn with `seed`."""
+    by_task: dict[str, dict[int, Example]] = defaultdict(dict)
+    for row in rows:
+        if row.example is not None:  # repeats of a task share their Example
+            by_task[row.task_type][id(row.example)] = row.example
+    rng = random.Random(seed)
+    picked: list[Example] = []
+    for task in sorted(by_task):
+        pool = list(by_task[task].values())
+        picked += rng.sample(pool, min(n, len(pool)))
+    return picked
+
+
+def final_evaluation(
+    model,
+    tokenizer,
+    val_examples: list[Example],
+    train_rows: list[Tokenized],
+    config: Config,
+    device,
+    end_of_turn_id: int,
+    base_probe: dict[str, float] | None,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """What a trial measures once training ends (and what standalone evaluation measures): exact
+    match, pass@k, train recall, and the general probe against the base model's `base_probe`."""
+    from sweep_sft import general_probe
+
+    ev = config.eval
+    final: dict[str, float] = {}
+    samples: list[dict[str, str]] = []
+    if ev.generate:
+        args = (device, ev.max_new_tokens, ev.batch_size, end_of_turn_id)
+        scores, samples = exact_match(model, tokenizer, val_examples, *args)
+        final.update(scores)
+        if ev.pass_k:
+            sampled = first_per_task(val_examples, ev.pass_k_examples)
+            final.update(sampled_pass_at_k(model, tokenizer, sampled, device, ev, end_of_turn_id, config.trainer.seed))
+        if ev.train_recall_examples:
+            trained = trained_sample(train_rows, ev.train_recall_examples, config.trainer.seed)
+            final.update(exact_match(model, tokenizer, trained, *args, prefix="task/train_recall")[0])
+    if base_probe is not None:
+        trained_probe = general_probe.score(model, tokenizer, device)
+        final.update(trained_probe)
+        final.update({f"general/base_{k.split('/')[1]}": v for k, v in base_probe.items()})
+        final["general_drop"] = base_probe["general/score"] - trained_probe["general/score"]
+    return final, samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sweep_sft.evaluate TARGET [key=value ...]`: evaluate a trained model again."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from sweep_sft.errors import UserInputError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep_sft.evaluate",
+        description="Evaluate a trial's saved model, one of its checkpoints, or an MLflow run's model per task_type, "
+        "with the trial's own data and eval settings (key=value overrides change them, e.g. eval.pass_k=8).",
+    )
+    parser.add_argument("target", help="trial folder, its model/ folder, a checkpoints/step-N folder, or a run id")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.temperature=1.0 eval.pass_k=8")
+    parser.add_argument("--tracking-uri", help="MLflow store holding a run id (default: sqlite:///./mlflow.db)")
+    parser.add_argument("--out", type=Path, help="result file (default: <trial folder>/evaluation.json)")
+    args = parser.parse_args(argv)
+    from sweep_sft import eval_target, standalone_eval
+    from sweep_sft.trial import general_lines, task_table
+
+    try:
+        target = eval_target.resolve(args.target, args.tracking_uri)
+        config = standalone_eval.load_config(target, args.overrides)
+        if config.eval.baseline_run_id is not None:
+            from sweep_sft.baseline import load_baseline
+
+            baseline = load_baseline(config)
+        result = standalone_eval.evaluate(target, config)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics = result["metrics"]
+    print(f"evaluated {target.model_dir or target.checkpoint} with {target.config_file}")
+    print(task_table(metrics, result["tasks"]))
+    print("\n".join(general_lines(metrics)))
+    path = standalone_eval.write(result, target, args.target, args.overrides, args.out)
+    print(f"results in {path} ({metrics['time/eval_s']:.1f}s)")
+    if config.eval.baseline_run_id is not None:
+        from sweep_sft.baseline import compare_with_baseline
+        from sweep_sft.compare import table
+
+        comparison = compare_with_baseline(config, baseline, metrics)
+        print(table(comparison, baseline, metrics, (f"baseline {config.eval.baseline_run_id}", str(path))))
+        return 1 if comparison.regressions else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,13 @@ def score(model, tokenizer, device, batch_size: int = 128) -> dict[str, float]:
     }
 
 
-def base_scores(model_id: str, untrained_model, tokenizer, device) -> dict[str, float]:
-    """The model's probe scores before any SFT step, computed once per model and cached."""
+def base_scores(model_id: str, load_untrained: Callable[[], Any], tokenizer, device) -> dict[str, float]:
+    """The model's probe scores before any SFT step, computed once per model and cached
+    (`load_untrained` gives the base model, called only when the cache lacks them)."""
     spec: dict[str, Any] = {"probe": PROBE_SPEC, "model": model_id, "stamp": _stamp(model_id)}
 
     def build(folder: Path) -> None:
-        (folder / "scores.json").write_text(json.dumps(score(untrained_model, tokenizer, device)))
+        (folder / "scores.json").write_text(json.dumps(score(load_untrained(), tokenizer, device)))
 
     return json.loads((build_once("probe", spec, build) / "scores.json").read_text())
 

@@ -19,6 +19,8 @@ from sweep_sft.errors import UserInputError
 
 # The tag a failed trial's run carries: the error, for the UI and for the launcher's bookkeeping.
 ERROR_TAG = "sweep_sft.error"
+# The trial's output folder on its run: where its files (metrics.json, model/) are.
+OUTPUT_DIR_TAG = "sweep_sft.output_dir"
 PARENT_FILE = "mlflow_parent_run.json"
 UNDELIVERED_FILE = "mlflow_undelivered.json"
 # MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
@@ -122,7 +124,7 @@ class Run:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         self.spill_dir = Path(
-            spill_dir or all_tags.get("sweep_sft.output_dir") or all_tags.get("sweep_sft.sweep_dir") or "."
+            spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get("sweep_sft.sweep_dir") or "."
         )
 
         def create():
@@ -175,6 +177,13 @@ class Run:
     def log_text(self, text: str, name: str) -> None:
         if self.open:
             self.delivery.add_op(f"artifact {name}", lambda text: self.client.log_text(self.run_id, text, name), text)
+
+    def log_artifacts(self, folder: str | Path, name: str) -> None:
+        if self.open:
+            folder = str(folder)
+            self.delivery.add_op(
+                f"artifacts {name}", lambda f: self.client.log_artifacts(self.run_id, f, artifact_path=name), folder
+            )
 
     def set_tag(self, key: str, value: str) -> None:
         if self.open:
@@ -256,6 +265,8 @@ def replay(path: str | Path, uri: str | None = None) -> int:
             client.log_batch(run_id, params=[Param(k, v) for k, v in payload.items()])
         elif kind == "tag":
             client.set_tag(run_id, name, payload)
+        elif kind == "artifacts":  # a folder (the model): it must still be there
+            client.log_artifacts(run_id, payload, artifact_path=name)
         elif kind == "artifact":
             (client.log_text if isinstance(payload, str) else client.log_dict)(run_id, payload, name)
     client.set_terminated(run_id, status=left["status"])

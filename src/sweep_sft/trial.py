@@ -16,7 +16,10 @@ from sweep_sft.config import ALIASES, Config, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
-from sweep_sft.tracking import ERROR_TAG, TrackingError
+from sweep_sft.tracking import ERROR_TAG, OUTPUT_DIR_TAG, TrackingError
+
+# The trained model's folder inside the trial's output folder (trainer.save_model).
+MODEL_DIR = "model"
 
 
 @dataclass
@@ -64,7 +67,11 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     check_objective(
         config.objective,
         sorted({e.task_type for examples in sources[0].values() for e in examples} | set(task_types(sources[1]))),
+        config.eval.pass_k,
     )
+    from sweep_sft.baseline import load_baseline
+
+    baseline = load_baseline(config)
 
     import torch
 
@@ -77,18 +84,28 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
     try:
         return _train_and_record(
-            cfg, config, out, run_name, parent_run_id, preemption, started, sources, resume_from, dist_env
+            cfg, config, out, run_name, parent_run_id, preemption, started, sources, resume_from, dist_env, baseline
         )
     finally:
         distributed.teardown(dist_env)
 
 
 def _train_and_record(
-    cfg, config: Config, out: Path, run_name, parent_run_id, preemption, started, sources, resume_from, dist_env
+    cfg,
+    config: Config,
+    out: Path,
+    run_name,
+    parent_run_id,
+    preemption,
+    started,
+    sources,
+    resume_from,
+    dist_env,
+    baseline,
 ) -> TrialResult:
     from sweep_sft import general_probe, modeling
     from sweep_sft.data.pipeline import mix_table, prepare
-    from sweep_sft.evaluate import exact_match, validation_loss
+    from sweep_sft.evaluate import final_evaluation, validation_loss
     from sweep_sft.study import TrialPruned
     from sweep_sft.tracking import flatten
     from sweep_sft.train import distributed
@@ -96,7 +113,7 @@ def _train_and_record(
     from sweep_sft.train.loop import train
     from sweep_sft.trial_run import open_run
 
-    device = distributed.device_for(dist_env, _device(config.trainer.device))
+    device = distributed.device_for(dist_env, torch_device(config.trainer.device))
     path = modeling.resolve_model_path(config.model)
     tokenizer = modeling.load_tokenizer(config.model, path)
     eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
@@ -107,7 +124,7 @@ def _train_and_record(
     resolved = _resolved(cfg, config)
     study = distributed.reporter(config.study, dist_env)
     tracking = config.tracking if dist_env.is_main else replace(config.tracking, enabled=False)
-    tags = {"sweep_sft.output_dir": str(out.resolve())}
+    tags = {OUTPUT_DIR_TAG: str(out.resolve())}
     run, reopened = open_run(tracking, out, run_name, parent_run_id, tags, resume_from is not None)
     series: dict[str, list[list[float]]] = {}
     checkpoints = (
@@ -134,7 +151,7 @@ def _train_and_record(
         (out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
         print(mix_table(stats))
 
-        base = general_probe.base_scores(path, model, tokenizer, device) if config.eval.general_probe else {}
+        base = general_probe.base_scores(path, lambda: model, tokenizer, device) if config.eval.general_probe else None
 
         def evaluate(step: int) -> dict[str, float]:
             metrics = validation_loss(
@@ -173,19 +190,23 @@ def _train_and_record(
             run.finish("KILLED")
             return result
         final: dict[str, float] = {"time/train_s": state.seconds}
-        if config.eval.generate:
-            scores, samples = exact_match(
-                model, tokenizer, data.val_examples, device, config.eval.max_new_tokens, config.eval.batch_size, eot_id
-            )
-            final.update(scores)
+        scores, samples = final_evaluation(
+            model, tokenizer, data.val_examples, data.train_rows, config, device, eot_id, base
+        )
+        final.update(scores)
+        if samples:
             run.log_json(samples, "generations_sample.json")
-        if config.eval.general_probe:
-            trained = general_probe.score(model, tokenizer, device)
-            final.update(trained)
-            final.update({f"general/base_{k.split('/')[1]}": v for k, v in base.items()})
-            final["general_drop"] = base["general/score"] - trained["general/score"]
+        if config.trainer.save_model and dist_env.is_main:
+            _save_model(config, model, tokenizer, out, run)
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
+        if baseline is not None and dist_env.is_main:
+            from sweep_sft import baseline as baseline_comparison
+
+            log(
+                baseline_comparison.record(config, baseline, {k: v[-1][1] for k, v in series.items()}, out, run),
+                state.step,
+            )
         run.set_tag("sweep_sft.trial_state", "COMPLETE")
         findings = _diagnose(config, series, run) if dist_env.is_main else []
         result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main, findings)
@@ -220,6 +241,23 @@ def _checkpointable(config: Config) -> bool:
             "trainer.resume=auto, or use deepspeed.zero_stage<=2"
         )
     return False
+
+
+def _save_model(config: Config, model, tokenizer, out: Path, run) -> None:
+    """The trained weights and the tokenizer (with its added tokens and chat template), loadable
+    with from_pretrained like any model; logged to the run only when asked (tracking.log_model)."""
+    if config.deepspeed is not None and config.deepspeed.zero_stage == 3:
+        print("trainer.save_model: not saved under DeepSpeed ZeRO-3 (the weights are partitioned across ranks)")
+        return
+    from transformers.utils import logging as hf_logging
+
+    folder = out / MODEL_DIR
+    hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in the trial's log
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    hf_logging.enable_progress_bar()
+    if config.tracking.log_model:
+        run.log_artifacts(folder, MODEL_DIR)
 
 
 def _leave_running(run) -> None:
@@ -279,7 +317,7 @@ def _mix_metrics(report: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def metric_names(tasks: list[str]) -> list[str]:
+def metric_names(tasks: list[str], pass_k: int = 0) -> list[str]:
     """Every metric a trial reports at its end, for objective checks before training."""
     names = [
         "val/loss",
@@ -293,14 +331,19 @@ def metric_names(tasks: list[str]) -> list[str]:
         "time/train_s",
         "time/total_s",
     ]
+    per_task = ["val/loss", "val/answer_logprob", "train/loss", "task/exact_match", "task/train_recall"]
+    if pass_k:
+        per_task += [f"task/pass_at_{pass_k}", "task/sample_match"]
+    names += [p for p in per_task if p not in names]
     for task in tasks:
-        names += [f"val/loss/{task}", f"val/answer_logprob/{task}", f"train/loss/{task}", f"task/exact_match/{task}"]
+        names += [f"{p}/{task}" for p in per_task]
     return names
 
 
-def check_objective(name: str, tasks: list[str]) -> None:
-    if name not in metric_names(tasks):
-        raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(metric_names(tasks))}")
+def check_objective(name: str, tasks: list[str], pass_k: int = 0) -> None:
+    names = metric_names(tasks, pass_k)
+    if name not in names:
+        raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(names)}")
 
 
 def objective_value(name: str, metrics: dict[str, float]) -> float:
@@ -327,7 +370,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(name: str):
+def torch_device(name: str):
     import torch
 
     if name == "auto":
@@ -337,32 +380,49 @@ def _device(name: str):
     return torch.device(name)
 
 
+def task_table(metrics: dict[str, float], tasks: list[str], stats: dict[str, dict] | None = None) -> str:
+    """Per task_type: training examples, val loss, exact match, and where measured pass@k and
+    recall on trained prompts (recall high but exact match low: learned, not generalising)."""
+    k = next((key.split("_")[-1] for key in metrics if key.startswith("task/pass_at_") and key.count("/") == 1), None)
+    columns = [("val loss", "val/loss", ".3f", 10), ("exact match", "task/exact_match", ".2f", 13)]
+    if k:
+        columns.append((f"pass@{k}", f"task/pass_at_{k}", ".2f", 9))
+    if "task/train_recall" in metrics:
+        columns.append(("train recall", "task/train_recall", ".2f", 14))
+    head = f"{'task_type':<26}" + (f"{'train ex':>9}" if stats is not None else "")
+    lines = ["", head + "".join(f"{name:>{width}}" for name, _, _, width in columns)]
+
+    def cells(suffix: str) -> str:
+        values = [(metrics.get(f"{key}{suffix}"), fmt, width) for _, key, fmt, width in columns]
+        return "".join(f"{'-' if v is None else format(v, fmt):>{w}}" for v, fmt, w in values)
+
+    for task in tasks:
+        examples = f"{stats.get(task, {}).get('examples', 0):>9}" if stats is not None else ""
+        lines.append(f"{task:<26}{examples}{cells('/' + task)}")
+    lines.append(f"{'all':<26}{'':>9}{cells('')}" if stats is not None else f"{'all':<26}{cells('')}")
+    return "\n".join(lines)
+
+
 def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]]) -> str:
     m = result.metrics
     first_val = result.series.get("val/loss", [[0, float("nan")]])[0][1]
-    lines = ["", f"{'task_type':<26}{'train ex':>9}{'val loss':>10}{'exact match':>13}"]
-    for task in tasks:
-        em = m.get(f"task/exact_match/{task}")
-        lines.append(
-            f"{task:<26}{stats.get(task, {}).get('examples', 0):>9}"
-            f"{m.get(f'val/loss/{task}', float('nan')):>10.3f}"
-            f"{'-' if em is None else f'{em:.2f}':>13}"
-        )
-    em_all = m.get("task/exact_match")
-    lines.append(
-        f"{'all':<26}{'':>9}{m.get('val/loss', float('nan')):>10.3f}{'-' if em_all is None else f'{em_all:.2f}':>13}"
-    )
+    lines = [task_table(m, tasks, stats)]
     lines.append(
         f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
         f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s"
     )
-    if "general_drop" in m:
-        lines.append(
-            f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
-            f"(general_drop {m['general_drop']:+.3f})"
-        )
+    lines += general_lines(m)
     lines.append(
         f"objective {result.objective} = {result.value:.4f}; outputs in {result.output_dir}"
         + (f"; mlflow run {result.run_id}" if result.run_id else "")
     )
     return "\n".join(lines)
+
+
+def general_lines(m: dict[str, float]) -> list[str]:
+    if "general_drop" not in m:
+        return []
+    return [
+        f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
+        f"(general_drop {m['general_drop']:+.3f})"
+    ]

@@ -5,14 +5,13 @@ load -> de-duplicate -> source weights -> subsample -> tokenise (truncate/drop, 
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from sweep_sft.config import Config
 from sweep_sft.data.dedup import deduplicate
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
-from sweep_sft.data.records import Example, load_jsonl
+from sweep_sft.data.records import Example, first_per_task, load_jsonl
 from sweep_sft.data.tokenize import Tokenized, tokenize
 
 
@@ -50,7 +49,7 @@ def prepare(
     if data.max_train_examples is not None and data.max_train_examples < len(train):
         train = rng.sample(train, data.max_train_examples)
     if data.max_val_per_task is not None:
-        val = _first_per_task(val, data.max_val_per_task)
+        val = first_per_task(val, data.max_val_per_task)
     args = (tokenizer, data.loss_on, data.max_seq_len, data.truncation, end_of_turn_id)
     rows, token_stats = tokenize(train, *args)
     val_rows, _ = tokenize(val, *args)
@@ -87,16 +86,6 @@ def _path(value: str, split: str) -> str:
     from sweep_sft.embedded.build import embedded_data
 
     return str(embedded_data() / f"{split}.jsonl")
-
-
-def _first_per_task(examples: list[Example], n: int) -> list[Example]:
-    seen: Counter[str] = Counter()
-    kept = []
-    for example in examples:
-        seen[example.task_type] += 1
-        if seen[example.task_type] <= n:
-            kept.append(example)
-    return kept
 
 
 def mix_table(report: dict[str, dict[str, Any]]) -> str:

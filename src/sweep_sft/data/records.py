@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,3 +238,16 @@ def _tags(record: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise _RecordError(f"'tags' must be a list of strings, got {tags!r}")
     return tuple(tags)
+
+
+def first_per_task(examples: list[Example], n: int | None) -> list[Example]:
+    """The first `n` examples of each task_type, in file order (all of them when n is None)."""
+    if n is None:
+        return list(examples)
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for example in examples:
+        seen[example.task_type] += 1
+        if seen[example.task_type] <= n:
+            kept.append(example)
+    return kept

@@ -22,6 +22,8 @@ class Tokenized:
     labels: list[int]
     task_type: str
     truncated: bool = False
+    # The example it was made from: train recall regenerates answers to trained prompts.
+    example: Example | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -78,7 +80,7 @@ def tokenize(
         task.examples += 1
         task.tokens += len(ids)
         task.supervised_tokens += sum(label != IGNORE for label in labels)
-        out.append(Tokenized(list(ids), labels, example.task_type, truncated))
+        out.append(Tokenized(list(ids), labels, example.task_type, truncated, example))
     preflight(stats, spans_ok, spans_bad, tokenizer.convert_ids_to_tokens(end_of_turn_id))
     return out, stats
 

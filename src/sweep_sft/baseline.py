@@ -1,0 +1,56 @@
+"""A trial compared with `eval.baseline_run_id` (an MLflow run id or a trial folder): the same
+per-task_type table as `python -m sweep_sft.compare`, printed at the end of the trial and
+recorded on its run (comparison.txt, `compare.*` tags, `compare/*` metrics)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from sweep_sft.compare import Comparison, Tolerances, compare_runs, load_metrics, table
+from sweep_sft.config import Config
+from sweep_sft.errors import ConfigError, UserInputError
+
+COMPARISON_FILE = "comparison.txt"
+
+
+def load_baseline(config: Config) -> dict[str, float] | None:
+    """The baseline's final metrics, read before training so a wrong id fails at once."""
+    ref = config.eval.baseline_run_id
+    if ref is None:
+        return None
+    from sweep_sft.tracking import tracking_uri
+
+    try:
+        return load_metrics(ref, tracking_uri(config.tracking))
+    except UserInputError as exc:
+        raise ConfigError(f"eval.baseline_run_id={ref}: {exc}") from exc
+
+
+def compare_with_baseline(config: Config, baseline: dict[str, float], metrics: dict[str, float]) -> Comparison:
+    ev = config.eval
+    return compare_runs(baseline, metrics, Tolerances(ev.em_tolerance, ev.loss_tolerance, ev.general_tolerance))
+
+
+def comparison_metrics(comparison: Comparison) -> dict[str, float]:
+    """Deltas (trial - baseline) per task_type and the number of regressions, as metrics."""
+    out = {"compare/regressions": float(len(comparison.regressions))}
+    for row in comparison.rows:
+        for name, delta in (("exact_match", row.em_b - row.em_a), ("val_loss", row.loss_b - row.loss_a)):
+            if not math.isnan(delta):
+                out[f"compare/delta/{name}/{row.task}"] = delta
+    return out
+
+
+def record(config: Config, baseline: dict[str, float], metrics: dict[str, float], out: Path, run) -> dict[str, float]:
+    """Print the comparison, write it beside metrics.json and onto the run; its metrics returned
+    for the trial to log with its other final values."""
+    ref = config.eval.baseline_run_id
+    comparison = compare_with_baseline(config, baseline, metrics)
+    text = table(comparison, baseline, metrics, (f"baseline {ref}", f"this trial {out}"))
+    print(f"\ncomparison with the baseline (eval.baseline_run_id):\n{text}")
+    (out / COMPARISON_FILE).write_text(text + "\n")
+    run.log_text(text, COMPARISON_FILE)
+    run.set_tag("compare.baseline", str(ref))
+    run.set_tag("compare.regressions", ", ".join(comparison.regressions) or "none")
+    return comparison_metrics(comparison)

@@ -1,0 +1,98 @@
+"""What `python -m sweep_sft.evaluate` evaluates: a trial folder, its saved model, one of its
+checkpoints, or an MLflow run id, resolved to the trial's config and the weights to load."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweep_sft.errors import UserInputError
+from sweep_sft.tracking import OUTPUT_DIR_TAG
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Target:
+    # The trial's resolved config (written at its start).
+    config_file: Path
+    # A saved model folder (from_pretrained), or None when `checkpoint` holds the weights.
+    model_dir: Path | None
+    # One of our checkpoints (model.pt over the base model named in the config).
+    checkpoint: Path | None
+    # Where the evaluation's results go by default.
+    trial_dir: Path
+
+
+def resolve(ref: str, tracking_uri: str | None = None) -> Target:
+    path = Path(ref).expanduser()
+    if path.exists():
+        return _from_path(path)
+    return _from_run(ref, tracking_uri)
+
+
+def _from_path(path: Path) -> Target:
+    from sweep_sft.train.checkpoint import problem, step_of, valid_checkpoints
+
+    if not path.is_dir():
+        raise UserInputError(f"{path}: expected a trial folder, its model folder, a checkpoint folder or a run id")
+    if step_of(path) is not None:  # <trial>/checkpoints/step-N
+        why = problem(path)
+        if why is not None:
+            raise UserInputError(f"{path}: not a complete checkpoint: {why}")
+        if not (path / "model.pt").is_file():
+            raise UserInputError(f"{path}: a DeepSpeed checkpoint; evaluate the trial's saved model folder instead")
+        return Target(_config_of(path.parent.parent, path), None, path, path.parent.parent)
+    if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():  # <trial>/model
+        return Target(_config_of(path.parent, path), path, None, path.parent)
+    if (path / CONFIG_FILE).is_file():
+        from sweep_sft.trial import MODEL_DIR
+
+        if (path / MODEL_DIR / "config.json").is_file():
+            return Target(path / CONFIG_FILE, path / MODEL_DIR, None, path)
+        found = [c for c in valid_checkpoints(path, warn=False) if (c / "model.pt").is_file()]
+        if found:
+            return Target(path / CONFIG_FILE, None, found[-1], path)
+        raise UserInputError(
+            f"{path}: the trial saved no model ({MODEL_DIR}/, trainer.save_model=true) and has no checkpoint"
+        )
+    raise UserInputError(f"{path}: no {CONFIG_FILE} here: expected a trial output folder, or its model or checkpoint")
+
+
+def _config_of(trial: Path, asked: Path) -> Path:
+    if not (trial / CONFIG_FILE).is_file():
+        raise UserInputError(f"{asked}: its trial's {trial / CONFIG_FILE} is missing (data, eval settings)")
+    return trial / CONFIG_FILE
+
+
+def _from_run(run_id: str, tracking_uri: str | None) -> Target:
+    """The run's trial folder when it is reachable here; else its logged model (tracking.log_model)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise UserInputError(
+            f"{run_id}: neither a folder nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
+        ) from exc
+    folder = run.data.tags.get(OUTPUT_DIR_TAG)
+    if folder and Path(folder).is_dir():
+        try:
+            return _from_path(Path(folder))
+        except UserInputError:
+            pass  # the folder is here but lacks the model: the run may have logged it
+    from sweep_sft.trial import MODEL_DIR
+
+    if not client.list_artifacts(run_id, MODEL_DIR):
+        raise UserInputError(
+            f"run {run_id}: its trial folder {folder} is not reachable here (or holds no model) and the run logged no "
+            f"{MODEL_DIR} artifact (set tracking.log_model=true when training)"
+        )
+    local = Path(tempfile.mkdtemp(prefix=f"sweep-sft-eval-{run_id[:8]}-"))
+    client.download_artifacts(run_id, MODEL_DIR, str(local))
+    client.download_artifacts(run_id, CONFIG_FILE, str(local))
+    return Target(local / CONFIG_FILE, local / MODEL_DIR, None, Path.cwd())

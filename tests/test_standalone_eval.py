@@ -1,0 +1,153 @@
+"""`python -m sweep_sft.evaluate`: a trial's saved model, one of its checkpoints, or its MLflow
+run's logged model evaluated again gives the trial's own final numbers; and a trial compared
+with `eval.baseline_run_id` records the comparison."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep_sft.config import compose
+from sweep_sft.errors import ConfigError
+from sweep_sft.evaluate import main
+from sweep_sft.trial import run_trial
+
+PER_TASK = (
+    "val/loss/",
+    "val/answer_logprob/",
+    "task/exact_match/",
+    "task/pass_at_4/",
+    "task/sample_match/",
+    "task/train_recall/",
+)
+
+
+def overrides(folder, uri: str, *extra: str) -> list[str]:
+    return [
+        "data.max_train_examples=128",
+        "data.max_val_per_task=4",
+        "trainer.max_steps=4",
+        "trainer.batch_size=16",
+        "trainer.eval_every=2",
+        "trainer.checkpoint_every=2",
+        "trainer.num_threads=1",
+        "trainer.progress=false",
+        "eval.max_new_tokens=8",
+        "eval.train_recall_examples=4",
+        "tracking.log_model=true",
+        f"tracking.uri={uri}",
+        f"output_dir={folder}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standalone")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_trial(compose(overrides(root / "trial", uri)))
+    return root, uri, result
+
+
+def evaluation(capsys, *args: str) -> dict:
+    assert main(list(args)) == 0, capsys.readouterr().err
+    path = re.search(r"results in (\S+) ", capsys.readouterr().out).group(1)
+    return json.loads(open(path).read())["metrics"]
+
+
+def assert_same(evaluated: dict, final: dict, prefixes=PER_TASK, extra=("general_drop",)) -> None:
+    keys = [k for k in final if k.startswith(prefixes)] + list(extra)
+    assert len(keys) >= 8 * len(prefixes)  # every task_type of the embedded default
+    for key in keys:
+        assert evaluated[key] == pytest.approx(final[key], abs=1e-5), key
+
+
+def test_the_trial_records_pass_at_k_and_train_recall_per_task(trained):
+    _, _, result = trained
+    tasks = [k.removeprefix("val/loss/") for k in result.metrics if k.startswith("val/loss/")]
+    for task in tasks:
+        for prefix in PER_TASK:
+            assert 0 <= result.metrics[f"{prefix}{task}"] <= 1 or prefix.startswith("val/")
+    assert (trained[0] / "trial" / "model" / "config.json").is_file()
+
+
+def test_the_trial_folder_evaluates_to_the_trials_own_numbers(trained, capsys):
+    root, _, result = trained
+    assert_same(evaluation(capsys, str(root / "trial")), result.metrics)
+
+
+def test_a_checkpoint_evaluates_to_the_loss_logged_at_its_step(trained, capsys):
+    root, _, result = trained
+    metrics = evaluation(capsys, str(root / "trial" / "checkpoints" / "step-2"), "--out", str(root / "step2.json"))
+    at_step_2 = {
+        key: dict((int(s), v) for s, v in points)[2]
+        for key, points in result.series.items()
+        if key.startswith("val/loss") and any(int(s) == 2 for s, _ in points)
+    }
+    assert len(at_step_2) == 9  # overall and 8 task_types
+    for key, value in at_step_2.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_overrides_change_the_evaluation(trained, capsys):
+    root, _, _ = trained
+    metrics = evaluation(
+        capsys, str(root / "trial"), "eval.pass_k=2", "eval.general_probe=false", "--out", str(root / "k2.json")
+    )
+    assert "task/pass_at_2" in metrics and "task/pass_at_4" not in metrics and "general_drop" not in metrics
+
+
+def test_a_run_id_evaluates_its_logged_model_when_the_folder_is_gone(trained, capsys, monkeypatch, tmp_path):
+    root, uri, result = trained
+    moved = root / "moved-away"
+    (root / "trial").rename(moved)
+    try:
+        monkeypatch.chdir(tmp_path)
+        metrics = evaluation(capsys, result.run_id, "--tracking-uri", uri)
+        assert (tmp_path / "evaluation.json").is_file()
+    finally:
+        moved.rename(root / "trial")
+    assert_same(metrics, result.metrics)
+
+
+def test_bad_targets_are_named(trained, capsys, tmp_path):
+    root, uri, _ = trained
+    assert main([str(tmp_path / "nowhere-and-not-a-run"), "--tracking-uri", uri]) == 2
+    assert "nowhere-and-not-a-run: neither a folder nor a run" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text((root / "trial" / "config.yaml").read_text())
+    assert main([str(tmp_path)]) == 2
+    assert "saved no model (model/, trainer.save_model=true)" in capsys.readouterr().err
+    assert main([str(root / "trial"), "eval.pass_k=-1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "eval.pass_k must be >= 0" in capsys.readouterr().err
+
+
+def test_a_trial_with_a_baseline_records_the_comparison(trained, capsys):
+    root, uri, baseline = trained
+    # The same trial at a learning rate too small to learn: its losses rise against the baseline.
+    candidate = run_trial(compose(overrides(root / "cand", uri, "lr=1e-9", f"eval.baseline_run_id={baseline.run_id}")))
+    out = capsys.readouterr().out
+    assert "comparison with the baseline (eval.baseline_run_id)" in out
+    text = (root / "cand" / "comparison.txt").read_text()
+    assert f"baseline {baseline.run_id}" in text and "regressions:" in text
+    run = MlflowClient(tracking_uri=uri).get_run(candidate.run_id)
+    assert run.data.tags["compare.baseline"] == baseline.run_id
+    regressed = run.data.tags["compare.regressions"]
+    assert regressed != "none" and "val loss" in text
+    assert candidate.metrics["compare/regressions"] == len(regressed.split(", "))
+    task = "classification/sentiment"
+    delta = candidate.metrics[f"compare/delta/val_loss/{task}"]
+    assert delta == pytest.approx(candidate.metrics[f"val/loss/{task}"] - baseline.metrics[f"val/loss/{task}"])
+    assert delta > 0
+    # Standalone evaluation against a baseline: exit 1 on the regression.
+    assert main([str(root / "cand"), f"eval.baseline_run_id={root / 'trial'}", "--out", str(root / "c.json")]) == 1
+    assert "regressions:" in capsys.readouterr().out
+
+
+def test_an_unknown_baseline_fails_before_training(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ConfigError, match="eval.baseline_run_id=0123abc: .*neither a trial folder nor a run"):
+        run_trial(compose(overrides(tmp_path / "t", uri, "eval.baseline_run_id=0123abc")))
+    assert not (tmp_path / "t" / "metrics.json").exists()
