@@ -228,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store holding a run id (default: sqlite:///./mlflow.db)")
     parser.add_argument("--out", type=Path, help="result file (default: <trial folder>/evaluation.json)")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from sweep_sft import eval_target, standalone_eval
+
+    hf_logging.disable_progress_bar()  # loading a tiny model: bars are noise beside the table
     from sweep_sft.trial import general_lines, task_table
 
     try:
