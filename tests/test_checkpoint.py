@@ -162,6 +162,42 @@ def test_hard_kill_after_a_checkpoint_replays_from_it(short, tmp_path, monkeypat
     assert resumed.metrics["val/loss"] == pytest.approx(straight.metrics["val/loss"], abs=1e-6)
 
 
+def test_tokens_per_s_after_a_resume_counts_the_time_before_the_checkpoint(short, tmp_path, monkeypatch):
+    """The first tokens/s after a resume covers steps before and after the checkpoint: the time of
+    both must count, or a resumed trial reports a throughput it never had."""
+    import time
+
+    overrides = [o for o in short if not o.startswith("trainer.log_every")] + [
+        "trainer.log_every=4",
+        "trainer.checkpoint_every=1",
+    ]
+    straight = run_trial(compose(overrides + [f"output_dir={tmp_path / 'straight'}"]))
+
+    from sweep_sft.train.checkpoint import Checkpoints
+
+    class Killed(Exception):
+        pass
+
+    def after_step(self, model, optimizer, scheduler, position, original=Checkpoints.after_step):
+        if position.step == 1:
+            time.sleep(1.0)  # a slow step 1, inside the log interval that the resume splits
+        if position.step == 3:
+            raise Killed
+        return original(self, model, optimizer, scheduler, position)
+
+    monkeypatch.setattr(Checkpoints, "after_step", after_step)
+    with pytest.raises(Killed):
+        run_trial(compose(overrides))
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "trial" / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert saved["position"]["since"]["seconds"] >= 1.0
+    resumed = run_trial(compose(overrides))
+    rate = dict((int(s), v) for s, v in resumed.series["train/tokens_per_s"])
+    plain = dict((int(s), v) for s, v in straight.series["train/tokens_per_s"])
+    # Steps 1-4 took at least the 1 s slept; the straight run's 4 tiny steps far less.
+    assert rate[4] < 0.7 * plain[4]
+
+
 def test_rotation_keeps_the_newest(short, tmp_path):
     run_trial(compose(short + ["trainer.checkpoint_every=1", "trainer.save_total_limit=3"]))
     names = sorted(p.name for p in (tmp_path / "trial" / "checkpoints").iterdir())

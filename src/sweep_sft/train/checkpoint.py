@@ -60,7 +60,7 @@ class Position:
     tokens_seen: int = 0
     seconds: float = 0.0  # training time of all attempts so far
     acc: dict[str, list[float]] = field(default_factory=dict)  # TaskAccumulator sums/counts/weight
-    since: dict[str, int] = field(default_factory=dict)  # token counters since the last log
+    since: dict[str, float] = field(default_factory=dict)  # token counters and seconds since the last log
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

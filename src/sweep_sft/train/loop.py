@@ -139,6 +139,9 @@ def train(
         state = TrainState(resumed.step, epoch + skip / n_per_epoch, resumed.tokens_seen)
         load_accumulator(window_acc, resumed.acc)
         tokens_since, computed_since, supervised_since = (resumed.since[k] for k in _SINCE)
+        # Training time since the last log line, so the first tokens/s after a resume counts
+        # the tokens and the time of the same steps (the requeue's idle time is neither).
+        clock = time.perf_counter() - resumed.since.get("seconds", 0.0)
     progress = _progress_bar(n_steps, tc.progress)
     progress.update(state.step)
     if resumed is None:
@@ -202,7 +205,10 @@ def train(
                     state.tokens_seen,
                     prior_seconds + time.perf_counter() - started,
                     accumulator_state(window_acc),
-                    dict(zip(_SINCE, (tokens_since, computed_since, supervised_since), strict=True)),
+                    {
+                        **dict(zip(_SINCE, (tokens_since, computed_since, supervised_since), strict=True)),
+                        "seconds": time.perf_counter() - clock,
+                    },
                 )
                 checkpoints.after_step(engine.model, engine.optimizer, engine.scheduler, position)
             if state.step >= n_steps:
