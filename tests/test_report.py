@@ -95,6 +95,7 @@ def test_every_section_present_with_its_plots(sweep_dir):
     summary = _section(html, "summary")
     assert "2 complete, 1 pruned, 1 failed" in summary and "lr" in summary
     assert "#0 lr=0.0001: val/loss = 4" in summary  # best: minimized val/loss, ties to the first
+    assert "<th>general_drop</th>" in summary and "<td class=num>0.03</td>" in summary  # trial #3's line
 
 
 def test_failed_and_pruned_trials_are_listed_with_the_first_line_of_the_error(sweep_dir):
@@ -268,3 +269,22 @@ def test_a_report_that_fails_costs_a_warning_not_the_sweep(tmp_path, caplog):
     (tmp_path / "0" / "metrics.json").write_text("{not json")
     assert callback_report(tmp_path) is None
     assert "could not write" in caplog.text and "metrics.json: not valid JSON" in caplog.text
+
+
+def test_optuna_result_gives_direction_and_errors(sweep_dir):
+    """optuna_result.json: its direction picks the best trial (not the name's guess), a FAIL
+    trial's error fills the failed table."""
+    (sweep_dir / "sweep_summary.json").unlink()
+    trials = [
+        {"number": 0, "state": "COMPLETE", "params": {"lr": 0.0001}, "values": [4.0]},
+        {"number": 2, "state": "FAIL", "params": {"lr": 0.01}, "values": None, "error": "ValueError: nan loss"},
+    ]
+    result = {"directions": ["maximize"], "states": {"COMPLETE": 1, "FAIL": 1}, "trials": trials}
+    (sweep_dir / "optuna_result.json").write_text(json.dumps(result))
+    (sweep_dir / "3" / "metrics.json").write_text(json.dumps({**_record(3e-3), "value": 5.0}))
+    sweep = load(str(sweep_dir))
+    assert sweep.sweeper == "optuna5" and sweep.direction == "maximize" and sweep.direction_known
+    assert sweep.best().number == 3
+    html = write_report(sweep_dir).read_text()
+    assert "ValueError: nan loss" in _section(html, "failed")
+    assert "val/loss, maximize<" in _section(html, "summary")

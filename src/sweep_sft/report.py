@@ -20,6 +20,8 @@ from sweep_sft.report_plots import Missing
 REPORT_FILE = "report.html"
 # Per-task metric families left out of the per-task table: the mix, not the trial's outcome.
 MIX_PREFIXES = ("data/", "train/loss_weight_share")
+# Final metrics every trial's line in the summary shows (those any trial has).
+SUMMARY_METRICS = ("val/loss", "task/exact_match", "general_drop", "general/score")
 SECTIONS = (
     ("summary", "Sweep"),
     ("loss", "Loss curves"),
@@ -35,7 +37,7 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } td.num { text-align: right; font-family: monospace; }
+th { background: #f0f0f0; overflow-wrap: anywhere; } td.num { text-align: right; font-family: monospace; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .note { color: #777; font-style: italic; } code { font-size: 0.9em; }
 """
@@ -101,7 +103,26 @@ def summary_section(sweep: Sweep) -> str:
     ]
     if sweep.parent_run_id:
         rows.append(["MLflow parent run", f"{sweep.parent_run_id} ({sweep.tracking_uri})"])
-    return _table(["", ""], rows)
+    return _table(["", ""], rows) + trials_table(sweep)
+
+
+def trials_table(sweep: Sweep) -> str:
+    """Every trial in one line: swept values, state, objective, forgetting, steps."""
+    extra = [k for k in SUMMARY_METRICS if k != sweep.objective and any(k in t.metrics for t in sweep.trials)]
+    header = ["#", *sweep.swept, "state", sweep.objective or "objective", *extra, "steps"]
+    rows = [
+        [
+            t.number,
+            *(t.params.get(k) for k in sweep.swept),
+            t.state,
+            t.value,
+            *(t.metrics.get(k) for k in extra),
+            t.steps,
+        ]
+        for t in sweep.trials
+    ]
+    numeric = {0, *range(len(sweep.swept) + 2, len(header))}
+    return _table(header, rows, numeric)
 
 
 def failed_section(sweep: Sweep) -> str:
@@ -137,7 +158,7 @@ def per_task_tables(sweep: Sweep) -> str:
         return '<p class="note">no per-task_type metric in any trial</p>'
     out = []
     for family in sorted(families):
-        present = [task for task in tasks if any(f"{family}/{task}" in t.metrics for t in sweep.trials)]
+        present = sorted(task for task in tasks if any(f"{family}/{task}" in t.metrics for t in sweep.trials))
         rows = [
             [t.label, *(t.metrics.get(f"{family}/{task}") for task in present)]
             for t in sweep.trials

@@ -145,6 +145,7 @@ def objective_vs_params(sweep: Sweep) -> bytes | Missing:
             ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             if best is not None and t.number == best.number:
                 ax.scatter([x], [y], s=120, facecolors="none", edgecolors="tab:red", zorder=4, label="best")
+        ax.margins(0.12)  # room for the labels of the outermost points
         ax.set(xlabel=param, ylabel=sweep.objective)
         ax.grid(alpha=0.3)
         if best is not None and best in trials:
@@ -187,6 +188,7 @@ def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
         ax.scatter([gain], [drop], marker=STATE_MARKERS.get(t.state, "o"), s=30, color="tab:purple")
         ax.annotate(f"#{t.number}", (gain, drop), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0, color="grey", lw=0.8)
+    ax.margins(0.12)
     whats = sorted({p[3] for p in points})
     ax.set(xlabel=" / ".join(whats) + "  (learned →)", ylabel="general_drop  (forgot ↑)")
     ax.set_title("learn vs forget: up is worse, right is better", fontsize=10)
