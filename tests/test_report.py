@@ -151,6 +151,7 @@ def test_missing_data_gives_a_note_not_an_error(tmp_path):
     assert "no complete trial" in _section(html, "objective")
     assert "general_drop" in _section(html, "forgetting")
     assert "no loss-curve diagnostic" in _section(html, "diagnostics")
+    assert "no metrics.json in its job folder" in _section(html, "failed")  # nothing recorded why
 
 
 def test_bad_input_is_named_and_exits_2(tmp_path, capsys):

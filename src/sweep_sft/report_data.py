@@ -23,6 +23,8 @@ SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.
 LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 # Optuna's trial states in the report's words (the others keep their own).
 OPTUNA_STATES = {"FAIL": "FAILED"}
+# The error of a job folder without metrics.json that no sweeper file explains (yet).
+NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
 
 
 class ReportInputError(UserInputError):
@@ -160,8 +162,8 @@ def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
 def _trial_from_dir(job: Path) -> Trial:
     overrides = _overrides(job / ".hydra" / "overrides.yaml")
     record = _read_json(job / "metrics.json")
-    if record is None:  # the trial died before writing its record
-        return Trial(int(job.name), overrides, {}, "FAILED")
+    if record is None:  # the trial died before writing its record (a sweeper's file may say why)
+        return Trial(int(job.name), overrides, {}, "FAILED", error=NO_RECORD)
     return Trial(
         number=int(job.name),
         overrides=overrides,
@@ -192,7 +194,7 @@ def _merge_entry(trials: dict[int, Trial], number: int, overrides: list[str], st
         return
     if not trial.overrides:
         trial.overrides = list(overrides)
-    if error and not trial.error:
+    if error and trial.error in (None, NO_RECORD):
         trial.error = error
     if state == "FAILED" and trial.state != "FAILED":  # e.g. a non-finite objective
         trial.state = "FAILED"
