@@ -37,7 +37,7 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; overflow-wrap: anywhere; } td.num { text-align: right; font-family: monospace; }
+th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .note { color: #777; font-style: italic; } code { font-size: 0.9em; }
 """
@@ -68,14 +68,15 @@ def _img(png: bytes | Missing | None, alt: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    # Long metric names may wrap after a slash, not inside a word.
+    head = "".join(f"<th>{escape(h).replace('/', '/<wbr>')}</th>" for h in header) if any(header) else ""
     body = "".join(
         "<tr>"
         + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(_fmt(c))}</td>" for i, c in enumerate(r))
         + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def _first_line(text: str | None) -> str:

@@ -136,6 +136,7 @@ def objective_vs_params(sweep: Sweep) -> bytes | Missing:
         if _numeric(xs):
             if is_log_axis(xs):
                 ax.set_xscale("log")
+            _value_ticks(ax, xs)
         else:  # categorical: positions in first-seen order, labelled with the values
             cats = list(dict.fromkeys(map(str, xs)))
             ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=7)
@@ -152,6 +153,17 @@ def objective_vs_params(sweep: Sweep) -> bytes | Missing:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def _value_ticks(ax, xs: list[float]) -> None:
+    """Few distinct values (a grid): a tick at each, labelled with it, and no minor labels,
+    which crowd each other on a log axis spanning under a decade or two."""
+    from matplotlib.ticker import NullFormatter
+
+    values = sorted(set(xs))
+    if len(values) <= 8:
+        ax.set_xticks(values, [f"{v:.3g}" for v in values], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _finite(value: Any) -> bool:
@@ -210,6 +222,8 @@ def sandwich(sweep: Sweep) -> bytes | None:
     values = [p["value"] for p in probes] + [v for v in bracket.values() if _finite(v)]
     if is_log_axis(values):
         ax.set_xscale("log")
+    _value_ticks(ax, [p["value"] for p in probes])
+    ax.margins(x=0.12)  # room for the rightmost probe's label
     if _finite(bracket.get("passing")) and _finite(bracket.get("failing")):
         lo, hi = sorted((bracket["passing"], bracket["failing"]))
         ax.axvspan(lo, hi, color="gold", alpha=0.35, label="final bracket")
@@ -221,7 +235,7 @@ def sandwich(sweep: Sweep) -> bytes | None:
         got = [r.get(metric) for r in p.get("results") or [] if isinstance(r, dict)]
         text = ", ".join(f"{v:.3g}" for v in got if _finite(v)) or "failed"
         ax.annotate(
-            f"{p['value']:.3g}\n{metric}={text}",
+            f"{p['value']:.3g}: {text}",  # the metric is in the title
             (p["value"], p.get("round", 0)),
             textcoords="offset points",
             xytext=(6, -4),
