@@ -289,3 +289,23 @@ def test_optuna_result_gives_direction_and_errors(sweep_dir):
     html = write_report(sweep_dir).read_text()
     assert "ValueError: nan loss" in _section(html, "failed")
     assert "val/loss, maximize<" in _section(html, "summary")
+
+
+def test_a_sweep_that_raises_still_reports_onto_its_failed_parent_run(tmp_path):
+    """Every trial fails its config check, the grid sweeper raises: the report is written at
+    exit, lists both errors, and is logged onto the parent run marked FAILED."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "lr=-1,-2", "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, "-m", "sweep_sft", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "SweepFailed" in proc.stderr, proc.stderr[-2000:]
+    failed = _section((sweep / "report.html").read_text(), "failed")
+    assert "optimizer.lr must be &gt;= 0, got -1.0" in failed and "got -2.0" in failed
+    parent = json.loads((sweep / "mlflow_parent_run.json").read_text())
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    assert client.get_run(parent["run_id"]).info.status == "FAILED"
+    assert "report.html" in {a.path for a in client.list_artifacts(parent["run_id"])}
