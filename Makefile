@@ -45,10 +45,13 @@ sweep-optuna: $(VENV)/.installed ## TPE over lr and schedule with median pruning
 slurm-up: ## start the one-node Slurm cluster on localhost the `slurm` tests use (idempotent, root)
 	launchers/slurm_cluster.sh start
 
+browser: ## install headless Chromium (Debian's chromium) for the report's browser test (idempotent, root)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+
 slurm-down: ## stop the local Slurm cluster's daemons
 	launchers/slurm_cluster.sh stop
 
-test: $(VENV)/.installed-test slurm-up ## start the local Slurm cluster, install test dependencies and run the tests
+test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster, install Chromium, test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
@@ -73,4 +76,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up slurm-down test lint bench bench-pruning mlflow-ui mlflow-server clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test lint bench bench-pruning mlflow-ui mlflow-server clean

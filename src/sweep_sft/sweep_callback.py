@@ -30,20 +30,25 @@ def swept_keys(config: DictConfig) -> list[str]:
 class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self.run = None
+        self.sweep_dir: Path | None = None  # set while a sweep is open: its report is still to write
 
     def __getstate__(self) -> dict[str, Any]:
         # The submitit launcher pickles the callbacks into every job; the open run (a delivery
-        # thread, locks) stays with the sweep process, which alone finishes it.
-        return {**self.__dict__, "run": None}
+        # thread, locks) stays with the sweep process, which alone finishes it (and reports).
+        return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sweep_sft.config import TrackingConfig
         from sweep_sft.tracking import Run
 
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        # A sweep that raises never reaches on_multirun_end: report it, and mark the parent
+        # FAILED, then.
+        self.sweep_dir = sweep_dir
+        atexit.register(self._finish, "FAILED")
         if not tracking.enabled:
             return
-        sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
         self.run = Run(
@@ -57,16 +62,16 @@ class MlflowParentRun(Callback):
         )
         parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
         (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
-        # A sweep that raises never reaches on_multirun_end: mark the parent FAILED then.
-        atexit.register(self._finish, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish("FINISHED")
 
     def _finish(self, status: str) -> None:
-        if self.run is None:
-            return
+        sweep_dir, self.sweep_dir = self.sweep_dir, None
         run, self.run = self.run, None
+        report = write_report(sweep_dir) if sweep_dir is not None else None
+        if run is None:
+            return
         from sweep_sft.tracking import TrackingError, retry_until
 
         # The trials are recorded already: a server that is down now must not fail the sweep.
@@ -74,6 +79,13 @@ class MlflowParentRun(Callback):
             run.log_metrics(retry_until(lambda: self._counts(run), run.timeout_s, "count child runs", run.uri), 0)
         except TrackingError as exc:
             log.warning("sweep parent run: %s", exc)
+        if report is not None:
+            try:
+                retry_until(
+                    lambda: run.client.log_artifact(run.run_id, str(report)), run.timeout_s, "log report.html", run.uri
+                )
+            except TrackingError as exc:
+                log.warning("sweep parent run: %s; the report stays in %s", exc, report)
         try:
             run.finish(status)
         except TrackingError as exc:
@@ -92,3 +104,19 @@ class MlflowParentRun(Callback):
             "sweep/failed": states.count("FAILED"),
             "sweep/pruned": sum(c.data.tags.get("sweep_sft.trial_state") == "PRUNED" for c in children),
         }
+
+
+def write_report(sweep_dir: Path) -> Path | None:
+    """The sweep's report.html in its folder; a report that cannot be made costs a warning,
+    never the sweep (its trials are recorded already)."""
+    if not sweep_dir.is_dir():  # the sweep died before launching anything
+        return None
+    try:
+        from sweep_sft.report import write_report as write
+
+        path = write(sweep_dir)
+    except Exception as exc:
+        log.warning("sweep report: could not write %s/report.html: %s: %s", sweep_dir, type(exc).__name__, exc)
+        return None
+    log.info("sweep report: %s", path)
+    return path

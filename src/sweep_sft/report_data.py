@@ -1,0 +1,385 @@
+"""A finished (or interrupted) sweep as one typed model for the report: its trials with
+overrides, swept values, state, objective, final metrics, series and diagnostics, read from
+the sweep folder or rebuilt from the MLflow parent run and its child runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweep_sft.errors import UserInputError
+from sweep_sft.tracking import ERROR_TAG, PARENT_FILE
+
+SUMMARY_FILE = "sweep_summary.json"  # sweep_sft.sweep_summary (not imported: it pulls in Hydra)
+OPTUNA_FILE = "optuna_result.json"  # hydra_plugins.sweep_sft_optuna
+SANDWICH_FILE = "sandwich_result.json"  # hydra_plugins.sweep_sft_sandwich
+SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.yaml")
+# Objectives a lower value of which is better, when no sweeper recorded a direction.
+LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
+# Optuna's trial states in the report's words (the others keep their own).
+OPTUNA_STATES = {"FAIL": "FAILED"}
+# The error of a job folder without metrics.json that no sweeper file explains (yet).
+NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
+
+
+class ReportInputError(UserInputError):
+    """The report's input is not a sweep folder or a sweep's parent run."""
+
+
+@dataclass
+class Trial:
+    number: int  # the job number (= the trial folder's name and the MLflow child run's prefix)
+    overrides: list[str]  # the job's Hydra overrides
+    params: dict[str, Any]  # the swept keys' values in this trial (numbers where they parse)
+    state: str  # COMPLETE, PRUNED or FAILED
+    value: float | None = None  # the objective (a pruned trial: the metric it was judged on)
+    objective: str | None = None  # the metric `value` is
+    metrics: dict[str, float] = field(default_factory=dict)  # final value of every metric
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # sweep_sft.diagnostics.Finding as dicts
+    error: str | None = None  # a failed trial's exception text
+    steps: int | None = None  # optimizer steps the trial ran
+
+    @property
+    def label(self) -> str:
+        """`#3 lr=0.001` for legends and tables."""
+        values = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in self.params.items())
+        return f"#{self.number} {values}".strip()
+
+
+@dataclass
+class Sweep:
+    source: str  # what the report was asked for: a folder or a run id
+    sweep_dir: Path | None  # None when rebuilt from MLflow alone
+    sweeper: str  # grid, optuna5, sandwich or the sweeper's class path
+    swept: list[str]  # config keys the sweep varies
+    trials: list[Trial]
+    objective: str | None = None
+    direction: str | None = None  # "minimize" / "maximize"
+    direction_known: bool = False  # False: inferred from the objective's name
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    sandwich: dict[str, Any] | None = None  # sandwich_result.json
+    optuna: dict[str, Any] | None = None  # optuna_result.json
+    summary: dict[str, Any] | None = None  # sweep_summary.json
+
+    def count(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+    def best(self) -> Trial | None:
+        done = [t for t in self.trials if t.state == "COMPLETE" and _finite(t.value) and t.objective == self.objective]
+        if not done or self.direction is None:
+            return None
+        pick = min if self.direction == "minimize" else max
+        return pick(done, key=lambda t: t.value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def parse_value(text: str) -> Any:
+    """An override's value as a number where it is one (so it can be plotted), else the text."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if re.fullmatch(r"[+-]?\d+", text.strip()) else number
+
+
+def split_override(override: str) -> tuple[str, str] | None:
+    if "=" not in override:
+        return None
+    key, value = override.split("=", 1)
+    return key.lstrip("+~"), value
+
+
+# -- from the sweep folder ------------------------------------------------------------------------
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return path.is_dir() and (any((path / f).exists() for f in SWEEP_FILES) or bool(_job_dirs(path)))
+
+
+def _job_dirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportInputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
+    """Every trial of the sweep folder, merged with what the sweeper recorded of it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportInputError(f"{path}: no such folder (expected a sweep folder, e.g. multirun/<date>/<time>)")
+    if not is_sweep_dir(path):
+        raise ReportInputError(
+            f"{path} is not a sweep folder: it has none of {', '.join(SWEEP_FILES)} and no numbered job folders"
+        )
+    parent = _read_json(path / PARENT_FILE) or {}
+    summary, optuna, sandwich = (_read_json(path / f) for f in (SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE))
+    trials = {int(d.name): _trial_from_dir(d) for d in _job_dirs(path)}
+    for entry in (summary or {}).get("jobs", []):
+        _merge_entry(trials, entry["number"], entry.get("overrides") or [], entry.get("state"), entry.get("error"))
+    for t in (optuna or {}).get("trials", []):
+        state = OPTUNA_STATES.get(t.get("state"), t.get("state"))
+        overrides = [f"{k}={v}" for k, v in (t.get("params") or {}).items()]
+        _merge_entry(trials, t["number"], overrides, state, t.get("error"))
+    multirun = _multirun(path)
+    sweep = Sweep(
+        source=source or str(path),
+        sweep_dir=path.resolve(),
+        sweeper=_sweeper_name(multirun, optuna, sandwich, summary),
+        swept=[],
+        trials=[trials[n] for n in sorted(trials)],
+        parent_run_id=parent.get("run_id"),
+        tracking_uri=parent.get("tracking_uri"),
+        sandwich=sandwich,
+        optuna=optuna,
+        summary=summary,
+    )
+    declared = list(parent.get("swept") or []) + ([sandwich["param"]] if sandwich else [])
+    finish(sweep, declared, _optuna_direction(multirun, optuna))
+    return sweep
+
+
+def _trial_from_dir(job: Path) -> Trial:
+    overrides = _overrides(job / ".hydra" / "overrides.yaml")
+    record = _read_json(job / "metrics.json")
+    if record is None:  # the trial died before writing its record (a sweeper's file may say why)
+        return Trial(int(job.name), overrides, {}, "FAILED", error=NO_RECORD)
+    return Trial(
+        number=int(job.name),
+        overrides=overrides,
+        params={},
+        state=record.get("state", "COMPLETE"),
+        value=record.get("value"),
+        objective=record.get("objective"),
+        metrics=record.get("metrics") or {},
+        series={k: [(float(s), float(v)) for s, v in pts] for k, pts in (record.get("series") or {}).items()},
+        diagnostics=list(record.get("diagnostics") or []),
+        steps=record.get("steps"),
+    )
+
+
+def _overrides(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    import yaml
+
+    return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+
+
+def _merge_entry(trials: dict[int, Trial], number: int, overrides: list[str], state: str | None, error: str | None):
+    """What a sweeper recorded of a job: the error of a failed one, or a job without a folder."""
+    trial = trials.get(number)
+    if trial is None:
+        trials[number] = Trial(number, list(overrides), {}, state or "FAILED", error=error)
+        return
+    if not trial.overrides:
+        trial.overrides = list(overrides)
+    if error and trial.error in (None, NO_RECORD):
+        trial.error = error
+    if state == "FAILED" and trial.state != "FAILED":  # e.g. a non-finite objective
+        trial.state = "FAILED"
+
+
+def _multirun(path: Path) -> dict[str, Any]:
+    file = path / "multirun.yaml"
+    if not file.exists():
+        return {}
+    import yaml
+
+    try:
+        return yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+
+
+def _sweeper_name(multirun: dict, optuna, sandwich, summary) -> str:
+    target = ((multirun.get("hydra") or {}).get("sweeper") or {}).get("_target_", "")
+    for name, hint in (("optuna5", "optuna"), ("sandwich", "sandwich"), ("grid", "grid"), ("basic", "BasicSweeper")):
+        if hint in target:
+            return name
+    if optuna:
+        return "optuna5"
+    if sandwich:
+        return "sandwich"
+    if summary:
+        return "grid"
+    return target or "unknown"
+
+
+def _optuna_direction(multirun: dict, optuna) -> str | None:
+    directions = (optuna or {}).get("directions")
+    if directions:
+        return directions[0]
+    direction = ((multirun.get("hydra") or {}).get("sweeper") or {}).get("direction")
+    if isinstance(direction, list):
+        direction = direction[0] if direction else None
+    return direction if "optuna" in str((multirun.get("hydra") or {}).get("sweeper") or {}) else None
+
+
+def finish(sweep: Sweep, declared: list[str], direction: str | None) -> None:
+    """Swept keys (declared, or varying across trials), each trial's values of them, objective
+    and direction."""
+    keyed = [dict(filter(None, map(split_override, t.overrides))) for t in sweep.trials]
+    varying = {k for k in set().union(*keyed) if len({d.get(k) for d in keyed}) > 1} if keyed else set()
+    sweep.swept = sorted(set(declared) | varying)
+    for trial, overrides in zip(sweep.trials, keyed, strict=True):
+        trial.params = {k: parse_value(overrides[k]) for k in sweep.swept if k in overrides}
+    objectives = [t.objective for t in sweep.trials if t.state == "COMPLETE" and t.objective]
+    sweep.objective = max(set(objectives), key=objectives.count) if objectives else None
+    sweep.direction, sweep.direction_known = direction, direction is not None
+    if direction is None and sweep.objective:
+        lower = any(word in sweep.objective for word in LOWER_IS_BETTER)
+        sweep.direction = "minimize" if lower else "maximize"
+
+
+def load(target: str, tracking_uri: str | None = None) -> Sweep:
+    """A sweep folder, or (when `target` is no folder) an MLflow parent run id."""
+    path = Path(target)
+    if path.exists():
+        return load_sweep_dir(path)
+    if re.fullmatch(r"[0-9a-f]{32}", target):
+        return load_parent_run(target, tracking_uri or "sqlite:///./mlflow.db")
+    raise ReportInputError(
+        f"{target}: neither a folder nor an MLflow run id (expected a sweep folder or the sweep's parent run id)"
+    )
+
+
+# -- from MLflow ----------------------------------------------------------------------------------
+
+
+def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
+    """The parent run's sweep folder if it still exists, else the sweep rebuilt from its child
+    runs (params, metric histories, tags) and the sweeper's result the parent run holds."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ReportInputError(f"run {run_id} not found in --tracking-uri {tracking_uri}: {exc.message}") from exc
+    tags = parent.data.tags
+    if tags.get("sweep_sft.kind") != "sweep":
+        raise ReportInputError(f"run {run_id} is not a sweep's parent run (no tag sweep_sft.kind=sweep)")
+    folder = tags.get("sweep_sft.sweep_dir")
+    if folder and is_sweep_dir(Path(folder)):
+        sweep = load_sweep_dir(folder, source=f"run {run_id}")
+        sweep.parent_run_id, sweep.tracking_uri = run_id, tracking_uri
+        return sweep
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=10000
+    )
+    results = _parent_artifacts(client, run_id)
+    trials = [_trial_from_run(client, child, i) for i, child in enumerate(sorted(children, key=_run_number))]
+    sweep = Sweep(
+        source=f"run {run_id}",
+        sweep_dir=None,
+        sweeper=_sweeper_name({}, results.get(OPTUNA_FILE), results.get(SANDWICH_FILE), results.get(SUMMARY_FILE)),
+        swept=[],
+        trials=trials,
+        parent_run_id=run_id,
+        tracking_uri=tracking_uri,
+        sandwich=results.get(SANDWICH_FILE),
+        optuna=results.get(OPTUNA_FILE),
+        summary=results.get(SUMMARY_FILE),
+    )
+    declared = _swept_from_tag(tags.get("sweep_sft.overrides", "")) + (
+        [sweep.sandwich["param"]] if sweep.sandwich else []
+    )
+    finish(sweep, declared, _optuna_direction({}, sweep.optuna))
+    return sweep
+
+
+def _run_number(run) -> tuple[int, str]:
+    name = run.data.tags.get("mlflow.runName", "")
+    head = name.split(":", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, run.info.start_time or 0)
+
+
+def _swept_from_tag(overrides: str) -> list[str]:
+    """Command-line sweeps (`lr=1e-4,1e-3`) in the parent's sweep_sft.overrides tag."""
+    keys = []
+    for item in overrides.split():
+        pair = split_override(item)
+        if pair and ("," in pair[1] or pair[1].startswith(("range(", "choice(", "interval("))):
+            keys.append(pair[0])
+    return keys
+
+
+def _trial_from_run(client, run, index: int) -> Trial:
+    tags, run_id = run.data.tags, run.info.run_id
+    name = tags.get("mlflow.runName", "")
+    head, _, rest = name.partition(": ")
+    number = int(head) if head.isdigit() else index
+    overrides = re.split(r",(?=[\w.+~/-]+=)", rest) if rest else []
+    state = tags.get("sweep_sft.trial_state") or {"FINISHED": "COMPLETE"}.get(run.info.status, "FAILED")
+    if run.info.status == "FAILED" or ERROR_TAG in tags:
+        state = "FAILED"
+    series = {
+        key: [(float(m.step), float(m.value)) for m in sorted(client.get_metric_history(run_id, key), key=_step)]
+        for key in run.data.metrics
+    }
+    record = _run_artifact(client, run.info.run_id, "objective.json") or {}
+    return Trial(
+        number=number,
+        overrides=[o for o in overrides if "=" in o],
+        params={},
+        state=state if state != "REQUEUED" else "FAILED",
+        value=record.get("value"),
+        objective=record.get("objective"),
+        metrics=dict(run.data.metrics),
+        series=series,
+        diagnostics=_findings_from_tags(tags),
+        error=tags.get(ERROR_TAG),
+        steps=record.get("steps"),
+    )
+
+
+def _step(metric) -> tuple[int, int]:
+    return (metric.step, metric.timestamp)
+
+
+def _findings_from_tags(tags: dict[str, str]) -> list[dict[str, Any]]:
+    """`diagnostics.<sign>` tags ("step 12: evidence (+1 more at steps 40)") as findings."""
+    out = []
+    for key, text in sorted(tags.items()):
+        if not key.startswith("diagnostics.") or key == "diagnostics.count":
+            continue
+        match = re.match(r"step (\d+): (.*)", text, re.S)
+        step, evidence = (int(match.group(1)), match.group(2)) if match else (None, text)
+        out.append({"sign": key.split(".", 1)[1], "step": step, "evidence": evidence, "severity": ""})
+    return out
+
+
+def _parent_artifacts(client, run_id: str) -> dict[str, Any]:
+    names = {a.path for a in client.list_artifacts(run_id)}
+    return {f: _run_artifact(client, run_id, f) for f in (SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE) if f in names}
+
+
+def _run_artifact(client, run_id: str, name: str) -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, name, tmp)
+        except Exception:  # absent (an old run, a trial that died first): the report goes on without it
+            return None
+        return json.loads(Path(local).read_text())

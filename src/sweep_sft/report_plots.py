@@ -1,0 +1,255 @@
+"""The report's plots as PNG bytes (matplotlib, Agg backend). Each returns None, or a
+`Missing` note, when the sweep lacks its data: the report prints the note instead."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sweep_sft.report_data import Sweep, Trial
+
+MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
+STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}
+
+
+@dataclass
+class Missing:
+    note: str  # one line: why the plot is not there
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _colors(trials: list[Trial]) -> dict[int, Any]:
+    cmap = _pyplot().get_cmap("tab10" if len(trials) <= 10 else "viridis")
+    n = max(len(trials) - 1, 1)
+    return {t.number: cmap(i if len(trials) <= 10 else i / n) for i, t in enumerate(trials)}
+
+
+def _legend(ax, n: int, **kwargs) -> None:
+    if 0 < n <= MAX_LEGEND:
+        ax.legend(fontsize=7, **kwargs)
+
+
+def is_log_axis(values: list[float]) -> bool:
+    """Positive values spanning at least a factor 10: a log axis."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
+
+
+def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
+    """train/loss and val/loss of every trial, one plot each."""
+    out: dict[str, bytes | Missing] = {}
+    colors = _colors(sweep.trials)
+    for metric in ("train/loss", "val/loss"):
+        trials = [t for t in sweep.trials if t.series.get(metric)]
+        if not trials:
+            out[metric] = Missing(f"no trial logged {metric}")
+            continue
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for t in trials:
+            steps, values = zip(*t.series[metric], strict=True)
+            style = "--" if t.state != "COMPLETE" else "-"
+            marker = "o" if len(steps) <= 12 else None
+            label = f"{t.label} ({t.state.lower()})"
+            ax.plot(steps, values, style, marker=marker, ms=3, color=colors[t.number], label=label)
+        ax.set(xlabel="step", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+        _legend(ax, len(trials), loc="center left", bbox_to_anchor=(1.01, 0.5))
+        out[metric] = _png(fig)
+    return out
+
+
+def task_types(sweep: Sweep, prefix: str) -> list[str]:
+    """The task_types with a `<prefix>/<task_type>` metric in any trial."""
+    head = prefix + "/"
+    tasks = {k[len(head) :] for t in sweep.trials for k in (*t.series, *t.metrics) if k.startswith(head)}
+    return sorted(task for task in tasks if task and not task.startswith("_"))
+
+
+def channel_losses(sweep: Sweep) -> bytes | Missing:
+    """val/loss/<task_type>: a small plot per task_type, a line per trial."""
+    tasks = [
+        task for task in task_types(sweep, "val/loss") if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
+    ]
+    if not tasks:
+        return Missing("no trial logged per-task_type validation losses (val/loss/<task_type>)")
+    plt = _pyplot()
+    cols = min(4, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    colors = _colors(sweep.trials)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for t in sweep.trials:
+            points = t.series.get(f"val/loss/{task}")
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, "-o", ms=2.5, lw=1.2, color=colors[t.number], label=t.label)
+        ax.set_title(task, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if 0 < len(handles) <= MAX_LEGEND:
+        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("val/loss per task_type", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def objective_vs_params(sweep: Sweep) -> bytes | Missing:
+    """The objective of every complete trial against each swept parameter."""
+    done = [t for t in sweep.trials if t.state == "COMPLETE" and t.objective == sweep.objective and _finite(t.value)]
+    if not sweep.objective or not done:
+        return Missing("no complete trial with a finite objective value")
+    params = [p for p in sweep.swept if any(p in t.params for t in done)]
+    if not params:
+        return Missing("the sweep varies no parameter (nothing to plot the objective against)")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(params), figsize=(max(4.5 * len(params), 6), 3.6), squeeze=False)
+    best = sweep.best()
+    for ax, param in zip(axes[0], params, strict=True):
+        trials = [t for t in done if param in t.params]
+        xs, ys = [t.params[param] for t in trials], [t.value for t in trials]
+        if _numeric(xs):
+            if is_log_axis(xs):
+                ax.set_xscale("log")
+            _value_ticks(ax, xs)
+        else:  # categorical: positions in first-seen order, labelled with the values
+            cats = list(dict.fromkeys(map(str, xs)))
+            ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=7)
+            xs = [cats.index(str(x)) for x in xs]
+        ax.scatter(xs, ys, s=28, zorder=3, color="tab:blue")
+        for t, x, y in zip(trials, xs, ys, strict=True):
+            ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if best is not None and t.number == best.number:
+                ax.scatter([x], [y], s=120, facecolors="none", edgecolors="tab:red", zorder=4, label="best")
+        ax.margins(0.12)  # room for the labels of the outermost points
+        ax.set(xlabel=param, ylabel=sweep.objective)
+        ax.grid(alpha=0.3)
+        if best is not None and best in trials:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _value_ticks(ax, xs: list[float]) -> None:
+    """Few distinct values (a grid): a tick at each, labelled with it, and no minor labels,
+    which crowd each other on a log axis spanning under a decade or two."""
+    from matplotlib.ticker import NullFormatter
+
+    values = sorted(set(xs))
+    if len(values) <= 8:
+        ax.set_xticks(values, [f"{v:.3g}" for v in values], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def task_gain(trial: Trial) -> tuple[float | None, str]:
+    """How much the trial learned: its mean exact match over task_types, or else its val/loss
+    reduction from the first evaluation."""
+    if _finite(trial.metrics.get("task/exact_match")):
+        return trial.metrics["task/exact_match"], "task/exact_match"
+    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and _finite(v)]
+    if per_task:
+        return sum(per_task) / len(per_task), "task/exact_match (mean over task_types)"
+    val = trial.series.get("val/loss") or []
+    if len(val) >= 2:
+        return val[0][1] - val[-1][1], "val/loss reduction from the first evaluation"
+    return None, ""
+
+
+def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
+    """general_drop (forgetting) against task gain (learning), a labelled point per trial."""
+    points = []
+    for t in sweep.trials:
+        gain, what = task_gain(t)
+        drop = t.metrics.get("general_drop")
+        if gain is not None and _finite(drop):
+            points.append((t, gain, drop, what))
+    if not points:
+        return Missing("no trial has both general_drop and a task gain (task/exact_match or a val/loss series)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for t, gain, drop, _ in points:
+        ax.scatter([gain], [drop], marker=STATE_MARKERS.get(t.state, "o"), s=30, color="tab:purple")
+        ax.annotate(f"#{t.number}", (gain, drop), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.margins(0.12)
+    whats = sorted({p[3] for p in points})
+    ax.set(xlabel=" / ".join(whats) + "  (learned →)", ylabel="general_drop  (forgot ↑)")
+    ax.set_title("learn vs forget: up is worse, right is better", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def sandwich(sweep: Sweep) -> bytes | None:
+    """The sandwich search: each probe on the param axis (its round on y), green passing, red
+    failing, the final bracket shaded. None when the sweep is no sandwich search."""
+    result = sweep.sandwich
+    if not result:
+        return None
+    probes = [p for p in result.get("probes", []) if _finite(p.get("value"))]
+    bracket = result.get("bracket") or {}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2 + 0.25 * len(probes)))
+    values = [p["value"] for p in probes] + [v for v in bracket.values() if _finite(v)]
+    if is_log_axis(values):
+        ax.set_xscale("log")
+    _value_ticks(ax, [p["value"] for p in probes])
+    ax.margins(x=0.12)  # room for the rightmost probe's label
+    if _finite(bracket.get("passing")) and _finite(bracket.get("failing")):
+        lo, hi = sorted((bracket["passing"], bracket["failing"]))
+        ax.axvspan(lo, hi, color="gold", alpha=0.35, label="final bracket")
+    constraint = result.get("constraint") or {}
+    metric = constraint.get("metric")
+    for p in probes:
+        color = "tab:green" if p.get("passed") else "tab:red"
+        ax.scatter([p["value"]], [p.get("round", 0)], color=color, s=50, zorder=3)
+        got = [r.get(metric) for r in p.get("results") or [] if isinstance(r, dict)]
+        text = ", ".join(f"{v:.3g}" for v in got if _finite(v)) or "failed"
+        ax.annotate(
+            f"{p['value']:.3g}: {text}",  # the metric is in the title
+            (p["value"], p.get("round", 0)),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=7,
+        )
+    ax.scatter([], [], color="tab:green", label="passes")
+    ax.scatter([], [], color="tab:red", label="fails")
+    rounds = [p.get("round", 0) for p in probes]
+    if rounds:
+        ax.set_ylim(max(rounds) + 0.7, min(rounds) - 0.7)  # round 1 on top
+        ax.set_yticks(sorted(set(rounds)))
+    rule = f"{metric} {constraint.get('op', '')} {constraint.get('threshold', '')}" if metric else ""
+    ax.set(xlabel=result.get("param", "param"), ylabel="round", title=f"sandwich search: {rule}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
