@@ -59,12 +59,16 @@ test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster,
 lint: $(VENV)/.installed-test ## ruff on the package and tests
 	$(VENV)/bin/ruff check src tests bench
 
-bench: $(VENV)/.installed-bench bench-pruning ## throughput vs TRL SFTTrainer, the short-answer study, pruning savings (tables)
+bench: $(VENV)/.installed-bench bench-pruning bench-eval ## throughput vs TRL SFTTrainer, the short-answer study, pruning savings, evaluation cost (tables)
 	$(PY) bench/throughput.py $(ARGS)
 	$(PY) bench/short_answer_study.py
 
 bench-pruning: $(VENV)/.installed ## trial-steps an Optuna study saves with a median pruner (table)
 	$(PY) bench/pruning.py
+
+bench-eval: $(VENV)/.installed ## what each final evaluation costs (table); trains one default trial first
+	test -d outputs/bench-eval/model || $(PY) -m sweep_sft tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval
+	$(PY) bench/eval_cost.py outputs/bench-eval $(EVAL_ARGS)
 
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -76,4 +80,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test lint bench bench-pruning mlflow-ui mlflow-server clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean

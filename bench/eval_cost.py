@@ -1,0 +1,65 @@
+"""What each final evaluation costs on the embedded default: the parts of a trial's end (and of
+`python -m sweep_sft.evaluate`) timed one by one on a trained model, as a table.
+
+    python bench/eval_cost.py <trial folder with model/>   # e.g. the folder `make run` printed
+    python bench/eval_cost.py <trial> --repeat 3 --threads 2 eval.pass_k=8
+
+The trial's own config gives the data and eval settings (key=value overrides change them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trial", help="a trial output folder (its model/ is evaluated)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.pass_k_examples=64")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from sweep_sft import eval_target, modeling, standalone_eval
+    from sweep_sft.data.pipeline import prepare
+    from sweep_sft.data.records import first_per_task
+    from sweep_sft.evaluate import exact_match, sampled_pass_at_k, trained_sample, validation_loss
+
+    torch.set_num_threads(args.threads)
+    target = eval_target.resolve(args.trial)
+    config = standalone_eval.load_config(target, args.overrides)
+    ev, cpu = config.eval, torch.device("cpu")
+    tokenizer, model = standalone_eval.load_trained(config, target, cpu)
+    eot = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
+    data = prepare(config, tokenizer, eot)
+    sampled = first_per_task(data.val_examples, ev.pass_k_examples)
+    recalled = trained_sample(data.train_rows, ev.train_recall_examples, config.trainer.seed)
+    gen = (cpu, ev.max_new_tokens, ev.batch_size, eot)
+    parts = {
+        f"validation loss ({len(data.val_rows)} examples)": lambda: validation_loss(
+            model, data.val_rows, data.tasks, cpu, ev.batch_size, tokenizer.pad_token_id
+        ),
+        f"exact match, greedy ({len(data.val_examples)} prompts)": lambda: exact_match(
+            model, tokenizer, data.val_examples, *gen
+        ),
+        f"pass@{ev.pass_k}, {ev.num_samples} samples x {len(sampled)} prompts": lambda: sampled_pass_at_k(
+            model, tokenizer, sampled, cpu, ev, eot, config.trainer.seed
+        ),
+        f"train recall, greedy ({len(recalled)} prompts)": lambda: exact_match(model, tokenizer, recalled, *gen),
+    }
+    print(f"| part | median s of {args.repeat} | min s |\n|---|---|---|")
+    for name, run in parts.items():
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
