@@ -71,7 +71,9 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    from sweep_sft.tracking import default_uri
+
+    uri = tracking_uri or default_uri()
     try:
         return dict(MlflowClient(tracking_uri=uri).get_run(ref).data.metrics)
     except MlflowException as exc:

@@ -71,7 +71,9 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    from sweep_sft.tracking import default_uri
+
+    uri = tracking_uri or default_uri()
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

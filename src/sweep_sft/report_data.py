@@ -258,7 +258,9 @@ def load(target: str, tracking_uri: str | None = None) -> Sweep:
     if path.exists():
         return load_sweep_dir(path)
     if re.fullmatch(r"[0-9a-f]{32}", target):
-        return load_parent_run(target, tracking_uri or "sqlite:///./mlflow.db")
+        from sweep_sft.tracking import default_uri
+
+        return load_parent_run(target, tracking_uri or default_uri())
     raise ReportInputError(
         f"{target}: neither a folder nor an MLflow run id (expected a sweep folder or the sweep's parent run id)"
     )

@@ -34,8 +34,13 @@ class TrackingError(UserInputError):
     """The tracking server did not take a run's records within tracking.outage_timeout_s."""
 
 
+def default_uri() -> str:
+    """The local store a trial uses without tracking.uri, and the tools' --tracking-uri default."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return cfg.uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return cfg.uri or default_uri()
 
 
 def experiment_id(client, name: str) -> str:
