@@ -84,25 +84,51 @@ def test_mlflow_run_ids_are_compared_too(tmp_path, capsys):
     assert "no-such-run: neither a trial folder nor a run in" in capsys.readouterr().err
 
 
-def test_pass_at_k_tells_a_fluctuation_from_a_real_drop(tmp_path, capsys):
-    with_pass = {"task__pass_at_4__reasoning__addition": 0.80, "task__pass_at_4__classification__sentiment": 1.0}
-    a = trial(tmp_path, "a", **with_pass)
-    # Greedy exact match fell, but the right answer is still among 4 samples as often.
-    held = trial(tmp_path, "held", task__exact_match__reasoning__addition=0.30, **with_pass)
+SAMPLED = {
+    "task__pass_at_4__reasoning__addition": 0.80,
+    "task__sample_match__reasoning__addition": 0.45,
+    "task__pass_at_4__classification__sentiment": 1.0,
+    "task__sample_match__classification__sentiment": 0.9,
+}
+
+
+def test_sampled_metrics_tell_a_fluctuation_from_a_real_drop(tmp_path, capsys):
+    a = trial(tmp_path, "a", **SAMPLED)
+    # Greedy exact match fell, but the right answer is sampled as often as before.
+    held = trial(tmp_path, "held", task__exact_match__reasoning__addition=0.30, **SAMPLED)
     assert main([a, held]) == 0
     out = capsys.readouterr().out
-    assert "exact match -0.20 but pass@4 0.80->0.80: fluctuation" in rows(out)["reasoning/addition"]
+    verdict = "exact match -0.20 but pass@4 0.80->0.80, sample match 0.45->0.45 held: fluctuation"
+    assert verdict in rows(out)["reasoning/addition"]
     assert "pass@4 A" in out and "no regression beyond the tolerances" in out
     fell = trial(
         tmp_path,
         "fell",
         task__exact_match__reasoning__addition=0.30,
-        **{**with_pass, "task__pass_at_4__reasoning__addition": 0.40},
+        **{**SAMPLED, "task__pass_at_4__reasoning__addition": 0.40},
     )
     assert main([a, fell]) == 1
     out = capsys.readouterr().out
-    assert "exact match -0.20, pass@4 also 0.80->0.40: real drop" in rows(out)["reasoning/addition"]
+    assert "exact match -0.20, pass@4 0.80->0.40, sample match 0.45->0.45: real drop" in rows(out)["reasoning/addition"]
     assert "regressions: reasoning/addition" in out
+
+
+def test_a_saturated_pass_at_k_does_not_hide_a_large_drop(tmp_path, capsys):
+    """pass@4 near 1 in both runs while exact match collapses: the share of right samples fell."""
+    a = trial(tmp_path, "a", **SAMPLED)
+    b = trial(
+        tmp_path,
+        "b",
+        task__exact_match__classification__sentiment=0.10,
+        **{
+            **SAMPLED,
+            "task__pass_at_4__classification__sentiment": 0.97,
+            "task__sample_match__classification__sentiment": 0.15,
+        },
+    )
+    assert main([a, b]) == 1
+    line = rows(capsys.readouterr().out)["classification/sentiment"]
+    assert "exact match -0.90, pass@4 1.00->0.97, sample match 0.90->0.15: real drop" in line
 
 
 def test_without_pass_at_k_in_both_runs_a_drop_stays_a_regression(tmp_path, capsys):

@@ -5,8 +5,9 @@ A and B are trial output folders (their metrics.json), evaluation.json files wri
 the local ./mlflow.db). B is the candidate, A the baseline: every delta is B - A, and a task_type
 whose exact match drops or whose validation loss rises beyond the tolerances is flagged as a
 regression, and so is a general-ability drop (forgetting) beyond A's. Where exact match drops and
-both runs measured pass@k (`eval.pass_k`), pass@k tells a fluctuation (greedy decoding flipped, but
-the right answer is still among the k samples as often: not a regression) from a real drop.
+both runs measured pass@k (`eval.pass_k`), pass@k and the share of right samples tell a
+fluctuation (greedy decoding flipped, but the right answer is sampled as often as before: not a
+regression) from a real drop.
 Exit status 1 when anything regressed, so CI can gate on it; 2 for bad input.
 """
 
@@ -98,17 +99,31 @@ def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_
         pass_a, pass_b = (m.get(f"task/pass_at_{k}/{task}", math.nan) for m in (a, b))
         row = Row(task, loss_a, loss_b, em_a, em_b, [], pass_a, pass_b)
         if row.em_a - row.em_b > em_tolerance:
-            drop = f"exact match -{row.em_a - row.em_b:.2f}"
-            if math.isnan(pass_a) or math.isnan(pass_b):
-                row.regressed.append(drop)
-            elif pass_a - pass_b > em_tolerance:
-                row.regressed.append(f"{drop}, pass@{k} also {pass_a:.2f}->{pass_b:.2f}: real drop")
-            else:
-                row.notes.append(f"{drop} but pass@{k} {pass_a:.2f}->{pass_b:.2f}: fluctuation")
+            text, real = drop_verdict(task, a, b, k, row.em_a - row.em_b, em_tolerance)
+            (row.regressed if real else row.notes).append(text)
         if row.loss_b - row.loss_a > loss_tolerance * abs(row.loss_a):
             row.regressed.append(f"val loss +{(row.loss_b - row.loss_a) / abs(row.loss_a):.0%}")
         rows.append(row)
     return rows
+
+
+def drop_verdict(
+    task: str, a: dict[str, float], b: dict[str, float], k: int | None, drop: float, tolerance: float
+) -> tuple[str, bool]:
+    """An exact-match drop, told apart with the sampled metrics: a fluctuation (not a regression)
+    when pass@k and the share of right samples both held, so the right answer is as likely as
+    before and greedy decoding flipped between near-ties; a real drop when either fell. pass@k
+    alone saturates (near 1 for any answer the model still gives sometimes); the sample share
+    does not. Without pass@k in both runs, every drop counts."""
+    text = f"exact match -{drop:.2f}"
+    keys = {f"pass@{k}": f"task/pass_at_{k}/{task}", "sample match": f"task/sample_match/{task}"}
+    measured = {name: (a[key], b[key]) for name, key in keys.items() if key in a and key in b}
+    if k is None or f"pass@{k}" not in measured:
+        return text, True
+    moves = ", ".join(f"{name} {va:.2f}->{vb:.2f}" for name, (va, vb) in measured.items())
+    if any(va - vb > tolerance for va, vb in measured.values()):
+        return f"{text}, {moves}: real drop", True
+    return f"{text} but {moves} held: fluctuation", False
 
 
 def compare_runs(a: dict[str, float], b: dict[str, float], tolerances: Tolerances) -> Comparison:

@@ -265,8 +265,9 @@ class EvalConfig:
     samples: int | None = None
     # Sampling temperature of the pass@k generations.
     temperature: float = 0.8
-    # Validation prompts per task_type that get sampled (the first N); null: all of them.
-    pass_k_examples: int | None = 32
+    # Validation prompts per task_type that get sampled (the first N); null: all of them, the
+    # prompts exact match scores, so compare's pass@k check judges a drop on the same prompts.
+    pass_k_examples: int | None = None
     # Training prompts per task_type (a seeded sample of what was trained on) whose greedy
     # generation is scored like exact match: low recall = underfit, high recall with low
     # validation exact match = learned but not generalising. 0: off.
