@@ -103,3 +103,28 @@ def test_train_recall_samples_distinct_trained_examples_per_task(setup):
         assert all(any(e is a for a in available) for e in chosen)
     assert trained_sample(rows, 2, seed=0) == picked
     assert trained_sample([Tokenized([1], [1], "packed")], 2, seed=0) == []  # no example: nothing to recall
+
+
+def test_the_models_own_generation_config_does_not_change_what_is_measured(setup):
+    """A repetition penalty or a minimum length in a model's generation_config (some released
+    models ship them) would change greedy answers and samples: evaluation decodes plainly."""
+    model, tokenizer, eot, examples = setup
+    plain = generate_answers(model, tokenizer, examples, CPU, 4, 8, eot)
+    cfg = EvalConfig(max_new_tokens=4, pass_k=2, temperature=1.0)
+    sampled = sampled_pass_at_k(model, tokenizer, examples, CPU, cfg, eot, seed=0)
+    saved = model.generation_config
+    model.generation_config = replace_generation(saved, repetition_penalty=50.0, min_new_tokens=4, top_k=1, min_p=0.5)
+    try:
+        assert generate_answers(model, tokenizer, examples, CPU, 4, 8, eot) == plain
+        assert sampled_pass_at_k(model, tokenizer, examples, CPU, cfg, eot, seed=0) == sampled
+    finally:
+        model.generation_config = saved
+
+
+def replace_generation(config, **changes):
+    import copy
+
+    changed = copy.deepcopy(config)
+    for key, value in changes.items():
+        setattr(changed, key, value)
+    return changed

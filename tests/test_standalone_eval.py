@@ -25,18 +25,53 @@ PER_TASK = (
 )
 
 
-def overrides(folder, uri: str, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def greedy_data(tmp_path_factory, embedded_model_path, embedded_data_path):
+    """Train and validation files from the embedded default whose every other reference is the
+    base model's own 2-token greedy answer, so a barely trained model gets those right: exact
+    match, pass@k and train recall are neither 0 nor 1, and a standalone evaluation that sampled
+    other prompts or seeds would disagree with the trial."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sweep_sft.data.records import first_per_task, load_jsonl
+    from sweep_sft.evaluate import generate_answers
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32)
+    eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    root = tmp_path_factory.mktemp("greedy-data")
+    files = {}
+    for split, per_task in (("train", 16), ("validation", 4)):
+        examples = first_per_task(load_jsonl(embedded_data_path / f"{split}.jsonl"), per_task)
+        answers = generate_answers(model, tokenizer, examples, torch.device("cpu"), 2, 64, eot)
+        lines = []
+        for i, (example, (answer,)) in enumerate(zip(examples, answers, strict=True)):
+            messages = [dict(m) for m in example.messages]
+            if i % 2 == 0 and answer:
+                messages[-1]["content"] = answer
+            lines.append(json.dumps({"task_type": example.task_type, "messages": messages}))
+        files[split] = root / f"{split}.jsonl"
+        files[split].write_text("\n".join(lines) + "\n")
+    return files
+
+
+def overrides(folder, uri: str, data: dict, *extra: str) -> list[str]:
     return [
-        "data.max_train_examples=128",
-        "data.max_val_per_task=4",
+        "data=jsonl",
+        f"data.mix.sources.files.train={data['train']}",
+        f"data.mix.sources.files.val={data['validation']}",
+        "lr=1e-9",  # the base model's greedy answers stay its answers
         "trainer.max_steps=4",
         "trainer.batch_size=16",
         "trainer.eval_every=2",
         "trainer.checkpoint_every=2",
         "trainer.num_threads=1",
         "trainer.progress=false",
-        "eval.max_new_tokens=8",
-        "eval.train_recall_examples=4",
+        "eval.max_new_tokens=2",
+        "eval.temperature=1.5",
+        "eval.train_recall_examples=6",
         "tracking.log_model=true",
         f"tracking.uri={uri}",
         f"output_dir={folder}",
@@ -45,11 +80,11 @@ def overrides(folder, uri: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, greedy_data):
     root = tmp_path_factory.mktemp("standalone")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = run_trial(compose(overrides(root / "trial", uri)))
-    return root, uri, result
+    result = run_trial(compose(overrides(root / "trial", uri, greedy_data)))
+    return root, uri, result, greedy_data
 
 
 def evaluation(capsys, *args: str) -> dict:
@@ -66,21 +101,24 @@ def assert_same(evaluated: dict, final: dict, prefixes=PER_TASK, extra=("general
 
 
 def test_the_trial_records_pass_at_k_and_train_recall_per_task(trained):
-    _, _, result = trained
+    _, _, result, _ = trained
     tasks = [k.removeprefix("val/loss/") for k in result.metrics if k.startswith("val/loss/")]
     for task in tasks:
         for prefix in PER_TASK:
             assert 0 <= result.metrics[f"{prefix}{task}"] <= 1 or prefix.startswith("val/")
+    for prefix in ("task/exact_match/", "task/pass_at_4/", "task/sample_match/", "task/train_recall/"):
+        values = [v for k, v in result.metrics.items() if k.startswith(prefix)]
+        assert len(values) == 8 and 0 < sum(values) < 8, prefix  # neither all wrong nor all right
     assert (trained[0] / "trial" / "model" / "config.json").is_file()
 
 
 def test_the_trial_folder_evaluates_to_the_trials_own_numbers(trained, capsys):
-    root, _, result = trained
+    root, _, result, _ = trained
     assert_same(evaluation(capsys, str(root / "trial")), result.metrics)
 
 
 def test_a_checkpoint_evaluates_to_the_loss_logged_at_its_step(trained, capsys):
-    root, _, result = trained
+    root, _, result, _ = trained
     metrics = evaluation(capsys, str(root / "trial" / "checkpoints" / "step-2"), "--out", str(root / "step2.json"))
     at_step_2 = {
         key: dict((int(s), v) for s, v in points)[2]
@@ -93,7 +131,7 @@ def test_a_checkpoint_evaluates_to_the_loss_logged_at_its_step(trained, capsys):
 
 
 def test_overrides_change_the_evaluation(trained, capsys):
-    root, _, _ = trained
+    root, _, _, _ = trained
     metrics = evaluation(
         capsys, str(root / "trial"), "eval.pass_k=2", "eval.general_probe=false", "--out", str(root / "k2.json")
     )
@@ -101,33 +139,49 @@ def test_overrides_change_the_evaluation(trained, capsys):
 
 
 def test_a_run_id_evaluates_its_logged_model_when_the_folder_is_gone(trained, capsys, monkeypatch, tmp_path):
-    root, uri, result = trained
+    root, uri, result, _ = trained
     moved = root / "moved-away"
     (root / "trial").rename(moved)
     try:
         monkeypatch.chdir(tmp_path)
         metrics = evaluation(capsys, result.run_id, "--tracking-uri", uri)
         assert (tmp_path / "evaluation.json").is_file()
+        from sweep_sft.cache import cache_root
+
+        specs = [json.loads(p.read_text()) for p in cache_root().glob("run-model-*/spec.json")]
+        assert {"run_id": result.run_id, "tracking_uri": uri} in specs  # downloaded once, kept
+        again = evaluation(capsys, result.run_id, "--tracking-uri", uri)  # from the cache: same numbers
+        assert again == {**metrics, "time/eval_s": again["time/eval_s"]}
     finally:
         moved.rename(root / "trial")
     assert_same(metrics, result.metrics)
 
 
 def test_bad_targets_are_named(trained, capsys, tmp_path):
-    root, uri, _ = trained
+    root, uri, _, _ = trained
     assert main([str(tmp_path / "nowhere-and-not-a-run"), "--tracking-uri", uri]) == 2
     assert "nowhere-and-not-a-run: neither a folder nor a run" in capsys.readouterr().err
     (tmp_path / "config.yaml").write_text((root / "trial" / "config.yaml").read_text())
     assert main([str(tmp_path)]) == 2
-    assert "saved no model (model/, trainer.save_model=true)" in capsys.readouterr().err
+    assert "no model to evaluate: the trial saved no model/ (it failed" in capsys.readouterr().err
+    config = (root / "trial" / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(config.replace("save_model: true", "save_model: false"))
+    assert main([str(tmp_path)]) == 2
+    assert "the trial ran with trainer.save_model=false and left no checkpoint" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text(config.replace("deepspeed: null", "deepspeed:\n  zero_stage: 3"))
+    assert main([str(tmp_path)]) == 2
+    assert "the trial ran under DeepSpeed ZeRO-3" in capsys.readouterr().err
     assert main([str(root / "trial"), "eval.pass_k=-1", "--out", str(tmp_path / "x.json")]) == 2
     assert "eval.pass_k must be >= 0" in capsys.readouterr().err
 
 
 def test_a_trial_with_a_baseline_records_the_comparison(trained, capsys):
-    root, uri, baseline = trained
+    root, uri, _, data = trained
+    baseline = run_trial(compose(overrides(root / "learned", uri, data, "lr=3e-3")))
     # The same trial at a learning rate too small to learn: its losses rise against the baseline.
-    candidate = run_trial(compose(overrides(root / "cand", uri, "lr=1e-9", f"eval.baseline_run_id={baseline.run_id}")))
+    candidate = run_trial(
+        compose(overrides(root / "cand", uri, data, "lr=1e-9", f"eval.baseline_run_id={baseline.run_id}"))
+    )
     out = capsys.readouterr().out
     assert "comparison with the baseline (eval.baseline_run_id)" in out
     text = (root / "cand" / "comparison.txt").read_text()
@@ -142,12 +196,12 @@ def test_a_trial_with_a_baseline_records_the_comparison(trained, capsys):
     assert delta == pytest.approx(candidate.metrics[f"val/loss/{task}"] - baseline.metrics[f"val/loss/{task}"])
     assert delta > 0
     # Standalone evaluation against a baseline: exit 1 on the regression.
-    assert main([str(root / "cand"), f"eval.baseline_run_id={root / 'trial'}", "--out", str(root / "c.json")]) == 1
+    assert main([str(root / "cand"), f"eval.baseline_run_id={root / 'learned'}", "--out", str(root / "c.json")]) == 1
     assert "regressions:" in capsys.readouterr().out
 
 
-def test_an_unknown_baseline_fails_before_training(tmp_path):
+def test_an_unknown_baseline_fails_before_training(tmp_path, greedy_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ConfigError, match="eval.baseline_run_id=0123abc: .*neither a trial folder nor a run"):
-        run_trial(compose(overrides(tmp_path / "t", uri, "eval.baseline_run_id=0123abc")))
+        run_trial(compose(overrides(tmp_path / "t", uri, greedy_data, "eval.baseline_run_id=0123abc")))
     assert not (tmp_path / "t" / "metrics.json").exists()

@@ -4,6 +4,7 @@ records what it should, a model without a pad token gets one and resized embeddi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -92,6 +93,22 @@ def test_cli_bad_data_exits_non_zero_naming_file_and_line(tmp_path):
     assert f"error: {tmp_path / 'train.jsonl'}:3:" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        (["objective=task/train_recall", "eval.train_recall_examples=0"], "eval.train_recall_examples=0"),
+        (["objective=task/exact_match/classification/topic", "eval.generate=false"], "eval.generate=false"),
+        (["objective=task/pass_at_4", "eval.pass_k=0"], "eval.pass_k=0"),
+        (["objective=task/pass_at_8", "eval.pass_k=4"], "eval.pass_k=4 (it measures task/pass_at_4)"),
+        (["objective=general_drop", "eval.general_probe=false"], "eval.general_probe=false"),
+    ],
+)
+def test_an_objective_its_eval_settings_switch_off_fails_before_training(tiny_overrides, tmp_path, overrides, why):
+    with pytest.raises(ConfigError, match=re.escape(f"not measured with {why}")):
+        run_trial(compose(tiny_overrides + overrides))
+    assert not (tmp_path / "trial" / "dataset_stats.json").exists()  # stopped before the data was prepared
+
+
 def test_tiny_trial_writes_metrics_and_returns_objective(tiny_overrides, tmp_path):
     result = run_trial(compose(tiny_overrides + ["objective=task/exact_match/classification/topic"]))
     saved = json.loads((tmp_path / "trial" / "metrics.json").read_text())
@@ -158,3 +175,26 @@ def test_bf16_autocast_trains(tiny_overrides):
     result = run_trial(compose(tiny_overrides + ["trainer.precision=bf16", "eval.generate=false"]))
     losses = [value for _, value in result.series["train/loss"]]
     assert len(losses) == 4 and all(0 < value < 20 for value in losses)
+
+
+def test_a_model_that_cannot_be_saved_leaves_the_trial_recorded(tiny_overrides, tmp_path, monkeypatch, capsys):
+    """A full disk at the end (the model is the largest file a trial writes) costs the model, not
+    the trial's results: metrics.json, the final metrics and a FINISHED run with the reason."""
+    from mlflow.tracking import MlflowClient
+    from transformers import PreTrainedModel
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_space)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")] + [f"tracking.uri={uri}"]
+    result = run_trial(compose(overrides))
+    assert "No space left on device" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "trial" / "metrics.json").read_text())
+    assert saved["metrics"]["val/loss"] == result.metrics["val/loss"]
+    assert "task/exact_match" in saved["metrics"]
+    run = MlflowClient(tracking_uri=uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert "No space left on device" in run.data.tags["sweep_sft.save_model_error"]
+    assert not (tmp_path / "trial" / "model" / "config.json").exists()

@@ -14,15 +14,16 @@ from sweep_sft.errors import ConfigError, UserInputError
 COMPARISON_FILE = "comparison.txt"
 
 
-def load_baseline(config: Config) -> dict[str, float] | None:
-    """The baseline's final metrics, read before training so a wrong id fails at once."""
+def load_baseline(config: Config, store: str | None = None) -> dict[str, float] | None:
+    """The baseline's final metrics, read before training so a wrong id fails at once; a run id
+    is looked up in `store`, else in the trial's tracking.uri."""
     ref = config.eval.baseline_run_id
     if ref is None:
         return None
     from sweep_sft.tracking import tracking_uri
 
     try:
-        return load_metrics(ref, tracking_uri(config.tracking))
+        return load_metrics(ref, store or tracking_uri(config.tracking))
     except UserInputError as exc:
         raise ConfigError(f"eval.baseline_run_id={ref}: {exc}") from exc
 

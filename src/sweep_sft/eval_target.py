@@ -3,7 +3,6 @@ checkpoints, or an MLflow run id, resolved to the trial's config and the weights
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +53,21 @@ def _from_path(path: Path) -> Target:
         found = [c for c in valid_checkpoints(path, warn=False) if (c / "model.pt").is_file()]
         if found:
             return Target(path / CONFIG_FILE, None, found[-1], path)
-        raise UserInputError(
-            f"{path}: the trial saved no model ({MODEL_DIR}/, trainer.save_model=true) and has no checkpoint"
-        )
+        raise UserInputError(f"{path}: no model to evaluate: {_why_no_model(path / CONFIG_FILE)}")
     raise UserInputError(f"{path}: no {CONFIG_FILE} here: expected a trial output folder, or its model or checkpoint")
+
+
+def _why_no_model(config_file: Path) -> str:
+    from omegaconf import OmegaConf
+
+    from sweep_sft.trial import MODEL_DIR
+
+    config = OmegaConf.load(config_file)
+    if OmegaConf.select(config, "deepspeed.zero_stage") == 3:
+        return "the trial ran under DeepSpeed ZeRO-3, whose partitioned weights are neither saved nor checkpointed"
+    if OmegaConf.select(config, "trainer.save_model") is False:
+        return "the trial ran with trainer.save_model=false and left no checkpoint"
+    return f"the trial saved no {MODEL_DIR}/ (it failed, was pruned, or is still running) and left no checkpoint"
 
 
 def _config_of(trial: Path, asked: Path) -> Path:
@@ -94,7 +104,12 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
             f"run {run_id}: its trial folder {folder} is not reachable here (or holds no model) and the run logged no "
             f"{MODEL_DIR} artifact (set tracking.log_model=true when training)"
         )
-    local = Path(tempfile.mkdtemp(prefix=f"sweep-sft-eval-{run_id[:8]}-"))
-    client.download_artifacts(run_id, MODEL_DIR, str(local))
-    client.download_artifacts(run_id, CONFIG_FILE, str(local))
+    from sweep_sft.cache import build_once
+
+    def download(folder: Path) -> None:
+        client.download_artifacts(run_id, MODEL_DIR, str(folder))
+        client.download_artifacts(run_id, CONFIG_FILE, str(folder))
+
+    # A finished run's artifacts do not change: downloaded once, kept in the cache.
+    local = build_once("run-model", {"run_id": run_id, "tracking_uri": uri}, download)
     return Target(local / CONFIG_FILE, local / MODEL_DIR, None, Path.cwd())

@@ -43,6 +43,13 @@ def validation_loss(
     return metrics
 
 
+# A model's own generation_config fills every setting a generate() call leaves unset; these
+# would change what exact match and pass@k measure (a repetition penalty, a minimum length
+# that forbids stopping), so they are set to "off" explicitly.
+PLAIN_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0}
+PLAIN_SAMPLING = {"typical_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, **PLAIN_DECODING}
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -63,11 +70,9 @@ def generate_answers(
     )["input_ids"]
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     answers: list[list[str]] = [[] for _ in examples]
-    sampling = {"do_sample": False}
+    sampling = {"do_sample": False, **PLAIN_DECODING}
     if temperature is not None:
-        # Plain temperature sampling: a model's own generation_config (top_k, top_p) must not
-        # change what pass@k measures.
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, **PLAIN_SAMPLING}
     per_batch = max(1, batch_size // samples)
     was_training = model.training
     model.eval()
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.eval.baseline_run_id is not None:
             from sweep_sft.baseline import load_baseline
 
-            baseline = load_baseline(config)
+            baseline = load_baseline(config, args.tracking_uri)  # the store the target came from
         result = standalone_eval.evaluate(target, config)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

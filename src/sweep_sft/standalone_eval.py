@@ -26,9 +26,28 @@ def load_config(target: Target, overrides: list[str]) -> Config:
         extra = OmegaConf.from_dotlist(overrides)
     except Exception as exc:
         raise ConfigError(f"overrides {overrides}: expected key=value pairs ({exc})") from exc
-    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(target.config_file), extra)
+    merged = OmegaConf.merge(_schema(), OmegaConf.load(target.config_file), extra)
     # Pruning links and checkpointing belong to training; evaluation reports to no study.
     return replace(validate(merged), study=StudyLinkConfig())
+
+
+def _schema():
+    """The typed config with its mappings empty: merging would otherwise add the trial's data
+    sources to the default's (the embedded one) instead of standing for them."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def empty_mappings(node: DictConfig) -> None:
+        for key in list(node.keys()):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none():
+                if OmegaConf.get_type(child) is dict:
+                    node[key] = {}
+                else:
+                    empty_mappings(child)
+
+    schema = OmegaConf.structured(Config)
+    empty_mappings(schema)
+    return schema
 
 
 def load_trained(config: Config, target: Target, device):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.config import ALIASES, Config, validate
+from sweep_sft.config import ALIASES, Config, EvalConfig, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
@@ -20,6 +20,8 @@ from sweep_sft.tracking import ERROR_TAG, OUTPUT_DIR_TAG, TrackingError
 
 # The trained model's folder inside the trial's output folder (trainer.save_model).
 MODEL_DIR = "model"
+# On a run whose model could not be saved (its results are recorded all the same).
+SAVE_ERROR_TAG = "sweep_sft.save_model_error"
 
 
 @dataclass
@@ -67,7 +69,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     check_objective(
         config.objective,
         sorted({e.task_type for examples in sources[0].values() for e in examples} | set(task_types(sources[1]))),
-        config.eval.pass_k,
+        config.eval,
     )
     from sweep_sft.baseline import load_baseline
 
@@ -196,8 +198,6 @@ def _train_and_record(
         final.update(scores)
         if samples:
             run.log_json(samples, "generations_sample.json")
-        if config.trainer.save_model and dist_env.is_main:
-            _save_model(config, model, tokenizer, out, run)
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
         if baseline is not None and dist_env.is_main:
@@ -210,6 +210,8 @@ def _train_and_record(
         run.set_tag("sweep_sft.trial_state", "COMPLETE")
         findings = _diagnose(config, series, run) if dist_env.is_main else []
         result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main, findings)
+        if config.trainer.save_model and dist_env.is_main:  # after the results are safe
+            _save_model(config, model, tokenizer, out, run)
         print(summary_table(result, tasks, stats))
         run.finish("FINISHED")
         return result
@@ -253,9 +255,16 @@ def _save_model(config: Config, model, tokenizer, out: Path, run) -> None:
 
     folder = out / MODEL_DIR
     hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in the trial's log
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    hf_logging.enable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    except Exception as exc:  # a full disk must not turn a recorded trial into a failed one
+        message = f"trainer.save_model: could not save the model to {folder}: {type(exc).__name__}: {exc}"
+        print(f"warning: {message}", file=sys.stderr)
+        run.set_tag(SAVE_ERROR_TAG, message[:5000])
+        return
+    finally:
+        hf_logging.enable_progress_bar()
     if config.tracking.log_model:
         run.log_artifacts(folder, MODEL_DIR)
 
@@ -317,33 +326,50 @@ def _mix_metrics(report: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def metric_names(tasks: list[str], pass_k: int = 0) -> list[str]:
-    """Every metric a trial reports at its end, for objective checks before training."""
-    names = [
-        "val/loss",
-        "val/answer_logprob",
-        "train/loss",
-        "task/exact_match",
-        "general/score",
-        "general/loss",
-        "general/exact_match",
-        "general_drop",
-        "time/train_s",
-        "time/total_s",
-    ]
-    per_task = ["val/loss", "val/answer_logprob", "train/loss", "task/exact_match", "task/train_recall"]
-    if pass_k:
-        per_task += [f"task/pass_at_{pass_k}", "task/sample_match"]
-    names += [p for p in per_task if p not in names]
-    for task in tasks:
-        names += [f"{p}/{task}" for p in per_task]
-    return names
+def metric_names(tasks: list[str], ev: EvalConfig | None = None) -> list[str]:
+    """Every metric a trial with these eval settings reports at its end (objective checks
+    before training)."""
+    ev = ev or EvalConfig()
+    per_task = ["val/loss", "val/answer_logprob", "train/loss"]
+    if ev.generate:
+        per_task.append("task/exact_match")
+        if ev.train_recall_examples:
+            per_task.append("task/train_recall")
+        if ev.pass_k:
+            per_task += [f"task/pass_at_{ev.pass_k}", "task/sample_match"]
+    overall = ["time/train_s", "time/total_s"]
+    if ev.general_probe:
+        overall += ["general/score", "general/loss", "general/exact_match", "general_drop"]
+    return per_task + overall + [f"{p}/{task}" for task in tasks for p in per_task]
 
 
-def check_objective(name: str, tasks: list[str], pass_k: int = 0) -> None:
-    names = metric_names(tasks, pass_k)
-    if name not in names:
-        raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(names)}")
+def _switched_off(name: str, ev: EvalConfig) -> str | None:
+    """The eval setting that keeps a known metric from being measured, if that is why it is missing."""
+    family = name if name.startswith("general") else "/".join(name.split("/")[:2])
+    if family == "task/exact_match" or family.startswith(("task/train_recall", "task/pass_at_", "task/sample_")):
+        if not ev.generate:
+            return "eval.generate=false"
+    if family == "task/train_recall" and not ev.train_recall_examples:
+        return "eval.train_recall_examples=0"
+    if family.startswith("task/pass_at_") or family == "task/sample_match":
+        if not ev.pass_k:
+            return "eval.pass_k=0"
+        if family.startswith("task/pass_at_") and family != f"task/pass_at_{ev.pass_k}":
+            return f"eval.pass_k={ev.pass_k} (it measures task/pass_at_{ev.pass_k})"
+    if family.startswith("general") and not ev.general_probe:
+        return "eval.general_probe=false"
+    return None
+
+
+def check_objective(name: str, tasks: list[str], ev: EvalConfig | None = None) -> None:
+    ev = ev or EvalConfig()
+    names = metric_names(tasks, ev)
+    if name in names:
+        return
+    off = _switched_off(name, ev)
+    if off:
+        raise ConfigError(f"objective={name}: not measured with {off}; measure it or choose another objective")
+    raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(names)}")
 
 
 def objective_value(name: str, metrics: dict[str, float]) -> float:
