@@ -198,10 +198,28 @@ def test_parent_run_with_its_sweep_folder_reads_the_folder(sweep_dir, tmp_path):
         load_parent_run(other.info.run_id, uri)
 
 
+def _child(client, experiment: str, parent_id: str, name: str, lr: float | None, state: str, start=None) -> None:
+    """A trial's child run as the trial logs it: tags, metric histories, objective.json."""
+    from mlflow.entities import Metric
+
+    tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": name}
+    if state == "FAILED":
+        tags["sweep_sft.error"] = "ConfigError: boom"
+    else:
+        tags["sweep_sft.trial_state"] = state
+        tags["diagnostics.loss_spike"] = "step 3: loss 9 > 3x median"
+    child = client.create_run(experiment, start_time=start, tags=tags).info.run_id
+    if lr is not None:
+        record = _record(lr, state)
+        metrics = [Metric(k, v, 0, int(s)) for k, pts in record["series"].items() if "@" not in k for s, v in pts]
+        client.log_batch(child, metrics=metrics)
+        client.log_dict(child, {k: record[k] for k in ("objective", "value", "state", "steps")}, "objective.json")
+    client.set_terminated(child, "FAILED" if state == "FAILED" else "FINISHED")
+
+
 def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     """The sweep folder is gone: trials come from the child runs' names, tags, metric
     histories and objective.json artifacts, the sandwich result from the parent's artifact."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -213,23 +231,7 @@ def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     )
     children = [("0: lr=0.0001", 1e-4, "COMPLETE"), ("1: lr=0.001", 1e-3, "PRUNED"), ("2: lr=0.01", None, "FAILED")]
     for name, lr, state in children:
-        child_tags = {"mlflow.parentRunId": run_id, "mlflow.runName": name}
-        if state == "FAILED":
-            child_tags["sweep_sft.error"] = "ConfigError: boom"
-        else:
-            child_tags["sweep_sft.trial_state"] = state
-            child_tags["diagnostics.loss_spike"] = "step 3: loss 9 > 3x median"
-        child = client.create_run(experiment, tags=child_tags).info.run_id
-        if lr is not None:
-            record = _record(lr, state)
-            client.log_batch(
-                child,
-                metrics=[
-                    Metric(k, v, 0, int(s)) for k, pts in record["series"].items() if "@" not in k for s, v in pts
-                ],
-            )
-            client.log_dict(child, {k: record[k] for k in ("objective", "value", "state", "steps")}, "objective.json")
-        client.set_terminated(child, "FAILED" if state == "FAILED" else "FINISHED")
+        _child(client, experiment, run_id, name, lr, state)
 
     sweep = load_parent_run(run_id, uri)
     assert sweep.sweep_dir is None and sweep.sweeper == "sandwich" and sweep.swept == ["lr"]
@@ -247,6 +249,54 @@ def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     html = out.read_text()
     assert "rebuilt from the MLflow child runs" in html and 'id="sandwich"' in html
     assert _section(html, "loss").count("<img ") == 2
+
+
+def test_rebuilt_report_keeps_the_failed_jobs_that_opened_no_child_run(tmp_path):
+    """The reviewer's sweep `lr=1e-3,-1 eval.generate=true,false`: two trials ran (child runs),
+    two failed their config check before opening one; only the parent's sweep_summary.json
+    knows them. Rebuilt from MLflow, the report counts and lists them as the folder's does."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    tags = {"sweep_sft.sweep_dir": str(tmp_path / "gone"), "sweep_sft.overrides": "lr=1e-3,-1 eval.generate=true,false"}
+    experiment, run_id = _parent(client, tags)
+    # Job 0 was requeued and its resumed attempt could not reopen the run: the later run counts.
+    _child(client, experiment, run_id, "0: lr=0.001,eval.generate=true", 1e-3, "REQUEUED", start=1000)
+    _child(client, experiment, run_id, "0: lr=0.001,eval.generate=true", 1e-3, "COMPLETE", start=2000)
+    _child(client, experiment, run_id, "1: lr=0.001,eval.generate=false", 1e-3, "COMPLETE")
+    error = "ConfigError: optimizer.lr must be >= 0, got -1.0\nTraceback line two"
+    jobs = [
+        {"number": 0, "overrides": ["lr=1e-3", "eval.generate=true"], "state": "COMPLETE", "value": 4.0, "error": None},
+        {
+            "number": 1,
+            "overrides": ["lr=1e-3", "eval.generate=false"],
+            "state": "COMPLETE",
+            "value": 4.0,
+            "error": None,
+        },
+        {"number": 2, "overrides": ["lr=-1", "eval.generate=true"], "state": "FAILED", "value": None, "error": error},
+        {"number": 3, "overrides": ["lr=-1", "eval.generate=false"], "state": "FAILED", "value": None, "error": error},
+    ]
+    client.log_dict(run_id, {"n_jobs": 4, "launched": 4, "jobs": jobs}, "sweep_summary.json")
+
+    sweep = load_parent_run(run_id, uri)
+    assert [(t.number, t.state) for t in sweep.trials] == [
+        (0, "COMPLETE"),
+        (1, "COMPLETE"),
+        (2, "FAILED"),
+        (3, "FAILED"),
+    ]
+    assert sweep.swept == ["eval.generate", "lr"] and sweep.trials[3].params == {"eval.generate": "false", "lr": -1}
+    html = write_report(run_id, tmp_path / "r.html", uri).read_text()
+    assert "4: 2 complete, 0 pruned, 2 failed" in _section(html, "summary")
+    rows = re.findall(r"<tr>(.*?)</tr>", _section(html, "failed"))[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows]
+    assert [(c[0], c[1], c[2]) for c in cells] == [
+        ("2", "lr=-1 eval.generate=true", "FAILED"),
+        ("3", "lr=-1 eval.generate=false", "FAILED"),
+    ]
+    assert all(c[4] == "ConfigError: optimizer.lr must be &gt;= 0, got -1.0" for c in cells)
 
 
 def test_callback_writes_the_report_with_tracking_off(sweep_dir):
