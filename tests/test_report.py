@@ -359,3 +359,38 @@ def test_a_sweep_that_raises_still_reports_onto_its_failed_parent_run(tmp_path):
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
     assert client.get_run(parent["run_id"]).info.status == "FAILED"
     assert "report.html" in {a.path for a in client.list_artifacts(parent["run_id"])}
+
+
+def _learn_vs_forget_axes(sweep_dir, monkeypatch, title: list[str] | None = None) -> tuple[str, dict[str, float]]:
+    """The learn-vs-forget plot's x label and each trial's x (by its `#n` label), read off the
+    figure before it becomes a PNG; its title appended to `title`."""
+    from sweep_sft import report_plots
+
+    seen = []
+    monkeypatch.setattr(report_plots, "_png", lambda fig: seen.append(fig) or b"png")
+    assert report_plots.learn_vs_forget(load(str(sweep_dir))) == b"png"
+    ax = seen[0].axes[0]
+    if title is not None:
+        title.append(ax.get_title())
+    return ax.get_xlabel(), {a.get_text(): a.xy[0] for a in ax.texts}
+
+
+def test_learn_vs_forget_puts_every_trial_on_one_gain_measure(sweep_dir, monkeypatch):
+    """Trial #3 lacks exact match: every trial is placed by its val/loss reduction (10 -> 4),
+    not #0 and #1 at their exact match (0-1) and #3 at its loss reduction (6)."""
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch)
+    assert label.startswith("task/exact_match") and xs == pytest.approx({"#0": 0.375, "#1": 0.375, "#3": 0.375})
+    record = json.loads((sweep_dir / "3" / "metrics.json").read_text())
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("task/exact_match")}
+    (sweep_dir / "3" / "metrics.json").write_text(json.dumps(record))
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch)
+    assert label.startswith("val/loss reduction") and "exact_match" not in label
+    assert xs == pytest.approx({"#0": 6.0, "#1": 6.0, "#3": 6.0})
+    # A trial with exact match but no val/loss series cannot be placed: named, not mixed in.
+    record = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    del record["series"]["val/loss"]
+    (sweep_dir / "1" / "metrics.json").write_text(json.dumps(record))
+    title = []
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch, title)
+    assert label.startswith("val/loss reduction") and set(xs) == {"#0", "#3"}
+    assert "left out (no val/loss reduction from the first evaluation): #1" in title[0]

@@ -170,40 +170,59 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def task_gain(trial: Trial) -> tuple[float | None, str]:
-    """How much the trial learned: its mean exact match over task_types, or else its val/loss
-    reduction from the first evaluation."""
+# The gain measures of "learn vs forget", the first that every plotted trial has: one unit on x.
+EXACT_MATCH = "task/exact_match (mean over task_types)"
+VAL_REDUCTION = "val/loss reduction from the first evaluation"
+
+
+def exact_match(trial: Trial) -> float | None:
+    """task/exact_match (evaluate.py's mean over task_types), or that mean of the per-task ones."""
     if _finite(trial.metrics.get("task/exact_match")):
-        return trial.metrics["task/exact_match"], "task/exact_match"
+        return trial.metrics["task/exact_match"]
     per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and _finite(v)]
-    if per_task:
-        return sum(per_task) / len(per_task), "task/exact_match (mean over task_types)"
+    return sum(per_task) / len(per_task) if per_task else None
+
+
+def val_reduction(trial: Trial) -> float | None:
+    """How far val/loss fell from the first evaluation to the last (every complete trial has it)."""
     val = trial.series.get("val/loss") or []
-    if len(val) >= 2:
-        return val[0][1] - val[-1][1], "val/loss reduction from the first evaluation"
-    return None, ""
+    return val[0][1] - val[-1][1] if len(val) >= 2 else None
+
+
+def learn_points(sweep: Sweep) -> tuple[str, list[tuple[Trial, float, float]], list[Trial]]:
+    """The gain measure, the (trial, gain, general_drop) points, and the trials with a
+    general_drop left out for lacking that measure. Exact match when every trial with a
+    general_drop and a gain has it; otherwise the val/loss reduction, for all of them."""
+    trials = [
+        t
+        for t in sweep.trials
+        if _finite(t.metrics.get("general_drop")) and (exact_match(t), val_reduction(t)) != (None, None)
+    ]
+    if all(exact_match(t) is not None for t in trials):
+        measure, gain = EXACT_MATCH, exact_match
+    else:
+        measure, gain = VAL_REDUCTION, val_reduction
+    points = [(t, gain(t), t.metrics["general_drop"]) for t in trials if gain(t) is not None]
+    return measure, points, [t for t in trials if gain(t) is None]
 
 
 def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
     """general_drop (forgetting) against task gain (learning), a labelled point per trial."""
-    points = []
-    for t in sweep.trials:
-        gain, what = task_gain(t)
-        drop = t.metrics.get("general_drop")
-        if gain is not None and _finite(drop):
-            points.append((t, gain, drop, what))
+    measure, points, left_out = learn_points(sweep)
     if not points:
         return Missing("no trial has both general_drop and a task gain (task/exact_match or a val/loss series)")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for t, gain, drop, _ in points:
+    for t, gain, drop in points:
         ax.scatter([gain], [drop], marker=STATE_MARKERS.get(t.state, "o"), s=30, color="tab:purple")
         ax.annotate(f"#{t.number}", (gain, drop), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0, color="grey", lw=0.8)
     ax.margins(0.12)
-    whats = sorted({p[3] for p in points})
-    ax.set(xlabel=" / ".join(whats) + "  (learned →)", ylabel="general_drop  (forgot ↑)")
-    ax.set_title("learn vs forget: up is worse, right is better", fontsize=10)
+    ax.set(xlabel=f"{measure}  (learned →)", ylabel="general_drop  (forgot ↑)")
+    title = "learn vs forget: up is worse, right is better"
+    if left_out:
+        title += f"\nleft out (no {measure}): " + ", ".join(f"#{t.number}" for t in left_out)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
