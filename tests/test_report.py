@@ -122,6 +122,23 @@ def test_per_task_tables_cover_every_metric_family_but_the_mix(sweep_dir):
     assert "data/examples" not in html and all(task.replace("/", "/<wbr>") in html for task in TASKS)
 
 
+def test_a_task_type_that_ends_another_is_no_family_of_its_own(sweep_dir):
+    """task_types format/json and json: val/loss/format/json is format/json's val/loss, not the
+    json column of a family val/loss/format."""
+    record = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    record["metrics"].update({"val/loss/json": 2.5, "task/exact_match/json": 1.0})
+    (sweep_dir / "0" / "metrics.json").write_text(json.dumps(record))
+    html = _section(write_report(sweep_dir).read_text(), "tasks")
+    assert re.findall(r"<h3>(.*?)</h3>", html) == ["task/exact_match", "task/pass@1", "train/loss", "val/loss"]
+    val_loss = html.split("<h3>val/loss</h3>")[1]
+    assert re.findall(r"<th>(.*?)</th>", val_loss) == [
+        "trial",
+        "classification/<wbr>sentiment",
+        "format/<wbr>json",
+        "json",
+    ]
+
+
 def test_sandwich_section_only_with_its_result(sweep_dir):
     result = {
         "param": "lr",

@@ -23,6 +23,8 @@ SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.
 LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 # Optuna's trial states in the report's words (the others keep their own).
 OPTUNA_STATES = {"FAIL": "FAILED"}
+# Metric families whose `<family>/<task_type>` keys name the sweep's task_types.
+TASK_FAMILIES = ("val/loss", "train/loss", "task/exact_match")
 # The error of a job folder without metrics.json that no sweeper file explains (yet).
 NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
 
@@ -72,15 +74,26 @@ class Sweep:
         return sum(t.state == state for t in self.trials)
 
     def best(self) -> Trial | None:
-        done = [t for t in self.trials if t.state == "COMPLETE" and _finite(t.value) and t.objective == self.objective]
+        done = [
+            t
+            for t in self.trials
+            if t.state == "COMPLETE" and is_finite_number(t.value) and t.objective == self.objective
+        ]
         if not done or self.direction is None:
             return None
         pick = min if self.direction == "minimize" else max
         return pick(done, key=lambda t: t.value)
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def task_types(sweep: Sweep, families: tuple[str, ...] = TASK_FAMILIES) -> list[str]:
+    """The task_types named by a `<family>/<task_type>` metric (final or series) of any trial."""
+    heads = tuple(f + "/" for f in families)
+    keys = {k for t in sweep.trials for k in (*t.series, *t.metrics)}
+    return sorted({k[len(h) :] for k in keys for h in heads if k.startswith(h) and len(k) > len(h)})
 
 
 def _short(value: Any) -> str:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sweep_sft.report_data import Sweep, Trial
+from sweep_sft.report_data import Sweep, Trial, is_finite_number, task_types
 
 MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
 STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}
@@ -75,17 +75,10 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
     return out
 
 
-def task_types(sweep: Sweep, prefix: str) -> list[str]:
-    """The task_types with a `<prefix>/<task_type>` metric in any trial."""
-    head = prefix + "/"
-    tasks = {k[len(head) :] for t in sweep.trials for k in (*t.series, *t.metrics) if k.startswith(head)}
-    return sorted(task for task in tasks if task and not task.startswith("_"))
-
-
 def channel_losses(sweep: Sweep) -> bytes | Missing:
     """val/loss/<task_type>: a small plot per task_type, a line per trial."""
     tasks = [
-        task for task in task_types(sweep, "val/loss") if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
+        task for task in task_types(sweep, ("val/loss",)) if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
     ]
     if not tasks:
         return Missing("no trial logged per-task_type validation losses (val/loss/<task_type>)")
@@ -121,7 +114,11 @@ def _numeric(values: list[Any]) -> bool:
 
 def objective_vs_params(sweep: Sweep) -> bytes | Missing:
     """The objective of every complete trial against each swept parameter."""
-    done = [t for t in sweep.trials if t.state == "COMPLETE" and t.objective == sweep.objective and _finite(t.value)]
+    done = [
+        t
+        for t in sweep.trials
+        if t.state == "COMPLETE" and t.objective == sweep.objective and is_finite_number(t.value)
+    ]
     if not sweep.objective or not done:
         return Missing("no complete trial with a finite objective value")
     params = [p for p in sweep.swept if any(p in t.params for t in done)]
@@ -166,10 +163,6 @@ def _value_ticks(ax, xs: list[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # The gain measures of "learn vs forget", the first that every plotted trial has: one unit on x.
 EXACT_MATCH = "task/exact_match (mean over task_types)"
 VAL_REDUCTION = "val/loss reduction from the first evaluation"
@@ -177,9 +170,9 @@ VAL_REDUCTION = "val/loss reduction from the first evaluation"
 
 def exact_match(trial: Trial) -> float | None:
     """task/exact_match (evaluate.py's mean over task_types), or that mean of the per-task ones."""
-    if _finite(trial.metrics.get("task/exact_match")):
+    if is_finite_number(trial.metrics.get("task/exact_match")):
         return trial.metrics["task/exact_match"]
-    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and _finite(v)]
+    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and is_finite_number(v)]
     return sum(per_task) / len(per_task) if per_task else None
 
 
@@ -196,7 +189,7 @@ def learn_points(sweep: Sweep) -> tuple[str, list[tuple[Trial, float, float]], l
     trials = [
         t
         for t in sweep.trials
-        if _finite(t.metrics.get("general_drop")) and (exact_match(t), val_reduction(t)) != (None, None)
+        if is_finite_number(t.metrics.get("general_drop")) and (exact_match(t), val_reduction(t)) != (None, None)
     ]
     if all(exact_match(t) is not None for t in trials):
         measure, gain = EXACT_MATCH, exact_match
@@ -234,16 +227,16 @@ def sandwich(sweep: Sweep) -> bytes | None:
     result = sweep.sandwich
     if not result:
         return None
-    probes = [p for p in result.get("probes", []) if _finite(p.get("value"))]
+    probes = [p for p in result.get("probes", []) if is_finite_number(p.get("value"))]
     bracket = result.get("bracket") or {}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2 + 0.25 * len(probes)))
-    values = [p["value"] for p in probes] + [v for v in bracket.values() if _finite(v)]
+    values = [p["value"] for p in probes] + [v for v in bracket.values() if is_finite_number(v)]
     if is_log_axis(values):
         ax.set_xscale("log")
     _value_ticks(ax, [p["value"] for p in probes])
     ax.margins(x=0.12)  # room for the rightmost probe's label
-    if _finite(bracket.get("passing")) and _finite(bracket.get("failing")):
+    if is_finite_number(bracket.get("passing")) and is_finite_number(bracket.get("failing")):
         lo, hi = sorted((bracket["passing"], bracket["failing"]))
         ax.axvspan(lo, hi, color="gold", alpha=0.35, label="final bracket")
     constraint = result.get("constraint") or {}
@@ -252,7 +245,7 @@ def sandwich(sweep: Sweep) -> bytes | None:
         color = "tab:green" if p.get("passed") else "tab:red"
         ax.scatter([p["value"]], [p.get("round", 0)], color=color, s=50, zorder=3)
         got = [r.get(metric) for r in p.get("results") or [] if isinstance(r, dict)]
-        text = ", ".join(f"{v:.3g}" for v in got if _finite(v)) or "failed"
+        text = ", ".join(f"{v:.3g}" for v in got if is_finite_number(v)) or "failed"
         ax.annotate(
             f"{p['value']:.3g}: {text}",  # the metric is in the title
             (p["value"], p.get("round", 0)),
