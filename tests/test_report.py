@@ -122,6 +122,23 @@ def test_per_task_tables_cover_every_metric_family_but_the_mix(sweep_dir):
     assert "data/examples" not in html and all(task.replace("/", "/<wbr>") in html for task in TASKS)
 
 
+def test_a_task_type_that_ends_another_is_no_family_of_its_own(sweep_dir):
+    """task_types format/json and json: val/loss/format/json is format/json's val/loss, not the
+    json column of a family val/loss/format."""
+    record = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    record["metrics"].update({"val/loss/json": 2.5, "task/exact_match/json": 1.0})
+    (sweep_dir / "0" / "metrics.json").write_text(json.dumps(record))
+    html = _section(write_report(sweep_dir).read_text(), "tasks")
+    assert re.findall(r"<h3>(.*?)</h3>", html) == ["task/exact_match", "task/pass@1", "train/loss", "val/loss"]
+    val_loss = html.split("<h3>val/loss</h3>")[1]
+    assert re.findall(r"<th>(.*?)</th>", val_loss) == [
+        "trial",
+        "classification/<wbr>sentiment",
+        "format/<wbr>json",
+        "json",
+    ]
+
+
 def test_sandwich_section_only_with_its_result(sweep_dir):
     result = {
         "param": "lr",
@@ -198,10 +215,28 @@ def test_parent_run_with_its_sweep_folder_reads_the_folder(sweep_dir, tmp_path):
         load_parent_run(other.info.run_id, uri)
 
 
+def _child(client, experiment: str, parent_id: str, name: str, lr: float | None, state: str, start=None) -> None:
+    """A trial's child run as the trial logs it: tags, metric histories, objective.json."""
+    from mlflow.entities import Metric
+
+    tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": name}
+    if state == "FAILED":
+        tags["sweep_sft.error"] = "ConfigError: boom"
+    else:
+        tags["sweep_sft.trial_state"] = state
+        tags["diagnostics.loss_spike"] = "step 3: loss 9 > 3x median"
+    child = client.create_run(experiment, start_time=start, tags=tags).info.run_id
+    if lr is not None:
+        record = _record(lr, state)
+        metrics = [Metric(k, v, 0, int(s)) for k, pts in record["series"].items() if "@" not in k for s, v in pts]
+        client.log_batch(child, metrics=metrics)
+        client.log_dict(child, {k: record[k] for k in ("objective", "value", "state", "steps")}, "objective.json")
+    client.set_terminated(child, "FAILED" if state == "FAILED" else "FINISHED")
+
+
 def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     """The sweep folder is gone: trials come from the child runs' names, tags, metric
     histories and objective.json artifacts, the sandwich result from the parent's artifact."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -213,23 +248,7 @@ def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     )
     children = [("0: lr=0.0001", 1e-4, "COMPLETE"), ("1: lr=0.001", 1e-3, "PRUNED"), ("2: lr=0.01", None, "FAILED")]
     for name, lr, state in children:
-        child_tags = {"mlflow.parentRunId": run_id, "mlflow.runName": name}
-        if state == "FAILED":
-            child_tags["sweep_sft.error"] = "ConfigError: boom"
-        else:
-            child_tags["sweep_sft.trial_state"] = state
-            child_tags["diagnostics.loss_spike"] = "step 3: loss 9 > 3x median"
-        child = client.create_run(experiment, tags=child_tags).info.run_id
-        if lr is not None:
-            record = _record(lr, state)
-            client.log_batch(
-                child,
-                metrics=[
-                    Metric(k, v, 0, int(s)) for k, pts in record["series"].items() if "@" not in k for s, v in pts
-                ],
-            )
-            client.log_dict(child, {k: record[k] for k in ("objective", "value", "state", "steps")}, "objective.json")
-        client.set_terminated(child, "FAILED" if state == "FAILED" else "FINISHED")
+        _child(client, experiment, run_id, name, lr, state)
 
     sweep = load_parent_run(run_id, uri)
     assert sweep.sweep_dir is None and sweep.sweeper == "sandwich" and sweep.swept == ["lr"]
@@ -247,6 +266,54 @@ def test_parent_run_without_its_folder_is_rebuilt_from_the_child_runs(tmp_path):
     html = out.read_text()
     assert "rebuilt from the MLflow child runs" in html and 'id="sandwich"' in html
     assert _section(html, "loss").count("<img ") == 2
+
+
+def test_rebuilt_report_keeps_the_failed_jobs_that_opened_no_child_run(tmp_path):
+    """The reviewer's sweep `lr=1e-3,-1 eval.generate=true,false`: two trials ran (child runs),
+    two failed their config check before opening one; only the parent's sweep_summary.json
+    knows them. Rebuilt from MLflow, the report counts and lists them as the folder's does."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    tags = {"sweep_sft.sweep_dir": str(tmp_path / "gone"), "sweep_sft.overrides": "lr=1e-3,-1 eval.generate=true,false"}
+    experiment, run_id = _parent(client, tags)
+    # Job 0 was requeued and its resumed attempt could not reopen the run: the later run counts.
+    _child(client, experiment, run_id, "0: lr=0.001,eval.generate=true", 1e-3, "REQUEUED", start=1000)
+    _child(client, experiment, run_id, "0: lr=0.001,eval.generate=true", 1e-3, "COMPLETE", start=2000)
+    _child(client, experiment, run_id, "1: lr=0.001,eval.generate=false", 1e-3, "COMPLETE")
+    error = "ConfigError: optimizer.lr must be >= 0, got -1.0\nTraceback line two"
+    jobs = [
+        {"number": 0, "overrides": ["lr=1e-3", "eval.generate=true"], "state": "COMPLETE", "value": 4.0, "error": None},
+        {
+            "number": 1,
+            "overrides": ["lr=1e-3", "eval.generate=false"],
+            "state": "COMPLETE",
+            "value": 4.0,
+            "error": None,
+        },
+        {"number": 2, "overrides": ["lr=-1", "eval.generate=true"], "state": "FAILED", "value": None, "error": error},
+        {"number": 3, "overrides": ["lr=-1", "eval.generate=false"], "state": "FAILED", "value": None, "error": error},
+    ]
+    client.log_dict(run_id, {"n_jobs": 4, "launched": 4, "jobs": jobs}, "sweep_summary.json")
+
+    sweep = load_parent_run(run_id, uri)
+    assert [(t.number, t.state) for t in sweep.trials] == [
+        (0, "COMPLETE"),
+        (1, "COMPLETE"),
+        (2, "FAILED"),
+        (3, "FAILED"),
+    ]
+    assert sweep.swept == ["eval.generate", "lr"] and sweep.trials[3].params == {"eval.generate": "false", "lr": -1}
+    html = write_report(run_id, tmp_path / "r.html", uri).read_text()
+    assert "4: 2 complete, 0 pruned, 2 failed" in _section(html, "summary")
+    rows = re.findall(r"<tr>(.*?)</tr>", _section(html, "failed"))[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows]
+    assert [(c[0], c[1], c[2]) for c in cells] == [
+        ("2", "lr=-1 eval.generate=true", "FAILED"),
+        ("3", "lr=-1 eval.generate=false", "FAILED"),
+    ]
+    assert all(c[4] == "ConfigError: optimizer.lr must be &gt;= 0, got -1.0" for c in cells)
 
 
 def test_callback_writes_the_report_with_tracking_off(sweep_dir):
@@ -309,3 +376,38 @@ def test_a_sweep_that_raises_still_reports_onto_its_failed_parent_run(tmp_path):
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
     assert client.get_run(parent["run_id"]).info.status == "FAILED"
     assert "report.html" in {a.path for a in client.list_artifacts(parent["run_id"])}
+
+
+def _learn_vs_forget_axes(sweep_dir, monkeypatch, title: list[str] | None = None) -> tuple[str, dict[str, float]]:
+    """The learn-vs-forget plot's x label and each trial's x (by its `#n` label), read off the
+    figure before it becomes a PNG; its title appended to `title`."""
+    from sweep_sft import report_plots
+
+    seen = []
+    monkeypatch.setattr(report_plots, "_png", lambda fig: seen.append(fig) or b"png")
+    assert report_plots.learn_vs_forget(load(str(sweep_dir))) == b"png"
+    ax = seen[0].axes[0]
+    if title is not None:
+        title.append(ax.get_title())
+    return ax.get_xlabel(), {a.get_text(): a.xy[0] for a in ax.texts}
+
+
+def test_learn_vs_forget_puts_every_trial_on_one_gain_measure(sweep_dir, monkeypatch):
+    """Trial #3 lacks exact match: every trial is placed by its val/loss reduction (10 -> 4),
+    not #0 and #1 at their exact match (0-1) and #3 at its loss reduction (6)."""
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch)
+    assert label.startswith("task/exact_match") and xs == pytest.approx({"#0": 0.375, "#1": 0.375, "#3": 0.375})
+    record = json.loads((sweep_dir / "3" / "metrics.json").read_text())
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("task/exact_match")}
+    (sweep_dir / "3" / "metrics.json").write_text(json.dumps(record))
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch)
+    assert label.startswith("val/loss reduction") and "exact_match" not in label
+    assert xs == pytest.approx({"#0": 6.0, "#1": 6.0, "#3": 6.0})
+    # A trial with exact match but no val/loss series cannot be placed: named, not mixed in.
+    record = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    del record["series"]["val/loss"]
+    (sweep_dir / "1" / "metrics.json").write_text(json.dumps(record))
+    title = []
+    label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch, title)
+    assert label.startswith("val/loss reduction") and set(xs) == {"#0", "#3"}
+    assert "left out (no val/loss reduction from the first evaluation): #1" in title[0]

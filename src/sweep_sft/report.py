@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.report_data import ReportInputError, Sweep, load
+from sweep_sft.report_data import ReportInputError, Sweep, load, task_types
 from sweep_sft.report_plots import Missing
 
 REPORT_FILE = "report.html"
@@ -148,13 +148,14 @@ def diagnostics_section(sweep: Sweep) -> str:
 def per_task_tables(sweep: Sweep) -> str:
     """One table per per-task metric family (val/loss/<task>, task/pass@1/<task>, ...): a row per
     trial, a column per task_type. Generic over whatever families the trials logged."""
-    tasks = _task_types(sweep)
+    tasks = task_types(sweep)
+    longest_first = sorted(tasks, key=len, reverse=True)  # "val/loss/a/b" is task a/b, not b of "val/loss/a"
     families: dict[str, None] = {}
     for t in sweep.trials:
         for key in t.metrics:
-            for task in tasks:
-                if key.endswith("/" + task) and not key.startswith(MIX_PREFIXES):
-                    families[key[: -len(task) - 1]] = None
+            task = next((task for task in longest_first if key.endswith("/" + task)), None)
+            if task and not key.startswith(MIX_PREFIXES):
+                families[key[: -len(task) - 1]] = None
     if not families:
         return '<p class="note">no per-task_type metric in any trial</p>'
     out = []
@@ -168,17 +169,6 @@ def per_task_tables(sweep: Sweep) -> str:
         out.append(f"<h3>{escape(family)}</h3>")
         out.append(_table(["trial", *present], rows, numeric=set(range(1, len(present) + 1))))
     return "".join(out)
-
-
-def _task_types(sweep: Sweep) -> list[str]:
-    """task_types named by the loss channels or the exact-match metrics of any trial."""
-    tasks: set[str] = set()
-    for t in sweep.trials:
-        for key in t.metrics:
-            for prefix in ("val/loss/", "train/loss/", "task/exact_match/"):
-                if key.startswith(prefix) and len(key) > len(prefix):
-                    tasks.add(key[len(prefix) :])
-    return sorted(tasks, key=len, reverse=True)  # longest first: "a/b_c" is not mistaken for "b_c"
 
 
 def render(sweep: Sweep) -> str:

@@ -23,6 +23,8 @@ SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.
 LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 # Optuna's trial states in the report's words (the others keep their own).
 OPTUNA_STATES = {"FAIL": "FAILED"}
+# Metric families whose `<family>/<task_type>` keys name the sweep's task_types.
+TASK_FAMILIES = ("val/loss", "train/loss", "task/exact_match")
 # The error of a job folder without metrics.json that no sweeper file explains (yet).
 NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
 
@@ -72,15 +74,26 @@ class Sweep:
         return sum(t.state == state for t in self.trials)
 
     def best(self) -> Trial | None:
-        done = [t for t in self.trials if t.state == "COMPLETE" and _finite(t.value) and t.objective == self.objective]
+        done = [
+            t
+            for t in self.trials
+            if t.state == "COMPLETE" and is_finite_number(t.value) and t.objective == self.objective
+        ]
         if not done or self.direction is None:
             return None
         pick = min if self.direction == "minimize" else max
         return pick(done, key=lambda t: t.value)
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def task_types(sweep: Sweep, families: tuple[str, ...] = TASK_FAMILIES) -> list[str]:
+    """The task_types named by a `<family>/<task_type>` metric (final or series) of any trial."""
+    heads = tuple(f + "/" for f in families)
+    keys = {k for t in sweep.trials for k in (*t.series, *t.metrics)}
+    return sorted({k[len(h) :] for k in keys for h in heads if k.startswith(h) and len(k) > len(h)})
 
 
 def _short(value: Any) -> str:
@@ -134,20 +147,14 @@ def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
         )
     parent = _read_json(path / PARENT_FILE) or {}
     summary, optuna, sandwich = (_read_json(path / f) for f in (SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE))
-    trials = {int(d.name): _trial_from_dir(d) for d in _job_dirs(path)}
-    for entry in (summary or {}).get("jobs", []):
-        _merge_entry(trials, entry["number"], entry.get("overrides") or [], entry.get("state"), entry.get("error"))
-    for t in (optuna or {}).get("trials", []):
-        state = OPTUNA_STATES.get(t.get("state"), t.get("state"))
-        overrides = [f"{k}={v}" for k, v in (t.get("params") or {}).items()]
-        _merge_entry(trials, t["number"], overrides, state, t.get("error"))
+    trials = merge_sweeper_records({int(d.name): _trial_from_dir(d) for d in _job_dirs(path)}, summary, optuna)
     multirun = _multirun(path)
     sweep = Sweep(
         source=source or str(path),
         sweep_dir=path.resolve(),
         sweeper=_sweeper_name(multirun, optuna, sandwich, summary),
         swept=[],
-        trials=[trials[n] for n in sorted(trials)],
+        trials=trials,
         parent_run_id=parent.get("run_id"),
         tracking_uri=parent.get("tracking_uri"),
         sandwich=sandwich,
@@ -184,6 +191,19 @@ def _overrides(path: Path) -> list[str]:
     import yaml
 
     return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+
+
+def merge_sweeper_records(trials: dict[int, Trial], summary: dict | None, optuna: dict | None) -> list[Trial]:
+    """The trials (by job number) with what the sweeper recorded of every job (sweep_summary.json,
+    optuna_result.json): the errors of failed ones, and the jobs that left no trial record at
+    all (a config error, a job killed before the trial started), in job order."""
+    for entry in (summary or {}).get("jobs", []):
+        _merge_entry(trials, entry["number"], entry.get("overrides") or [], entry.get("state"), entry.get("error"))
+    for t in (optuna or {}).get("trials", []):
+        state = OPTUNA_STATES.get(t.get("state"), t.get("state"))
+        overrides = [f"{k}={v}" for k, v in (t.get("params") or {}).items()]
+        _merge_entry(trials, t["number"], overrides, state, t.get("error"))
+    return [trials[n] for n in sorted(trials)]
 
 
 def _merge_entry(trials: dict[int, Trial], number: int, overrides: list[str], state: str | None, error: str | None):
@@ -292,7 +312,9 @@ def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=10000
     )
     results = _parent_artifacts(client, run_id)
-    trials = [_trial_from_run(client, child, i) for i, child in enumerate(sorted(children, key=_run_number))]
+    trials = merge_sweeper_records(
+        _trials_from_runs(client, children), results.get(SUMMARY_FILE), results.get(OPTUNA_FILE)
+    )
     sweep = Sweep(
         source=f"run {run_id}",
         sweep_dir=None,
@@ -312,10 +334,27 @@ def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
     return sweep
 
 
-def _run_number(run) -> tuple[int, str]:
-    name = run.data.tags.get("mlflow.runName", "")
-    head = name.split(":", 1)[0]
-    return (int(head) if head.isdigit() else 1 << 30, run.info.start_time or 0)
+def _trials_from_runs(client, children) -> dict[int, Trial]:
+    """The child runs as trials by job number (from the run name `3: lr=0.001`); a run named
+    otherwise takes the next free number. Of two runs with one number the later one counts."""
+    trials: dict[int, Trial] = {}
+    for child in sorted(children, key=_run_order):
+        trial = _trial_from_run(client, child)
+        if trial.number < 0:
+            trial.number = max(trials, default=-1) + 1
+        trials[trial.number] = trial
+    return trials
+
+
+def _run_number(run) -> int:
+    """The job number the run's name starts with, -1 for none."""
+    head = run.data.tags.get("mlflow.runName", "").split(":", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def _run_order(run) -> tuple[int, int]:
+    number = _run_number(run)
+    return (number if number >= 0 else 1 << 30, run.info.start_time or 0)
 
 
 def _swept_from_tag(overrides: str) -> list[str]:
@@ -328,11 +367,9 @@ def _swept_from_tag(overrides: str) -> list[str]:
     return keys
 
 
-def _trial_from_run(client, run, index: int) -> Trial:
+def _trial_from_run(client, run) -> Trial:
     tags, run_id = run.data.tags, run.info.run_id
-    name = tags.get("mlflow.runName", "")
-    head, _, rest = name.partition(": ")
-    number = int(head) if head.isdigit() else index
+    _, _, rest = tags.get("mlflow.runName", "").partition(": ")
     overrides = re.split(r",(?=[\w.+~/-]+=)", rest) if rest else []
     state = tags.get("sweep_sft.trial_state") or {"FINISHED": "COMPLETE"}.get(run.info.status, "FAILED")
     if run.info.status == "FAILED" or ERROR_TAG in tags:
@@ -343,7 +380,7 @@ def _trial_from_run(client, run, index: int) -> Trial:
     }
     record = _run_artifact(client, run.info.run_id, "objective.json") or {}
     return Trial(
-        number=number,
+        number=_run_number(run),
         overrides=[o for o in overrides if "=" in o],
         params={},
         state=state if state != "REQUEUED" else "FAILED",

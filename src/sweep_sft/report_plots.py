@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sweep_sft.report_data import Sweep, Trial
+from sweep_sft.report_data import Sweep, Trial, is_finite_number, task_types
 
 MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
 STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}
@@ -75,17 +75,10 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
     return out
 
 
-def task_types(sweep: Sweep, prefix: str) -> list[str]:
-    """The task_types with a `<prefix>/<task_type>` metric in any trial."""
-    head = prefix + "/"
-    tasks = {k[len(head) :] for t in sweep.trials for k in (*t.series, *t.metrics) if k.startswith(head)}
-    return sorted(task for task in tasks if task and not task.startswith("_"))
-
-
 def channel_losses(sweep: Sweep) -> bytes | Missing:
     """val/loss/<task_type>: a small plot per task_type, a line per trial."""
     tasks = [
-        task for task in task_types(sweep, "val/loss") if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
+        task for task in task_types(sweep, ("val/loss",)) if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
     ]
     if not tasks:
         return Missing("no trial logged per-task_type validation losses (val/loss/<task_type>)")
@@ -121,7 +114,11 @@ def _numeric(values: list[Any]) -> bool:
 
 def objective_vs_params(sweep: Sweep) -> bytes | Missing:
     """The objective of every complete trial against each swept parameter."""
-    done = [t for t in sweep.trials if t.state == "COMPLETE" and t.objective == sweep.objective and _finite(t.value)]
+    done = [
+        t
+        for t in sweep.trials
+        if t.state == "COMPLETE" and t.objective == sweep.objective and is_finite_number(t.value)
+    ]
     if not sweep.objective or not done:
         return Missing("no complete trial with a finite objective value")
     params = [p for p in sweep.swept if any(p in t.params for t in done)]
@@ -166,44 +163,59 @@ def _value_ticks(ax, xs: list[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# The gain measures of "learn vs forget", the first that every plotted trial has: one unit on x.
+EXACT_MATCH = "task/exact_match (mean over task_types)"
+VAL_REDUCTION = "val/loss reduction from the first evaluation"
 
 
-def task_gain(trial: Trial) -> tuple[float | None, str]:
-    """How much the trial learned: its mean exact match over task_types, or else its val/loss
-    reduction from the first evaluation."""
-    if _finite(trial.metrics.get("task/exact_match")):
-        return trial.metrics["task/exact_match"], "task/exact_match"
-    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and _finite(v)]
-    if per_task:
-        return sum(per_task) / len(per_task), "task/exact_match (mean over task_types)"
+def exact_match(trial: Trial) -> float | None:
+    """task/exact_match (evaluate.py's mean over task_types), or that mean of the per-task ones."""
+    if is_finite_number(trial.metrics.get("task/exact_match")):
+        return trial.metrics["task/exact_match"]
+    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and is_finite_number(v)]
+    return sum(per_task) / len(per_task) if per_task else None
+
+
+def val_reduction(trial: Trial) -> float | None:
+    """How far val/loss fell from the first evaluation to the last (every complete trial has it)."""
     val = trial.series.get("val/loss") or []
-    if len(val) >= 2:
-        return val[0][1] - val[-1][1], "val/loss reduction from the first evaluation"
-    return None, ""
+    return val[0][1] - val[-1][1] if len(val) >= 2 else None
+
+
+def learn_points(sweep: Sweep) -> tuple[str, list[tuple[Trial, float, float]], list[Trial]]:
+    """The gain measure, the (trial, gain, general_drop) points, and the trials with a
+    general_drop left out for lacking that measure. Exact match when every trial with a
+    general_drop and a gain has it; otherwise the val/loss reduction, for all of them."""
+    trials = [
+        t
+        for t in sweep.trials
+        if is_finite_number(t.metrics.get("general_drop")) and (exact_match(t), val_reduction(t)) != (None, None)
+    ]
+    if all(exact_match(t) is not None for t in trials):
+        measure, gain = EXACT_MATCH, exact_match
+    else:
+        measure, gain = VAL_REDUCTION, val_reduction
+    points = [(t, gain(t), t.metrics["general_drop"]) for t in trials if gain(t) is not None]
+    return measure, points, [t for t in trials if gain(t) is None]
 
 
 def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
     """general_drop (forgetting) against task gain (learning), a labelled point per trial."""
-    points = []
-    for t in sweep.trials:
-        gain, what = task_gain(t)
-        drop = t.metrics.get("general_drop")
-        if gain is not None and _finite(drop):
-            points.append((t, gain, drop, what))
+    measure, points, left_out = learn_points(sweep)
     if not points:
         return Missing("no trial has both general_drop and a task gain (task/exact_match or a val/loss series)")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for t, gain, drop, _ in points:
+    for t, gain, drop in points:
         ax.scatter([gain], [drop], marker=STATE_MARKERS.get(t.state, "o"), s=30, color="tab:purple")
         ax.annotate(f"#{t.number}", (gain, drop), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0, color="grey", lw=0.8)
     ax.margins(0.12)
-    whats = sorted({p[3] for p in points})
-    ax.set(xlabel=" / ".join(whats) + "  (learned →)", ylabel="general_drop  (forgot ↑)")
-    ax.set_title("learn vs forget: up is worse, right is better", fontsize=10)
+    ax.set(xlabel=f"{measure}  (learned →)", ylabel="general_drop  (forgot ↑)")
+    title = "learn vs forget: up is worse, right is better"
+    if left_out:
+        title += f"\nleft out (no {measure}): " + ", ".join(f"#{t.number}" for t in left_out)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -215,16 +227,16 @@ def sandwich(sweep: Sweep) -> bytes | None:
     result = sweep.sandwich
     if not result:
         return None
-    probes = [p for p in result.get("probes", []) if _finite(p.get("value"))]
+    probes = [p for p in result.get("probes", []) if is_finite_number(p.get("value"))]
     bracket = result.get("bracket") or {}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2 + 0.25 * len(probes)))
-    values = [p["value"] for p in probes] + [v for v in bracket.values() if _finite(v)]
+    values = [p["value"] for p in probes] + [v for v in bracket.values() if is_finite_number(v)]
     if is_log_axis(values):
         ax.set_xscale("log")
     _value_ticks(ax, [p["value"] for p in probes])
     ax.margins(x=0.12)  # room for the rightmost probe's label
-    if _finite(bracket.get("passing")) and _finite(bracket.get("failing")):
+    if is_finite_number(bracket.get("passing")) and is_finite_number(bracket.get("failing")):
         lo, hi = sorted((bracket["passing"], bracket["failing"]))
         ax.axvspan(lo, hi, color="gold", alpha=0.35, label="final bracket")
     constraint = result.get("constraint") or {}
@@ -233,7 +245,7 @@ def sandwich(sweep: Sweep) -> bytes | None:
         color = "tab:green" if p.get("passed") else "tab:red"
         ax.scatter([p["value"]], [p.get("round", 0)], color=color, s=50, zorder=3)
         got = [r.get(metric) for r in p.get("results") or [] if isinstance(r, dict)]
-        text = ", ".join(f"{v:.3g}" for v in got if _finite(v)) or "failed"
+        text = ", ".join(f"{v:.3g}" for v in got if is_finite_number(v)) or "failed"
         ax.annotate(
             f"{p['value']:.3g}: {text}",  # the metric is in the title
             (p["value"], p.get("round", 0)),
