@@ -82,3 +82,29 @@ def test_optuna_sweep_records_pruned_trials_in_mlflow(tmp_path, tiny_overrides):
     assert parent.data.tags["optuna.best.lr"] == "0.003"
     assert parent.data.metrics["optuna/best_value"] == pytest.approx(complete.data.metrics["val/loss"])
     assert "optuna_result.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_trial_that_fails_before_opening_its_run_is_a_failed_child(tmp_path, tiny_overrides):
+    """A bad value in one trial of a sweep: the trial never opens its run, yet MLflow has a
+    FAILED child with the error, and the parent counts it."""
+    overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep_sft", "-m", "lr=1e-3,-1", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]  # one failure of two is within max_failure_rate
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("sweep_sft.kind") == "sweep")
+    children = {r.data.tags["mlflow.runName"]: r for r in runs if r is not parent}
+    assert set(children) == {"0: lr=0.001", "1: lr=-1"}
+    failed = children["1: lr=-1"]
+    assert failed.info.status == "FAILED"
+    assert "optimizer.lr must be >= 0" in failed.data.tags["sweep_sft.error"]
+    assert children["0: lr=0.001"].info.status == "FINISHED"
+    assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1

@@ -27,19 +27,40 @@ def main(cfg: DictConfig) -> float:
     run_name = cfg.tracking.run_name
     if multirun and not run_name:
         run_name = f"{hc.job.num}: {child_run_name(list(hc.overrides.task), parent.get('swept', []))}"
+    output_dir = cfg.output_dir or hc.runtime.output_dir
     try:
-        result = run_trial(
-            cfg,
-            output_dir=cfg.output_dir or hc.runtime.output_dir,
-            run_name=run_name,
-            parent_run_id=parent.get("run_id"),
-        )
-    except UserInputError as exc:
-        if multirun:  # the sweeper records the failed trial and goes on
+        result = run_trial(cfg, output_dir=output_dir, run_name=run_name, parent_run_id=parent.get("run_id"))
+    except Exception as exc:
+        if parent:
+            _record_unopened(hc, output_dir, exc)
+        if multirun or not isinstance(exc, UserInputError):  # the sweeper records it and goes on
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     return result.value
+
+
+def _record_unopened(hc, output_dir: str, exc: Exception) -> None:
+    """A trial of a sweep that failed before it opened its MLflow run (a bad value, a missing
+    data file) still gets a FAILED child run with its error, so MLflow counts every trial."""
+    from pathlib import Path
+
+    from sweep_sft.trial_run import RUN_FILE
+
+    if (Path(output_dir) / RUN_FILE).exists():  # the trial's own run holds its error
+        return
+    try:
+        from sweep_sft.failed_trial import end_dead_trial
+
+        end_dead_trial(
+            hc.sweep.dir,
+            output_dir,
+            f"{type(exc).__name__}: {exc}",
+            job_num=hc.job.num,
+            overrides=list(hc.overrides.task),
+        )
+    except Exception as record_error:  # never hide the trial's own error
+        print(f"warning: could not record the failed trial in MLflow: {record_error}", file=sys.stderr)
 
 
 if __name__ == "__main__":
