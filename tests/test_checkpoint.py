@@ -74,6 +74,27 @@ def signal_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Checkpoints, "after_step", after_step)
 
 
+class Killed(Exception):
+    """A hard kill: the process dies without a signal submitit could defer."""
+
+
+def kill_at(monkeypatch, step: int, on_step=None) -> None:
+    """Die (raise Killed) when step `step` finishes, before its checkpoint check; `on_step(n)`
+    runs as each step finishes."""
+    from sweep_sft.train.checkpoint import Checkpoints
+
+    original = Checkpoints.after_step
+
+    def after_step(self, model, optimizer, scheduler, position):
+        if on_step is not None:
+            on_step(position.step)
+        if position.step == step:
+            raise Killed
+        return original(self, model, optimizer, scheduler, position)
+
+    monkeypatch.setattr(Checkpoints, "after_step", after_step)
+
+
 def test_signalled_trial_resumes_bit_identically_into_the_same_run(short, tmp_path, monkeypatch):
     straight = run_trial(compose(short + [f"output_dir={tmp_path / 'straight'}", "trainer.resume=never"]))
 
@@ -141,18 +162,7 @@ def test_hard_kill_after_a_checkpoint_replays_from_it(short, tmp_path, monkeypat
     those steps from the checkpoint and still ends where the uninterrupted one does."""
     straight = run_trial(compose(short + [f"output_dir={tmp_path / 'straight'}"]))
     overrides = short + ["trainer.checkpoint_every=2", "trainer.save_total_limit=1"]
-
-    from sweep_sft.train.checkpoint import Checkpoints
-
-    class Killed(Exception):
-        pass
-
-    def after_step(self, model, optimizer, scheduler, position, original=Checkpoints.after_step):
-        if position.step == 6:  # steps 5 and 6 done and logged, their checkpoint never written
-            raise Killed
-        return original(self, model, optimizer, scheduler, position)
-
-    monkeypatch.setattr(Checkpoints, "after_step", after_step)
+    kill_at(monkeypatch, 6)  # steps 5 and 6 done and logged, their checkpoint never written
     with pytest.raises(Killed):
         run_trial(compose(overrides))
     monkeypatch.undo()
@@ -173,19 +183,8 @@ def test_tokens_per_s_after_a_resume_counts_the_time_before_the_checkpoint(short
     ]
     straight = run_trial(compose(overrides + [f"output_dir={tmp_path / 'straight'}"]))
 
-    from sweep_sft.train.checkpoint import Checkpoints
-
-    class Killed(Exception):
-        pass
-
-    def after_step(self, model, optimizer, scheduler, position, original=Checkpoints.after_step):
-        if position.step == 1:
-            time.sleep(1.0)  # a slow step 1, inside the log interval that the resume splits
-        if position.step == 3:
-            raise Killed
-        return original(self, model, optimizer, scheduler, position)
-
-    monkeypatch.setattr(Checkpoints, "after_step", after_step)
+    # A slow step 1, inside the log interval that the resume splits.
+    kill_at(monkeypatch, 3, on_step=lambda step: time.sleep(1.0) if step == 1 else None)
     with pytest.raises(Killed):
         run_trial(compose(overrides))
     monkeypatch.undo()

@@ -69,24 +69,19 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
             return dict(json.loads(file.read_text())["metrics"])
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{file}: not a metrics file with a 'metrics' mapping ({exc})") from exc
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from sweep_sft.tracking import find_run
 
-    from sweep_sft.tracking import default_uri
+    return dict(find_run(ref, tracking_uri, "a trial folder")[1].data.metrics)
 
-    uri = tracking_uri or default_uri()
-    try:
-        return dict(MlflowClient(tracking_uri=uri).get_run(ref).data.metrics)
-    except MlflowException as exc:
-        raise UserInputError(
-            f"{ref}: neither a trial folder nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
-        ) from exc
+
+def pass_ks(metrics: dict[str, float]) -> set[int]:
+    """The k of every pass@k a run reports (`task/pass_at_<k>[/<task>]`)."""
+    return {int(m.group(1)) for key in metrics if (m := re.match(r"task/pass_at_(\d+)(/|$)", key))}
 
 
 def common_k(a: dict[str, float], b: dict[str, float]) -> int | None:
-    """The largest k both runs report pass@k for (`task/pass_at_<k>/<task>`)."""
-    ks = [{int(m.group(1)) for key in run if (m := re.match(r"task/pass_at_(\d+)/", key))} for run in (a, b)]
-    return max(ks[0] & ks[1], default=None)
+    """The largest k both runs report pass@k for."""
+    return max(pass_ks(a) & pass_ks(b), default=None)
 
 
 def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_tolerance: float) -> list[Row]:

@@ -78,19 +78,9 @@ def _config_of(trial: Path, asked: Path) -> Path:
 
 def _from_run(run_id: str, tracking_uri: str | None) -> Target:
     """The run's trial folder when it is reachable here; else its logged model (tracking.log_model)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from sweep_sft.tracking import find_run
 
-    from sweep_sft.tracking import default_uri
-
-    uri = tracking_uri or default_uri()
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise UserInputError(
-            f"{run_id}: neither a folder nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
-        ) from exc
+    client, run = find_run(run_id, tracking_uri, "a folder")
     folder = run.data.tags.get(OUTPUT_DIR_TAG)
     if folder and Path(folder).is_dir():
         try:
@@ -111,5 +101,5 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
         client.download_artifacts(run_id, CONFIG_FILE, str(folder))
 
     # A finished run's artifacts do not change: downloaded once, kept in the cache.
-    local = build_once("run-model", {"run_id": run_id, "tracking_uri": uri}, download)
+    local = build_once("run-model", {"run_id": run_id, "tracking_uri": client.tracking_uri}, download)
     return Target(local / CONFIG_FILE, local / MODEL_DIR, None, Path.cwd())

@@ -278,6 +278,22 @@ def replay(path: str | Path, uri: str | None = None) -> int:
     return len(points)
 
 
+def find_run(ref: str, uri: str | None, expected: str):
+    """(client, run) for a run id given on a command line where `expected` (a folder) was the
+    other choice; not found: a UserInputError naming both and the store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        return client, client.get_run(ref)
+    except MlflowException as exc:
+        raise UserInputError(
+            f"{ref}: neither {expected} nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
+        ) from exc
+
+
 def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
     """What the sweep callback left in the sweep folder: parent run id and swept keys."""
     path = Path(sweep_dir) / PARENT_FILE

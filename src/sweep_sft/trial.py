@@ -204,7 +204,7 @@ def _train_and_record(
             from sweep_sft import baseline as baseline_comparison
 
             log(
-                baseline_comparison.record(config, baseline, {k: v[-1][1] for k, v in series.items()}, out, run),
+                baseline_comparison.record(config, baseline, final_values(series), out, run),
                 state.step,
             )
         run.set_tag("sweep_sft.trial_state", "COMPLETE")
@@ -305,7 +305,7 @@ def _record(
     findings: list[dict] | None = None,
 ) -> TrialResult:
     """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
-    metrics = {key: values[-1][1] for key, values in series.items()}
+    metrics = final_values(series)
     # A pruned trial reports the metric it was judged on; its final evals never ran.
     name = config.study.metric if state == "PRUNED" else config.objective
     value = objective_value(name, metrics)
@@ -314,6 +314,11 @@ def _record(
         (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
     return result
+
+
+def final_values(series: dict[str, list[list[float]]]) -> dict[str, float]:
+    """The last logged value of every series: a trial's final metrics."""
+    return {key: values[-1][1] for key, values in series.items()}
 
 
 def _mix_metrics(report: dict[str, dict]) -> dict[str, float]:
@@ -409,7 +414,9 @@ def torch_device(name: str):
 def task_table(metrics: dict[str, float], tasks: list[str], stats: dict[str, dict] | None = None) -> str:
     """Per task_type: training examples, val loss, exact match, and where measured pass@k and
     recall on trained prompts (recall high but exact match low: learned, not generalising)."""
-    k = next((key.split("_")[-1] for key in metrics if key.startswith("task/pass_at_") and key.count("/") == 1), None)
+    from sweep_sft.compare import pass_ks
+
+    k = max(pass_ks(metrics), default=None)
     columns = [("val loss", "val/loss", ".3f", 10), ("exact match", "task/exact_match", ".2f", 13)]
     if k:
         columns.append((f"pass@{k}", f"task/pass_at_{k}", ".2f", 9))
