@@ -562,3 +562,13 @@ def test_weight_on_a_user_turn(tmp_path: Path) -> None:
     path = write_lines(tmp_path, [messages_record(messages=turns)])
     with pytest.raises(DataError, match=at(path, 1) + r"messages\[0\]: 'weight' is set on a 'user' turn"):
         load_jsonl(path)
+
+
+def test_a_copy_trained_on_other_turns_is_no_duplicate() -> None:
+    from sweep_sft.data.dedup import deduplicate
+
+    turns = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"})
+    untrained_first = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0})
+    examples = [Example(turns + turns, "t", "s:1"), Example(untrained_first + turns, "t", "s:2")]
+    kept, stats = deduplicate([*examples, Example(turns + turns, "t", "s:3")], near_threshold=None)
+    assert kept == examples and stats.exact == {"t": 1}

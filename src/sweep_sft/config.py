@@ -65,7 +65,8 @@ class ModelConfig:
 class SourceConfig:
     # JSONL file of training examples; "embedded" generates the project's multi-task set.
     train: str = MISSING
-    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source.
+    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source
+    # (with none from any source, data.val_holdout of the training examples are held out instead).
     val: str | None = None
     # Record format: auto-detected per record, or declared (then every record must match).
     format: str = "auto"
