@@ -54,7 +54,82 @@ OWN_DATA = ["data=jsonl", "data.mix.sources.files.train={tmp}/train.jsonl", "dat
 CASES: list[Case] = [
     Case("negative lr", ["lr=-1"], "optimizer.lr"),
     # -- data (records, task_types, mix): rows here --
-
+    *(
+        Case(
+            f"task_type {name} MLflow refuses in a metric name",
+            OWN_DATA,
+            ["train.jsonl:2: task_type:", "allowed: letters, digits, '_', '-', '.' and space"],
+            files={"train.jsonl": _jsonl(GOOD, GOOD.replace('"qa/x"', task_type))},
+        )
+        for name, task_type in [
+            ("<b>", '"qa/<b>"'),
+            ("quote", r'"qa/\"x\""'),
+            ("..", '"qa/.."'),
+            ("mathtext", r'"qa/$\\x$"'),
+        ]
+    ),
+    Case(
+        "assistant turn first",
+        OWN_DATA,
+        "train.jsonl:1: message 0: the conversation starts with an assistant turn; expected a user turn first",
+        files={
+            "train.jsonl": _jsonl(
+                GOOD.replace('[{"role": "user"', '[{"role": "assistant", "content": "hello"}, {"role": "user"')
+            )
+        },
+    ),
+    Case(
+        "system turn not first",
+        OWN_DATA,
+        "train.jsonl:1: message 1: system turn after the first message",
+        files={
+            "train.jsonl": _jsonl(
+                GOOD.replace('{"role": "assistant"', '{"role": "system", "content": "s"}, {"role": "assistant"')
+            )
+        },
+    ),
+    Case(
+        "message weight other than 0 or 1",
+        OWN_DATA,
+        "train.jsonl:1: messages[1]: weight must be 0 (not trained) or 1 (trained), got 0.5",
+        files={"train.jsonl": _jsonl(GOOD.replace('"content": "yo"}', '"content": "yo", "weight": 0.5}'))},
+    ),
+    Case(
+        "weight on a user turn",
+        OWN_DATA,
+        "train.jsonl:1: messages[0]: 'weight' is set on a 'user' turn; only assistant turns take a weight",
+        files={"train.jsonl": _jsonl(GOOD.replace('"content": "hi"}', '"content": "hi", "weight": 1}'))},
+    ),
+    Case(
+        "every assistant turn weight 0",
+        OWN_DATA,
+        "train.jsonl:1: every assistant turn has weight 0; expected at least one trained turn",
+        files={"train.jsonl": _jsonl(GOOD.replace('"content": "yo"}', '"content": "yo", "weight": 0}'))},
+    ),
+    Case(
+        "duplicate key in a record",
+        OWN_DATA,
+        "train.jsonl:2: duplicate key 'content' in one JSON object; expected each key once",
+        files={"train.jsonl": _jsonl(GOOD, GOOD.replace('"content": "yo"', '"content": "yo", "content": "no"'))},
+    ),
+    Case(
+        "lone surrogate",
+        OWN_DATA,
+        "train.jsonl:2: messages[0].content: lone surrogate '\\ud800' at character 2; expected valid Unicode",
+        files={"train.jsonl": _jsonl(GOOD, GOOD.replace('"hi"', '"hi\\ud800"'))},
+    ),
+    Case(
+        "non-UTF-8 bytes",
+        OWN_DATA,
+        "train.jsonl:3: not valid UTF-8 (byte e9 at byte 68 of the line",
+        files={"train.jsonl": _jsonl(GOOD, "", GOOD.replace("hi", "caf\xe9")).encode("latin-1")},
+    ),
+    Case(
+        "a family's share and a task_type's share inside it",
+        ["data.mix.task_ratio.reasoning=0.3", "data.mix.task_ratio.reasoning.addition=0.2"],
+        "data.mix.task_ratio.reasoning=0.3 and data.mix.task_ratio.reasoning.addition=0.2: data.mix.task_ratio."
+        "reasoning cannot be a number and hold addition too",
+    ),
     # -- end of data --
 
     # -- config and model: rows here --

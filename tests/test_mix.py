@@ -127,3 +127,101 @@ def test_share_and_repeat_are_override_paths_without_plus():
         validate(compose(["data.mix.ratio_of=bytes"]))
     with pytest.raises(Exception, match="data.mix.foo|foo"):
         validate(compose(["data.mix.foo=1"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.mix.task_ratio.reasoning=0.3", "data.mix.task_ratio.reasoning.addition=0.2"],
+        ["data.mix.task_ratio.reasoning.addition=0.2", "data.mix.task_ratio.reasoning=0.3"],
+        ["data.mix.task_repeat.reasoning=2", "+data.mix.task_repeat.reasoning.addition=3"],
+    ],
+)
+def test_a_family_and_a_task_type_inside_it_in_two_overrides_is_an_error(overrides):
+    """Hydra's merge would keep the last of the two and drop the other without a word."""
+    short, long = sorted(overrides, key=len)
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    assert f"{short} and {long}: " in str(err.value) and "cannot be a number and hold addition too" in str(err.value)
+
+
+def test_a_mapping_for_a_family_merges_with_a_key_inside_it():
+    from sweep_sft.config import validate
+
+    cfg = validate(compose(["data.mix.task_ratio.reasoning={addition: 0.2}", "data.mix.task_ratio.reasoning.x=0.1"]))
+    assert cfg.data.mix.task_ratio == {"reasoning": {"addition": 0.2, "x": 0.1}}
+
+
+def test_the_override_check_runs_inside_a_hydra_job(tmp_path):
+    """python -m sweep_sft composes without compose(): validate() reads the job's overrides."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep_sft",
+            "data.mix.task_ratio.reasoning=0.3",
+            "data.mix.task_ratio.reasoning.add=0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.mix.task_ratio.reasoning=0.3 and data.mix.task_ratio.reasoning.add=0.2" in proc.stderr
+
+
+def _examples(counts: dict[str, int], source: str) -> list:
+    from sweep_sft.data.records import Example
+
+    tasks = [t for t, n in counts.items() for _ in range(n)]
+    return [
+        Example(({"role": "user", "content": f"{t} {i}"}, {"role": "assistant", "content": "a"}), t, f"{source}:{i}")
+        for i, t in enumerate(tasks)
+    ]
+
+
+def test_hold_out_takes_a_seeded_share_of_each_task_type_and_never_its_last_example(capsys):
+    from sweep_sft.data.pipeline import hold_out
+
+    by_source = {"a": _examples({"x": 50, "y": 1}, "a"), "b": _examples({"x": 50, "z": 2}, "b")}
+    rest, val, counts = hold_out(by_source, 0.1, seed=3)
+    assert counts == {"x": 10, "y": 0, "z": 1}
+    assert [e.task_type for e in val].count("x") == 10 and len(val) == 11
+    kept = [e for examples in rest.values() for e in examples]
+    assert len(kept) == 103 - 11 and not {id(e) for e in kept} & {id(e) for e in val}
+    assert [e.source for e in val] == sorted((e.source for e in val), key=lambda s: (s[0], int(s.split(":")[1])))
+    assert [e.source for e in hold_out(by_source, 0.1, seed=3)[1]] == [e.source for e in val]
+    assert [e.source for e in hold_out(by_source, 0.1, seed=4)[1]] != [e.source for e in val]
+    assert "held out 11 training examples (10% of each task_type, data.val_holdout)" in capsys.readouterr().out
+
+
+def test_trial_without_a_validation_file_validates_on_held_out_training_examples(tmp_path, tiny_overrides):
+    """data.mix.sources.files.val=null (one source, no val file): the trial holds out a share of
+    its training examples, trains on the rest and evaluates on them."""
+    from sweep_sft.embedded.build import embedded_data
+
+    train = tmp_path / "train.jsonl"
+    lines = (embedded_data() / "train.jsonl").read_text().splitlines()
+    train.write_text("\n".join(lines[::25]) + "\n")  # 256 examples, every task_type
+    overrides = [
+        *tiny_overrides,
+        "data=jsonl",
+        f"data.mix.sources.files.train={train}",
+        "data.mix.sources.files.val=null",
+        "data.val_holdout=0.25",
+        "data.max_train_examples=null",
+        "eval.general_probe=false",
+    ]
+    result = run_trial(compose(overrides))
+    stats = json.loads((tmp_path / "trial" / "dataset_stats.json").read_text())
+    held = {task: s["val_held_out"] for task, s in stats.items()}
+    assert len(held) == 8 and all(n > 0 for n in held.values())
+    trained, removed = (sum(s.get(k, 0) for s in stats.values()) for k in ("examples", "dedup_exact"))
+    assert trained + sum(held.values()) + removed == 256  # each example trained or held out, never both
+    assert sum(held.values()) == pytest.approx(0.25 * (256 - removed), abs=8)
+    assert result.metrics["val/loss"] > 0
+    assert all(f"val/loss/{task}" in result.metrics and f"task/exact_match/{task}" in result.metrics for task in held)

@@ -419,3 +419,156 @@ def test_round_trip(tmp_path: Path) -> None:
     loaded = load_jsonl(path, fmt="messages")
     assert [(e.messages, e.task_type, e.tags) for e in loaded] == [(e.messages, e.task_type, e.tags) for e in originals]
     assert [e.source for e in loaded] == [f"{path}:1", f"{path}:2"]
+
+
+# --- what the tokenizer, MLflow and a chat template can take (issue 13) ----------------------
+
+
+@pytest.mark.parametrize("bad", ["qa/<b>", "qa/a>b", 'qa/"x"', "qa/..", "../x", "qa/.", "qa/$\\x$", "a:b", "a\\b"])
+def test_task_type_with_a_character_mlflow_refuses(tmp_path: Path, bad: str) -> None:
+    path = write_lines(tmp_path, [messages_record(), messages_record(task_type=bad)])
+    with pytest.raises(DataError, match=at(path, 2) + r"task_type: .*MLflow refuses .*allowed: letters, digits"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize("good", ["qa/x y", "élan/x-1.2", "a..b/c_d", "日本/x"])
+def test_task_type_with_the_characters_mlflow_takes(tmp_path: Path, good: str) -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    [ex] = load_jsonl(write_lines(tmp_path, [messages_record(task_type=good)]))
+    assert ex.task_type == good
+    _validate_metric_name(f"val/loss/{good}")  # what the trial logs
+
+
+def test_task_type_too_long_for_a_metric_name(tmp_path: Path) -> None:
+    path = write_lines(tmp_path, [messages_record(task_type="a/" + "x" * 250)])
+    with pytest.raises(DataError, match=at(path, 1) + r"task_type: .*has 252 characters; expected at most 200"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('{"task_type": "a", "task_type": "b", "messages": []}', "task_type"),
+        ('{"task_type": "a", "messages": [{"role": "user", "role": "assistant", "content": "x"}]}', "role"),
+    ],
+)
+def test_duplicate_key_is_named(tmp_path: Path, line: str, key: str) -> None:
+    path = write_lines(tmp_path, [messages_record(), line])
+    expected = f"duplicate key '{key}' in one JSON object; expected each key once"
+    with pytest.raises(DataError, match=at(path, 2) + expected):
+        load_jsonl(path)
+
+
+def test_lone_surrogate_is_named_with_its_field(tmp_path: Path) -> None:
+    line = json.dumps(messages_record()).replace('"4"', '"4\\udc00"')
+    path = write_lines(tmp_path, [messages_record(), line])
+    expected = r"messages\[2\]\.content: lone surrogate '\\udc00' at character 1"
+    with pytest.raises(DataError, match=at(path, 2) + expected):
+        load_jsonl(path)
+    # A pair of escapes is one character, and fine.
+    path = write_lines(tmp_path, [json.dumps(messages_record()).replace('"4"', '"4 \\ud83d\\ude00"')])
+    assert load_jsonl(path)[0].messages[2]["content"] == "4 \U0001f600"
+
+
+def test_bad_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    good = json.dumps(GOOD_MESSAGES).encode()
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + good + b"\r" + good.replace(b"2+2", b"2\xd72") + b"\n")
+    with pytest.raises(DataError, match=at(path, 3) + "not valid UTF-8 .*byte d7 at byte .*; expected UTF-8 text"):
+        load_jsonl(path)
+    # A byte-order mark, \r\n and lone \r line ends (text mode's newlines) and U+2028 inside a string.
+    separator = good.replace(b"2+2", "2\u20282".encode())
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + good + b"\r" + separator + b"\n")
+    assert [e.source for e in load_jsonl(path)] == [f"{path}:1", f"{path}:2", f"{path}:3"]
+    assert load_jsonl(path)[2].messages[1]["content"] == "2\u20282?"
+
+
+def _turns(*roles: str) -> list[dict]:
+    return [{"role": role, "content": f"{role} {i}"} for i, role in enumerate(roles)]
+
+
+@pytest.mark.parametrize(
+    "roles, expected",
+    [
+        (("assistant", "user", "assistant"), "message 0: the conversation starts with an assistant turn"),
+        (("system", "assistant", "user", "assistant"), "message 1: the conversation starts with an assistant turn"),
+        (("user", "system", "assistant"), "message 1: system turn after the first message"),
+        (("system", "system", "user", "assistant"), "message 1: system turn after the first message"),
+    ],
+)
+def test_role_order_errors(tmp_path: Path, roles: tuple[str, ...], expected: str) -> None:
+    path = write_lines(tmp_path, [messages_record(), messages_record(messages=_turns(*roles))])
+    with pytest.raises(DataError, match=at(path, 2) + expected):
+        load_jsonl(path)
+
+
+def test_two_turns_of_one_role_in_a_row_warn_with_their_lines(tmp_path: Path, capsys) -> None:
+    twice = messages_record(messages=_turns("user", "user", "assistant"))
+    path = write_lines(tmp_path, [messages_record(), twice, messages_record(), twice])
+    assert len(load_jsonl(path)) == 4  # kept: a template may still render them
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: {path}: line 2, 4: two user turns in a row (messages 0 and 1); "
+        "expected user and assistant turns to alternate\n"
+    )
+
+
+def test_sharegpt_role_order_is_checked_after_conversion(tmp_path: Path) -> None:
+    record = {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}], "task_type": "t"}
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=at(path, 1) + "message 0: the conversation starts with an assistant turn"):
+        load_jsonl(path)
+
+
+def test_weight_zero_is_kept_and_weight_one_is_the_default(tmp_path: Path) -> None:
+    turns = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1", "weight": 0},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2", "weight": 1},
+    ]
+    sharegpt = {
+        "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "weight": 0}]
+        + [{"from": "human", "value": "q"}, {"from": "gpt", "value": "b"}],
+        "task_type": "t",
+    }
+    path = write_lines(tmp_path, [messages_record(messages=turns), sharegpt])
+    first, second = load_jsonl(path)
+    assert first.messages[1] == {"role": "assistant", "content": "a1", "weight": 0}
+    assert first.messages[3] == {"role": "assistant", "content": "a2"}
+    assert second.messages[1] == {"role": "assistant", "content": "a", "weight": 0}
+    write_jsonl(tmp_path / "out.jsonl", [first])
+    assert load_jsonl(tmp_path / "out.jsonl")[0].messages == first.messages
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ({"role": "assistant", "content": "a", "weight": 0.5}, r"messages\[1\]: weight must be 0 .* or 1 .*, got 0.5"),
+        ({"role": "assistant", "content": "a", "weight": True}, r"messages\[1\]: weight must be 0 .* got True"),
+        ({"role": "assistant", "content": "a", "weight": "0"}, r"messages\[1\]: weight must be 0 .* got '0'"),
+        ({"role": "assistant", "content": "a", "weight": 0}, "every assistant turn has weight 0"),
+    ],
+)
+def test_bad_weight(tmp_path: Path, message: dict, expected: str) -> None:
+    path = write_lines(tmp_path, [messages_record(messages=[{"role": "user", "content": "q"}, message])])
+    with pytest.raises(DataError, match=at(path, 1) + expected):
+        load_jsonl(path)
+
+
+def test_weight_on_a_user_turn(tmp_path: Path) -> None:
+    turns = [{"role": "user", "content": "q", "weight": 0}, {"role": "assistant", "content": "a"}]
+    path = write_lines(tmp_path, [messages_record(messages=turns)])
+    with pytest.raises(DataError, match=at(path, 1) + r"messages\[0\]: 'weight' is set on a 'user' turn"):
+        load_jsonl(path)
+
+
+def test_a_copy_trained_on_other_turns_is_no_duplicate() -> None:
+    from sweep_sft.data.dedup import deduplicate
+
+    turns = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"})
+    untrained_first = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0})
+    examples = [Example(turns + turns, "t", "s:1"), Example(untrained_first + turns, "t", "s:2")]
+    kept, stats = deduplicate([*examples, Example(turns + turns, "t", "s:3")], near_threshold=None)
+    assert kept == examples and stats.exact == {"t": 1}

@@ -411,3 +411,19 @@ def test_learn_vs_forget_puts_every_trial_on_one_gain_measure(sweep_dir, monkeyp
     label, xs = _learn_vs_forget_axes(sweep_dir, monkeypatch, title)
     assert label.startswith("val/loss reduction") and set(xs) == {"#0", "#3"}
     assert "left out (no val/loss reduction from the first evaluation): #1" in title[0]
+
+
+def test_labels_are_never_read_as_mathtext(tmp_path):
+    """A task_type, a swept value and a trial label with `$` and a backslash (bad mathtext:
+    matplotlib would fail the whole report) are drawn as plain text."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    task = "qa/$\\bad{$"
+    for number, value in enumerate(["$\\x$", "a$b\\c$"]):
+        record = _record(1e-3)
+        record["series"][f"val/loss/{task}"] = _series(10.0, 3.0)
+        record["metrics"][f"val/loss/{task}"] = 3.0
+        _job(sweep, number, [f"data.mix.only={value}", f"tracking.run_name=$\\run{number}$"], record)
+    html = write_report(sweep).read_text()
+    for key, n in {"loss": 2, "channels": 1, "objective": 1}.items():
+        assert _section(html, key).count("<img ") == n, key

@@ -102,3 +102,56 @@ def test_preflight_end_of_turn_not_supervised(tokenizer):
     tok.chat_template = tok.chat_template.replace("<|end|>{% endgeneration %}", "{% endgeneration %}<|end|>")
     with pytest.raises(DataError, match="dialogue/multi_turn.*end-of-turn token '<\\|end\\|>' is not supervised"):
         run(tok, [MULTI])
+
+
+def _weighted(*weights: int | None) -> Example:
+    """MULTI with these weights on its two assistant turns (None: no weight key)."""
+    messages = [dict(m) for m in MULTI.messages]
+    for message, weight in zip((messages[1], messages[3]), weights, strict=True):
+        if weight is not None:
+            message["weight"] = weight
+    return Example(tuple(messages), MULTI.task_type, "test.jsonl:7")
+
+
+@pytest.mark.parametrize(
+    "loss_on, weights, supervised",
+    [
+        ("all_assistant", (0, None), " cat<|end|>"),
+        ("all_assistant", (None, 0), " Noted: cat.<|end|>"),
+        ("last_assistant", (None, 0), " Noted: cat.<|end|>"),  # the last turn that is trained
+        ("last_assistant", (0, None), " cat<|end|>"),
+    ],
+)
+def test_a_weight_0_turn_carries_no_supervised_token(tokenizer, loss_on, weights, supervised):
+    (row,), stats = run(tokenizer, [_weighted(*weights)], loss_on)
+    assert supervised_text(tokenizer, row) == supervised
+    assert stats.per_task["dialogue/multi_turn"].supervised_tokens == sum(label != IGNORE for label in row.labels)
+    (plain,), _ = run(tokenizer, [MULTI], loss_on)
+    assert row.input_ids == plain.input_ids  # the weight changes the labels, never the tokens
+
+
+def test_a_weight_0_turn_is_not_trained_under_all_tokens(tokenizer):
+    (row,), _ = run(tokenizer, [_weighted(0, None)], "all_tokens")
+    text = supervised_text(tokenizer, row)
+    assert "<|user|>" in text and " cat<|end|>" in text and "Noted" not in text
+
+
+def test_weight_0_needs_one_generation_block_per_assistant_turn(tokenizer):
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    # One block around the whole conversation: no way to tell which tokens are the weight-0 turn's.
+    tok.chat_template = (
+        "{% generation %}" + tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    ).replace("{%- if add_generation_prompt", "{% endgeneration %}{%- if add_generation_prompt")
+    with pytest.raises(DataError, match=r"^test.jsonl:7: a turn has weight 0 but the chat template marks 1 assistant"):
+        run(tok, [_weighted(0, None)])
+
+
+def test_no_examples_give_no_rows(tokenizer):
+    rows, stats = run(tokenizer, [])
+    assert rows == [] and stats.per_task == {}
+
+
+def test_a_record_the_tokenizer_cannot_take_is_named(tokenizer):
+    bad = Example(({"role": "user", "content": "x\ud800"}, {"role": "assistant", "content": "y"}), "t", "f.jsonl:3")
+    with pytest.raises(DataError, match=r"^f.jsonl:3: the tokenizer's chat template cannot take this record"):
+        run(tokenizer, [SINGLE, bad, MULTI])

@@ -65,7 +65,8 @@ class ModelConfig:
 class SourceConfig:
     # JSONL file of training examples; "embedded" generates the project's multi-task set.
     train: str = MISSING
-    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source.
+    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source
+    # (with none from any source, data.val_holdout of the training examples are held out instead).
     val: str | None = None
     # Record format: auto-detected per record, or declared (then every record must match).
     format: str = "auto"
@@ -125,6 +126,9 @@ class DataConfig:
     max_train_examples: int | None = None
     # Use at most this many validation examples per task_type; null: all.
     max_val_per_task: int | None = None
+    # With no val file in any source: this share of each task_type's training examples is held
+    # out (seeded) as the validation set.
+    val_holdout: float = 0.1
 
     def __post_init__(self) -> None:
         _one_of("data.loss_on", self.loss_on, LOSS_ON)
@@ -135,6 +139,8 @@ class DataConfig:
             _at_least("data.max_train_examples", self.max_train_examples, 1)
         if self.max_val_per_task is not None:
             _at_least("data.max_val_per_task", self.max_val_per_task, 1)
+        if not 0 < self.val_holdout <= 0.5:
+            raise ConfigError(f"data.val_holdout must be in (0, 0.5], got {self.val_holdout}")
 
 
 @dataclass
@@ -440,7 +446,19 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"expected a sweep_sft config, got {type(obj).__name__}")
     _reject_unknown_keys(obj)
     _check_aliases(cfg, obj)
+    _check_mix_overrides()
     return obj
+
+
+def _check_mix_overrides() -> None:
+    # Two overrides of one mix key (a family and a task_type inside it) compose into one of them:
+    # only the command line still holds both.
+    from hydra.core.hydra_config import HydraConfig
+
+    from sweep_sft.data.mix import check_tree_overrides
+
+    if HydraConfig.initialized():
+        check_tree_overrides(list(HydraConfig.get().overrides.task))
 
 
 def _reject_unknown_keys(obj: Any, prefix: str = "") -> None:
@@ -503,6 +521,9 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from sweep_sft.data.mix import check_tree_overrides
+
+    check_tree_overrides(list(overrides or []))
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sweep_sft.report_data import Sweep, Trial, is_finite_number, task_types
 
@@ -26,6 +28,21 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _plain_text(plot: F) -> F:
+    """Labels are task_types, swept values, trial names: text from users, drawn as it is. A `$`
+    would start matplotlib's mathtext (and a backslash inside it fail the whole report)."""
+
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        with _pyplot().rc_context({"text.parse_math": False, "text.usetex": False}):
+            return plot(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def _png(fig) -> bytes:
@@ -51,6 +68,7 @@ def is_log_axis(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
 
 
+@_plain_text
 def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
     """train/loss and val/loss of every trial, one plot each."""
     out: dict[str, bytes | Missing] = {}
@@ -75,6 +93,7 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
     return out
 
 
+@_plain_text
 def channel_losses(sweep: Sweep) -> bytes | Missing:
     """val/loss/<task_type>: a small plot per task_type, a line per trial."""
     tasks = [
@@ -112,6 +131,7 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+@_plain_text
 def objective_vs_params(sweep: Sweep) -> bytes | Missing:
     """The objective of every complete trial against each swept parameter."""
     done = [
@@ -199,6 +219,7 @@ def learn_points(sweep: Sweep) -> tuple[str, list[tuple[Trial, float, float]], l
     return measure, points, [t for t in trials if gain(t) is None]
 
 
+@_plain_text
 def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
     """general_drop (forgetting) against task gain (learning), a labelled point per trial."""
     measure, points, left_out = learn_points(sweep)
@@ -221,6 +242,7 @@ def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
     return _png(fig)
 
 
+@_plain_text
 def sandwich(sweep: Sweep) -> bytes | None:
     """The sandwich search: each probe on the param axis (its round on y), green passing, red
     failing, the final bracket shaded. None when the sweep is no sandwich search."""

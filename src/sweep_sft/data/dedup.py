@@ -145,7 +145,9 @@ def _drop_exact(examples: Iterable[Example], stats: DedupStats) -> list[Example]
 def _exact_key(ex: Example) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     # Length-prefixed fields, so no choice of content can make two different conversations collide.
-    for part in (ex.task_type, *(s for m in ex.messages for s in (m["role"], m["content"].strip()))):
+    # A turn's weight is part of it: the same conversation trained on other turns is no copy.
+    turns = (s for m in ex.messages for s in (m["role"], m["content"].strip(), str(m.get("weight", 1))))
+    for part in (ex.task_type, *turns):
         data = part.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)

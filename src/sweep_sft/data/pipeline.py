@@ -1,6 +1,7 @@
 """From data sources to the tokenised training mix and validation set, in one fixed order:
-load -> de-duplicate -> source weights -> subsample -> tokenise (truncate/drop, pre-flight)
--> task repeats and shares. Every random choice is seeded by `trainer.seed`."""
+load -> de-duplicate -> hold out validation (only when no source has a val file) -> source
+weights -> subsample -> tokenise (truncate/drop, pre-flight) -> task repeats and shares.
+Every random choice is seeded by `trainer.seed`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def prepare(
     rng = random.Random(config.trainer.seed)
     by_source, val = loaded or load_sources(config)
     by_source, dedup_report = _deduplicate(by_source, config)
+    held_out: dict[str, int] = {}
+    if not any(source.val for source in data.mix.sources.values()):
+        by_source, val, held_out = hold_out(by_source, data.val_holdout, config.trainer.seed)
     train = [e for name, examples in by_source.items() for e in scale(examples, data.mix.sources[name].weight, rng)]
     if data.max_train_examples is not None and data.max_train_examples < len(train):
         train = rng.sample(train, data.max_train_examples)
@@ -62,7 +66,37 @@ def prepare(
             task, {"examples": 0, "supervised_tokens": 0, "example_share": 0.0, "token_share": 0.0}
         )
         entry.update(truncated=stats["truncated"], dropped=stats["dropped"], **dedup_report.get(task, {}))
+    for task, n in held_out.items():
+        if task in report:
+            report[task]["val_held_out"] = n
     return PreparedData(rows, val_rows, val, dict(sorted(report.items())))
+
+
+def hold_out(
+    by_source: dict[str, list[Example]], fraction: float, seed: int
+) -> tuple[dict[str, list[Example]], list[Example], dict[str, int]]:
+    """No source has a val file: a seeded `fraction` of each task_type's (de-duplicated) training
+    examples becomes the validation set, at least one and never the last one of a task_type, so
+    that validation never sees a trained example. Returns the rest, the held-out examples in file
+    order, and the count per task_type."""
+    rng = random.Random(seed)
+    everything = [e for examples in by_source.values() for e in examples]
+    by_task: dict[str, list[int]] = {}
+    for i, example in enumerate(everything):
+        by_task.setdefault(example.task_type, []).append(i)
+    picked: set[int] = set()
+    for indices in by_task.values():
+        n = min(max(1, round(fraction * len(indices))), len(indices) - 1)
+        picked.update(rng.sample(indices, n))
+    val_ids = {id(everything[i]) for i in picked}
+    rest = {name: [e for e in examples if id(e) not in val_ids] for name, examples in by_source.items()}
+    val = [everything[i] for i in sorted(picked)]
+    counts = {task: sum(e.task_type == task for e in val) for task in sorted(by_task)}
+    print(
+        f"validation: no source has a val file; held out {len(val)} training examples "
+        f"({fraction:.0%} of each task_type, data.val_holdout) as the validation set"
+    )
+    return rest, val, counts
 
 
 def _deduplicate(by_source: dict[str, list[Example]], config: Config):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,11 +24,18 @@ SHAREGPT_ROLES = {
 }
 # Checked in this order so a record carrying several keys gets the richest format.
 FORMAT_KEYS = (("messages", "messages"), ("conversations", "sharegpt"), ("instruction", "alpaca"))
+# A task_type level becomes part of MLflow metric names (val/loss/<task_type>): only the
+# characters MLflow takes in a name on every platform (letters, digits, _ - . and space; no
+# colon, which it refuses on Windows), and no level "." or ".." (a name must be a clean path).
+TASK_TYPE_LEVEL = re.compile(r"[\w.\- ]+")
+TASK_TYPE_CHARACTERS = "letters, digits, '_', '-', '.' and space in each level, '/' between two levels"
+MAX_TASK_TYPE = 200  # MLflow's metric names hold at most 250 characters, prefix included
 
 
 @dataclass(frozen=True)
 class Example:
-    messages: tuple[dict[str, str], ...]
+    # {role, content}, and weight 0 on an assistant turn that is not trained.
+    messages: tuple[dict[str, Any], ...]
     task_type: str
     source: str
     tags: tuple[str, ...] = ()
@@ -36,6 +45,22 @@ class _RecordError(Exception):
     """A problem with one record; load_jsonl prefixes it with path:line."""
 
 
+class _Warnings:
+    """Record problems that do not stop the load, printed once per file with their lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[str, list[int]] = defaultdict(list)
+
+    def add(self, lineno: int, message: str) -> None:
+        self.lines[message].append(lineno)
+
+    def flush(self) -> None:
+        for message, lines in self.lines.items():
+            shown = ", ".join(str(n) for n in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+            print(f"warning: {self.path}: line {shown}: {message}", file=sys.stderr)
+
+
 def load_jsonl(path: str | Path, fmt: str = "auto", default_task_type: str | None = None) -> list[Example]:
     """Load every non-blank line of a JSONL file as an Example."""
     path = Path(path)
@@ -43,11 +68,16 @@ def load_jsonl(path: str | Path, fmt: str = "auto", default_task_type: str | Non
     if default_task_type is not None:
         _check_default_task_type(default_task_type)
     examples = []
+    warnings = _Warnings(path)
     for lineno, line in _numbered_lines(path):
         try:
-            examples.append(_parse_line(line, fmt, default_task_type, f"{path}:{lineno}"))
+            example = _parse_line(line, fmt, default_task_type, f"{path}:{lineno}")
         except _RecordError as err:
             raise DataError(f"{path}:{lineno}: {err}") from None
+        for message in _conversation_warnings(example.messages):
+            warnings.add(lineno, message)
+        examples.append(example)
+    warnings.flush()
     if not examples:
         raise DataError(f"{path}: no records found (file is empty or only blank lines)")
     return examples
@@ -90,25 +120,40 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: data file not found")
     if not path.is_file():
         raise DataError(f"{path}: expected a JSONL file, found a directory or special file")
-    # Text-mode iteration splits only on \n, \r and \r\n, unlike str.splitlines,
-    # which would also break on U+2028 left unescaped inside JSON strings.
-    # utf-8-sig tolerates a byte-order mark written by some editors.
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
+    # Bytes are decoded a line at a time, so bad bytes are reported with their line. Lines end at
+    # \n, \r or \r\n as in text mode, not at U+2028 (str.splitlines would split there, though
+    # JSON strings may hold it unescaped). A byte-order mark written by some editors is dropped.
+    lineno = 0
+    with path.open("rb") as f:
+        for raw in f:
+            text = _decode_line(raw[3:] if lineno == 0 and raw.startswith(b"\xef\xbb\xbf") else raw, path, lineno + 1)
+            for line in text.rstrip("\r\n").split("\r"):
+                lineno += 1
                 if line.strip():
                     yield lineno, line
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err})") from None
+        # Count the lone \r line breaks before the bad byte, so the line number stays exact.
+        lineno += raw[: err.start].count(b"\r")
+        bad = raw[err.start : err.end]
+        raise DataError(
+            f"{path}:{lineno}: not valid UTF-8 (byte {bad.hex(' ')} at byte {err.start + 1} of the line: "
+            f"{err.reason}); expected UTF-8 text: re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def _parse_line(line: str, fmt: str, default_task_type: str | None, source: str) -> Example:
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise _RecordError(f"malformed JSON ({err})") from None
     if not isinstance(record, dict):
         raise _RecordError(f"expected a JSON object, got {type(record).__name__}")
+    _check_text(record, "record")
     found = _detect_format(record)
     if fmt != "auto" and found != fmt:
         raise _RecordError(
@@ -123,6 +168,36 @@ def _parse_line(line: str, fmt: str, default_task_type: str | None, source: str)
         source=source,
         tags=_tags(record),
     )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys silently; a record saying two things is refused.
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _RecordError(f"duplicate key {key!r} in one JSON object; expected each key once")
+        record[key] = value
+    return record
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string must be valid Unicode: JSON's \\ud800-\\udfff escapes can make lone surrogates,
+    which no tokenizer (and no UTF-8 file or MLflow) can take."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise _RecordError(
+                f"{where}: lone surrogate {value[err.start]!r} at character {err.start}; expected valid "
+                "Unicode text (a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one)"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"{where}: a key")
+            _check_text(item, f"{where}.{key}" if where != "record" else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]")
 
 
 def _detect_format(record: dict[str, Any]) -> str:
@@ -142,8 +217,21 @@ def _from_messages(record: dict[str, Any]) -> tuple[dict[str, str], ...]:
         content = _string_field(msg, "content", f"messages[{i}]")
         if role not in ROLES:
             raise _RecordError(f"messages[{i}]: unknown role {role!r}; allowed roles: {', '.join(ROLES)}")
-        messages.append({"role": role, "content": content})
+        messages.append({"role": role, "content": content, **_weight(msg, role, f"messages[{i}]")})
     return tuple(messages)
+
+
+def _weight(msg: dict[str, Any], role: str, where: str) -> dict[str, int]:
+    """OpenAI's fine-tuning `weight`: 0 leaves an assistant turn untrained, 1 (the default) trains it.
+    Kept on the message only when 0, so weight 1 and no weight are one and the same record."""
+    if "weight" not in msg:
+        return {}
+    weight = msg["weight"]
+    if role != "assistant":
+        raise _RecordError(f"{where}: 'weight' is set on a {role!r} turn; only assistant turns take a weight")
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise _RecordError(f"{where}: weight must be 0 (not trained) or 1 (trained), got {weight!r}")
+    return {"weight": 0} if weight == 0 else {}
 
 
 def _from_sharegpt(record: dict[str, Any]) -> tuple[dict[str, str], ...]:
@@ -155,7 +243,8 @@ def _from_sharegpt(record: dict[str, Any]) -> tuple[dict[str, str], ...]:
         if speaker not in SHAREGPT_ROLES:
             allowed = ", ".join(SHAREGPT_ROLES)
             raise _RecordError(f"conversations[{i}]: unknown role {speaker!r}; allowed roles: {allowed}")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+        role = SHAREGPT_ROLES[speaker]
+        messages.append({"role": role, "content": value, **_weight(turn, role, f"conversations[{i}]")})
     return tuple(messages)
 
 
@@ -196,14 +285,35 @@ def _string_field(obj: Any, key: str, where: str) -> str:
     return value
 
 
-def _check_conversation(messages: tuple[dict[str, str], ...]) -> None:
+def _check_conversation(messages: tuple[dict[str, Any], ...]) -> None:
     for i, msg in enumerate(messages):
         if msg["role"] == "assistant" and not msg["content"].strip():
             raise _RecordError(f"message {i}: assistant turn is empty; expected a non-empty reply")
-    if messages[-1]["role"] != "assistant":
-        raise _RecordError(f"last message has role {messages[-1]['role']!r}; expected an assistant turn last")
+        if msg["role"] == "system" and i > 0:
+            raise _RecordError(
+                f"message {i}: system turn after the first message; expected a system turn first or none"
+            )
     if not any(msg["role"] == "user" for msg in messages):
         raise _RecordError("conversation has no user turn; expected at least one")
+    first = 1 if messages[0]["role"] == "system" else 0
+    if messages[first]["role"] == "assistant":
+        raise _RecordError(
+            f"message {first}: the conversation starts with an assistant turn; expected a user turn first "
+            "(after an optional system turn)"
+        )
+    if messages[-1]["role"] != "assistant":
+        raise _RecordError(f"last message has role {messages[-1]['role']!r}; expected an assistant turn last")
+    if all(msg.get("weight", 1) == 0 for msg in messages if msg["role"] == "assistant"):
+        raise _RecordError("every assistant turn has weight 0; expected at least one trained turn (weight 1)")
+
+
+def _conversation_warnings(messages: tuple[dict[str, Any], ...]) -> list[str]:
+    """Problems a chat template may still render: two turns of one role in a row."""
+    return [
+        f"two {b['role']} turns in a row (messages {i} and {i + 1}); expected user and assistant turns to alternate"
+        for i, (a, b) in enumerate(zip(messages, messages[1:], strict=False))
+        if a["role"] == b["role"]
+    ]
 
 
 def _task_type(record: dict[str, Any], default: str | None) -> str:
@@ -230,6 +340,15 @@ def _task_type_problem(value: Any) -> str | None:
         return f"{value!r} has {len(levels)} levels; expected 'a' or 'a/b'"
     if any(not level.strip() or level != level.strip() for level in levels):
         return f"{value!r} has an empty or space-padded level; expected 'a' or 'a/b'"
+    if any(not TASK_TYPE_LEVEL.fullmatch(level) or level in (".", "..") for level in levels):
+        bad = sorted({c for c in value if c != "/" and not TASK_TYPE_LEVEL.fullmatch(c)})
+        what = f"characters {' '.join(map(repr, bad))}" if bad else "a level '.' or '..'"
+        return (
+            f"{value!r} has {what}, which MLflow refuses in metric names (val/loss/<task_type>); "
+            f"allowed: {TASK_TYPE_CHARACTERS}, no level '.' or '..'"
+        )
+    if len(value) > MAX_TASK_TYPE:
+        return f"{value[:40]!r}... has {len(value)} characters; expected at most {MAX_TASK_TYPE} (MLflow metric names)"
     return None
 
 

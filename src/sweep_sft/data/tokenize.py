@@ -3,6 +3,7 @@
 The tokenizer's own chat template renders each conversation; its {% generation %} markers
 (`return_assistant_tokens_mask`) say which tokens are the assistant's. System and user
 tokens never carry loss; `loss_on` picks all assistant turns, the last one, or all tokens.
+An assistant turn with OpenAI's `weight: 0` is never trained, whatever `loss_on` says.
 """
 
 from __future__ import annotations
@@ -52,20 +53,17 @@ def tokenize(
     end_of_turn_id: int,
 ) -> tuple[list[Tokenized], DatasetStats]:
     """Tokenise, mask, truncate or drop, then run the pre-flight check on what is left."""
-    rendered = tokenizer.apply_chat_template(
-        [list(e.messages) for e in examples],
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-    )
     out: list[Tokenized] = []
     stats = DatasetStats()
+    if not examples:  # the chat template takes an empty batch for one empty conversation
+        return out, stats
+    rendered = _render(examples, tokenizer)
     spans_ok: Counter[str] = Counter()
     spans_bad: Counter[str] = Counter()
     for example, ids, mask in zip(examples, rendered["input_ids"], rendered["assistant_masks"], strict=True):
         task = stats.per_task.setdefault(example.task_type, TaskStats())
-        spans = trained_spans(mask, loss_on)
-        labels = _labels(ids, spans, loss_on)
+        spans, untrained = _weighted_spans(example, mask, loss_on)
+        labels = _labels(ids, spans, untrained, loss_on)
         truncated = len(ids) > max_seq_len
         if truncated and truncation == "drop":
             task.dropped += 1
@@ -85,8 +83,52 @@ def tokenize(
     return out, stats
 
 
-def trained_spans(assistant_mask: list[int], loss_on: str) -> list[tuple[int, int]]:
-    """[start, end) of each assistant turn that is trained under `loss_on`."""
+def _render(examples: list[Example], tokenizer) -> dict:
+    def apply(batch: list[Example]) -> dict:
+        return tokenizer.apply_chat_template(
+            [list(e.messages) for e in batch],
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+
+    try:
+        return apply(examples)
+    except Exception as batch_error:
+        # Name the record the tokenizer or its template cannot take; the batch error says only what.
+        for example in examples:
+            try:
+                apply([example])
+            except Exception as err:
+                raise DataError(
+                    f"{example.source}: the tokenizer's chat template cannot take this record "
+                    f"({type(err).__name__}: {err}); expected text it can encode"
+                ) from None
+        raise batch_error
+
+
+def _weighted_spans(
+    example: Example, mask: list[int], loss_on: str
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(trained spans, spans of weight-0 turns): weight 0 removes a turn before `loss_on` picks
+    (last_assistant: the last turn with weight 1)."""
+    spans = assistant_spans(mask)
+    weights = [m.get("weight", 1) for m in example.messages if m["role"] == "assistant"]
+    if all(weights):
+        return trained_spans(mask, loss_on), []
+    if len(spans) != len(weights):
+        raise DataError(
+            f"{example.source}: a turn has weight 0 but the chat template marks {len(spans)} assistant spans "
+            f"for {len(weights)} assistant turns, so the turn cannot be found; expected one "
+            "{% generation %} block per assistant turn"
+        )
+    trained = [span for span, weight in zip(spans, weights, strict=True) if weight]
+    untrained = [span for span, weight in zip(spans, weights, strict=True) if not weight]
+    return (trained[-1:] if loss_on == "last_assistant" else trained), untrained
+
+
+def assistant_spans(assistant_mask: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of assistant tokens."""
     spans: list[tuple[int, int]] = []
     start = None
     for i, flag in enumerate([*assistant_mask, 0]):
@@ -95,17 +137,24 @@ def trained_spans(assistant_mask: list[int], loss_on: str) -> list[tuple[int, in
         elif not flag and start is not None:
             spans.append((start, i))
             start = None
-    if loss_on == "last_assistant":
-        return spans[-1:]
     return spans
 
 
-def _labels(ids: list[int], spans: list[tuple[int, int]], loss_on: str) -> list[int]:
+def trained_spans(assistant_mask: list[int], loss_on: str) -> list[tuple[int, int]]:
+    """[start, end) of each assistant turn that is trained under `loss_on`."""
+    spans = assistant_spans(assistant_mask)
+    return spans[-1:] if loss_on == "last_assistant" else spans
+
+
+def _labels(ids: list[int], spans: list[tuple[int, int]], untrained: list[tuple[int, int]], loss_on: str) -> list[int]:
     if loss_on == "all_tokens":
-        return list(ids)
-    labels = [IGNORE] * len(ids)
-    for start, end in spans:
-        labels[start:end] = ids[start:end]
+        labels = list(ids)
+    else:
+        labels = [IGNORE] * len(ids)
+        for start, end in spans:
+            labels[start:end] = ids[start:end]
+    for start, end in untrained:
+        labels[start:end] = [IGNORE] * (end - start)
     return labels
 
 
