@@ -6,6 +6,7 @@ trial in MLflow and in sweep_summary.json, and the sweep goes on; with retries i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,7 +212,7 @@ def test_the_cluster_listens_on_localhost_only_and_its_script_holds_no_password(
     conf = dict(line.split("=", 1) for line in Path("/etc/slurm/slurmdbd.conf").read_text().splitlines() if "=" in line)
     password = conf["StoragePass"].strip()
     assert len(password) >= 16 and password not in script
-    stored = Path("/var/lib/sweep-sft-slurm/db_password")
+    stored = Path(os.environ.get("SLURM_LOCAL_STATE", "/var/lib/sweep-sft-slurm")) / "db_password"
     assert stored.read_text().strip() == password and stored.stat().st_mode & 0o777 == 0o600
     assert stored.stat().st_uid == 0
     # a later start reuses it: the config stays as it is and no daemon restarts
