@@ -20,7 +20,8 @@ CONF_DIR=/etc/slurm
 RUN_DIR=$STATE_DIR/run
 DB_NAME=slurm_acct_db
 DB_USER=slurm
-DB_PASS=sweep-sft-slurm
+# The database user's password: generated at the first start, kept root-only (mode 600) and reused.
+DB_PASS_FILE=$STATE_DIR/db_password
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 WAIT_S=${SLURM_LOCAL_WAIT_S:-60}
 # Jobs that may share one CPU of the debug partition: 2 CPUs x 8 = 16 one-CPU trials at once, so a
@@ -112,6 +113,9 @@ ensure_hostname() {
     echo "127.0.0.1 $NODE" >>/etc/hosts
     say "added '127.0.0.1 $NODE' to /etc/hosts"
   fi
+  # slurmd and slurmdbd listen on what this name resolves to (NoInAddrAny): it must be loopback
+  local addr; addr=$(getent ahostsv4 "$NODE" | awk 'NR == 1 { print $1 }')
+  [[ $addr == 127.* ]] || fail "host name $NODE resolves to '$addr', not a loopback address: the daemons would listen there; map it to 127.0.0.1 in /etc/hosts"
 }
 
 write_if_changed() {  # write_if_changed PATH MODE: stdin -> PATH if different; returns 0 if it changed
@@ -121,8 +125,19 @@ write_if_changed() {  # write_if_changed PATH MODE: stdin -> PATH if different; 
   install -m "$mode" "$tmp" "$path"; rm -f "$tmp"; return 0
 }
 
+db_password() {  # the password of $DB_USER: created once (random, mode 600), then read back
+  if [[ ! -s $DB_PASS_FILE ]]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$DB_PASS_FILE") || fail "generate $DB_PASS_FILE"
+    say "generated the database password in $DB_PASS_FILE (mode 600)"
+  fi
+  chown root:root "$DB_PASS_FILE"; chmod 600 "$DB_PASS_FILE"
+  DB_PASS=$(<"$DB_PASS_FILE")
+  [[ $DB_PASS =~ ^[A-Za-z0-9]{16,}$ ]] || fail "$DB_PASS_FILE must hold one password of 16+ letters and digits"
+}
+
 write_config() {
   mkdir -p "$CONF_DIR" "$STATE_DIR/ctld" "$STATE_DIR/slurmd" "$RUN_DIR" "$LOG_DIR"
+  db_password
   local hw cpus boards sockets cores threads mem real def_mem
   hw=$(slurmd -C 2>/dev/null | head -n 1) || fail "slurmd -C (hardware detection)"
   field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<<"$hw"; }
@@ -138,7 +153,10 @@ write_config() {
   write_if_changed "$CONF_DIR/slurm.conf" 644 <<EOF && CONFIG_CHANGED=1 || true
 # Written by launchers/slurm_cluster.sh (sweep-sft): a one-node cluster on localhost. Do not edit.
 ClusterName=$CLUSTER
-SlurmctldHost=$NODE
+# Every daemon listens on 127.0.0.1 only: slurmctld on its ControlAddr (NoCtldInAddrAny), slurmd
+# and slurmdbd on what their host names resolve to (NoInAddrAny; NodeAddr / DbdAddr below).
+SlurmctldHost=$NODE(127.0.0.1)
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -166,7 +184,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 # accounting (sacct), needed by submitit
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=127.0.0.1
 JobCompType=jobcomp/none
 # memory limits without cgroups: poll every 2 s, kill a step over its --mem
 JobAcctGatherType=jobacct_gather/linux
@@ -188,6 +206,9 @@ EOF
 # Written by launchers/slurm_cluster.sh (sweep-sft). Must stay mode 600.
 AuthType=auth/munge
 DbdHost=localhost
+DbdAddr=127.0.0.1
+# listen on what the host name resolves to (127.0.0.1, see ensure_hostname), not on every interface
+CommunicationParameters=NoInAddrAny
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageHost=localhost
@@ -230,11 +251,13 @@ start_mariadbd() {
     wait_daemon mariadbd "start mariadbd (mariadb-admin ping)" mariadb_ping
     say "mariadbd started"
   fi
-  mariadb -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`;
-    CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
-    ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
-    GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'localhost';" 2>"$LOG_DIR/mariadb-setup.log" \
-    || { cat "$LOG_DIR/mariadb-setup.log" >&2; fail "create database $DB_NAME / user $DB_USER" mariadbd; }
+  # on stdin, not the command line: other users can read a process's arguments
+  mariadb 2>"$LOG_DIR/mariadb-setup.log" <<SQL || { cat "$LOG_DIR/mariadb-setup.log" >&2; fail "create database $DB_NAME / user $DB_USER" mariadbd; }
+CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`;
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'localhost';
+SQL
 }
 
 start_slurmdbd() {

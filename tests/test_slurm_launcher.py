@@ -6,6 +6,7 @@ trial in MLflow and in sweep_summary.json, and the sweep goes on; with retries i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,36 @@ def test_a_job_killed_for_memory_is_a_failed_trial(tmp_path, run_app):
     jobs = summary(tmp_path)["jobs"]
     assert [j["state"] for j in jobs] == ["COMPLETE", "FAILED"]
     assert "ended FAILED without a result" in jobs[1]["error"] and "exceeded memory limit" in jobs[1]["error"]
+
+
+CLUSTER_DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "mariadbd", "munged")
+
+
+def listening(daemons=CLUSTER_DAEMONS) -> dict[str, set[str]]:
+    """Local addresses of the TCP sockets each cluster daemon listens on (`ss -ltnp`)."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    found: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        for name in daemons:
+            if f'(("{name}",' in line:
+                found.setdefault(name, set()).add(fields[3].rsplit(":", 1)[0])
+    return found
+
+
+def test_the_cluster_listens_on_localhost_only_and_its_script_holds_no_password():
+    found = listening()
+    # the three Slurm daemons listen (on TCP); munged has a Unix socket only
+    assert {"slurmctld", "slurmd", "slurmdbd"} <= set(found), found
+    assert all(addr == "127.0.0.1" for addrs in found.values() for addr in addrs), found
+    script = (ROOT / "launchers" / "slurm_cluster.sh").read_text()
+    conf = dict(line.split("=", 1) for line in Path("/etc/slurm/slurmdbd.conf").read_text().splitlines() if "=" in line)
+    password = conf["StoragePass"].strip()
+    assert len(password) >= 16 and password not in script
+    stored = Path(os.environ.get("SLURM_LOCAL_STATE", "/var/lib/sweep-sft-slurm")) / "db_password"
+    assert stored.read_text().strip() == password and stored.stat().st_mode & 0o777 == 0o600
+    assert stored.stat().st_uid == 0
+    # a later start reuses it: the config stays as it is and no daemon restarts
+    again = subprocess.run([ROOT / "launchers" / "slurm_cluster.sh", "start"], capture_output=True, text=True)
+    assert again.returncode == 0 and "(unchanged)" in again.stdout, again.stdout + again.stderr
+    assert stored.read_text().strip() == password

@@ -22,7 +22,7 @@ class RetryConf:
     result_grace_s: int = 15
     # Seconds between two looks for the jobs' result files.
     poll_s: float = 1.0
-    # Seconds between two scheduler queries (one sacct for all jobs): how soon a killed job
+    # Seconds between two scheduler queries (one sacct for all jobs; Slurm only): how soon a killed job
     # is noticed, against the load on the cluster's controller.
     sacct_interval_s: float = 15.0
 

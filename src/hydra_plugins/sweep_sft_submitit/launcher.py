@@ -83,13 +83,20 @@ class RetryingLauncher(BaseSubmititLauncher):
             params.append(self._job_args(list(overrides), num))
         jobs = executor.map_array(self, *zip(*params, strict=True))
         pending = [_Pending(i, p[2], p[0], job, 1) for i, (p, job) in enumerate(zip(params, jobs, strict=True))]
-        results: list[JobReturn | None] = [None] * len(job_overrides)
+        submitted = list(pending)  # every attempt, so that a launcher that raises can stop them all
+        try:
+            return self._wait(executor, pending, submitted, len(job_overrides))
+        except BaseException as exc:
+            self._abandon(submitted, exc)
+            raise
+
+    def _wait(self, executor, pending: list[_Pending], submitted: list[_Pending], count: int) -> list[JobReturn]:
+        """Wait for every job, resubmitting the dead ones up to `retries` times."""
+        results: list[JobReturn | None] = [None] * count
         asked = time.monotonic()
         while pending:
             if time.monotonic() - asked >= self.sacct_interval_s:
-                # One scheduler query for every job: submitit alone asks ever more rarely (up
-                # to every 10 min), so a killed job would be noticed late.
-                pending[0].job.watcher.update()
+                self._refresh(pending)
                 asked = time.monotonic()
             still = []
             for p in pending:
@@ -106,6 +113,7 @@ class RetryingLauncher(BaseSubmititLauncher):
                     job = executor.submit(self, *self._job_args(p.overrides, p.num))
                     log.warning(f"#{p.num}: {outcome}; submitted again as job {job.job_id}")
                     still.append(_Pending(p.index, p.num, p.overrides, job, p.attempt + 1))
+                    submitted.append(still[-1])
                 else:
                     log.error(f"#{p.num} failed: {outcome}")
                     results[p.index] = self._failed_return(p, outcome)
@@ -133,6 +141,16 @@ class RetryingLauncher(BaseSubmititLauncher):
         )
         return executor
 
+    def _refresh(self, pending: list[_Pending]) -> None:
+        """Ask the scheduler for the jobs' states now (every sacct_interval_s); done() reads them."""
+
+    def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
+        """The launcher raised (e.g. KeyboardInterrupt): what becomes of the jobs still running."""
+
+    def _ended_state(self, job) -> str:
+        """The scheduler's word for how a job without a result ended."""
+        raise NotImplementedError
+
     def _wait_until_gone(self, job) -> None:
         """Return once the dead job's processes are gone (they could still write to MLflow)."""
         raise NotImplementedError
@@ -147,7 +165,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         try:
             return p.job.results()[0]
         except Exception as exc:  # noqa: BLE001 - any error here is the job's death, not the task's
-            state = _state(p.job)
+            state = self._ended_state(p.job)
             stderr = _tail(p.job.stderr())
             detail = f"stderr tail:\n{stderr}" if stderr else f"{type(exc).__name__}: {_tail(str(exc))}"
             return JobDied(self._EXECUTOR, str(p.job.job_id), state, p.attempt, detail)
@@ -187,7 +205,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         output_dir = _job_output_dir(self, p, config)
         if not is_tracked(sweep_dir, output_dir):
             return
-        tags = {"sweep_sft.slurm_job_id": str(p.job.job_id), "sweep_sft.job_state": error.state}
+        tags = {f"sweep_sft.{self._EXECUTOR}_job_id": str(p.job.job_id), "sweep_sft.job_state": error.state}
         if retried:
             tags["sweep_sft.retried"] = f"attempt {p.attempt} of {self.retries + 1}"
         try:
@@ -223,26 +241,78 @@ def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig 
     return str(Path(own or job_dir).resolve())
 
 
-def _state(job) -> str:
-    try:
-        return str(job.get_info().get("State") or job.state)
-    except Exception:  # noqa: BLE001 - sacct may be down; the state is for the message only
-        return "UNKNOWN"
-
-
 def _tail(text: str | None, lines: int = STDERR_LINES) -> str:
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
 class LocalLauncher(RetryingLauncher):
+    """Local processes through our controller (_local_jobs): a job's exit state is its trial's
+    (exit code or signal), and its processes end with the launcher."""
+
     _EXECUTOR = "local"
+    # a controller stops its trial within about 6 s (SIGINT, SIGKILL 1 s later, reaped)
+    STOP_TIMEOUT_S = 15.0
+
+    def _executor(self):
+        from hydra_plugins.sweep_sft_submitit import _local_jobs
+
+        executor = super()._executor()
+        # submitit's LocalExecutor, as AutoExecutor built it, with our controller
+        executor._executor.__class__ = _local_jobs.LocalExecutor
+        return executor
+
+    # _refresh: nothing to ask; a LocalJob's done() polls its process
+
+    def _ended_state(self, job) -> str:
+        from hydra_plugins.sweep_sft_submitit._local_jobs import ended
+
+        return ended(job)
 
     def _wait_until_gone(self, job) -> None:
-        pass  # a local job without a result has exited
+        pass  # done(): its controller has exited, after stopping its task
+
+    def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
+        """Stop the jobs still running (their controllers stop their trials: SIGINT, then SIGKILL
+        after 1 s) and end their MLflow runs KILLED, before the exception ends the sweep."""
+        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_tree
+
+        live = [p for p in submitted if p.job._process is not None and not _done(p.job)]
+        for p in live:
+            p.job.cancel(check=False)
+        deadline = time.monotonic() + self.STOP_TIMEOUT_S
+        for p in live:
+            try:
+                p.job._process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - a stuck controller: SIGKILL it and its trial
+                kill_tree(p.job._process.pid)
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        for p in live:
+            died = JobDied(self._EXECUTOR, str(p.job.job_id), "CANCELLED", p.attempt, f"the sweep stopped ({reason})")
+            self._end_attempt(p, died, "KILLED", retried=False)
+        if live:
+            log.error(f"stopped {len(live)} local job(s) still running: {', '.join(str(p.job.job_id) for p in live)}")
+
+
+def _done(job) -> bool:
+    try:
+        return job.done()
+    except Exception:  # noqa: BLE001 - unknown: try to stop it
+        return False
 
 
 class SlurmLauncher(RetryingLauncher):
     _EXECUTOR = "slurm"
+
+    def _refresh(self, pending: list[_Pending]) -> None:
+        # One sacct for every job: submitit alone asks ever more rarely (up to every 10 min),
+        # so a killed job would be noticed late.
+        pending[0].job.watcher.update()
+
+    def _ended_state(self, job) -> str:
+        try:
+            return str(job.get_info().get("State") or job.state)
+        except Exception:  # noqa: BLE001 - sacct may be down; the state is for the message only
+            return "UNKNOWN"
 
     def _wait_until_gone(self, job, timeout_s: float = GONE_TIMEOUT_S) -> None:
         """sacct says CANCELLED at once, but the job's processes live on until Slurm's KillWait
