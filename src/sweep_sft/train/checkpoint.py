@@ -188,7 +188,9 @@ def check_pickles(path: Path) -> None:
             raise ConfigError(_refusal(file, f"it would call {', '.join(unsafe[:3])}"))
 
 
-def load_file(path: Path | str, map_location: Any = "cpu", allow: tuple[str, ...] = ()) -> Any:
+def load_file(
+    path: Path | str, map_location: Any = "cpu", allow: tuple[str, ...] = (), key: str = "trainer.resume"
+) -> Any:
     """torch.load with weights_only=True, the DeepSpeed classes named in `allow` added: a file
     that would unpickle anything else is refused (a ConfigError naming it), never run."""
     import torch
@@ -199,18 +201,18 @@ def load_file(path: Path | str, map_location: Any = "cpu", allow: tuple[str, ...
     except pickle.UnpicklingError as exc:
         found = re.search(r"WeightsUnpickler error: *\n*(.+)", str(exc))
         why = found.group(1).split(" was not an allowed")[0].strip() if found else str(exc).splitlines()[0]
-        raise ConfigError(_refusal(path, f"weights_only unpickling stopped: {why}")) from None
+        raise ConfigError(_refusal(path, f"weights_only unpickling stopped: {why}", key)) from None
     except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch.save file
-        raise ConfigError(f"trainer.resume: {path} is unreadable ({str(exc).splitlines()[0][:300]})") from exc
+        raise ConfigError(f"{key}: {path} is unreadable ({str(exc).splitlines()[0][:300]})") from exc
 
 
-def _refusal(file: Path | str, why: str) -> str:
+def _refusal(file: Path | str, why: str, key: str = "trainer.resume") -> str:
     kinds = ", ".join(n.rsplit(".", 1)[1] for n in DEEPSPEED_TYPES)
-    return (
-        f"trainer.resume: {file} is refused ({why}): a checkpoint is loaded as tensors and plain data only (and "
-        f"DeepSpeed's {kinds}), never run; delete that checkpoint folder, or start afresh with "
-        "trainer.resume=never or another output_dir"
-    )
+    text = f"{key}: {file} is refused ({why}): a checkpoint is loaded as tensors and plain data only"
+    text += f" (and DeepSpeed's {kinds}), never run"
+    if key == "trainer.resume":
+        text += "; delete that checkpoint folder, or start afresh with trainer.resume=never or another output_dir"
+    return text
 
 
 def _class(name: str):
