@@ -237,13 +237,13 @@ def _remote_code_trial(trained, tmp_path, model_type: str):
     return folder, marker
 
 
-def _evaluate_cli(tmp_path, *args: str):
+def _evaluate_cli(tmp_path, *args: str, env: dict | None = None):
     import os
     import subprocess
     import sys
 
     # transformers copies a model's code into its modules cache before importing it: one per test.
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1", **(env or {})}
     quick = ["eval.generate=false", "eval.general_probe=false", "trainer.num_threads=1"]
     return subprocess.run(
         [sys.executable, "-m", "sweep_sft.evaluate", *args, *quick], cwd=tmp_path, env=env, capture_output=True,
@@ -283,3 +283,21 @@ def test_a_hub_kernel_named_by_the_trials_config_is_not_fetched(trained, capsys,
     (tmp_path / "model").symlink_to(root / "trial" / "model")
     assert main([str(tmp_path), "--out", str(tmp_path / "e.json")]) == 2
     assert "model.attn_implementation=evil/kernel names a kernel on the hub" in capsys.readouterr().err
+
+
+def test_a_run_whose_logged_config_trusts_remote_code_does_not_run_it(trained, tmp_path):
+    """The same through an MLflow run (anyone who can log to an unauthenticated server): its
+    config.yaml and model/ artifacts say to run the model's code; evaluating the run id does not."""
+    import mlflow
+
+    folder, marker = _remote_code_trial(trained, tmp_path, "evil_llama")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("planted"))
+    client.log_artifact(run.info.run_id, str(folder / "config.yaml"))
+    client.log_artifacts(run.info.run_id, str(folder / "model"), "model")
+    client.set_terminated(run.info.run_id)
+    assert mlflow.get_tracking_uri() != uri  # nothing above changed the process's default store
+    proc = _evaluate_cli(tmp_path, run.info.run_id, "--tracking-uri", uri, env={"SWEEP_SFT_CACHE": str(tmp_path)})
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr[-3000:]
+    assert "the model needs its own Python code to load" in proc.stderr and "Traceback" not in proc.stderr
