@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)
     tiny: bool = True
     needs_trial: bool = False
+    # Called with (the test's folder, the trained trial or None) before the command runs, for
+    # inputs `files` cannot write (a damaged copy of the trained model).
+    prepare: Callable[[Path, Path | None], None] | None = None
 
 
 def _jsonl(*records: str) -> str:
@@ -137,6 +141,15 @@ CASES: list[Case] = [
     # -- end of config and model --
 
     # -- evaluate: rows here --
+    Case("evaluate: unknown override key", ["{trial}", "eval.nonsense=3"], ["override eval.nonsense: unknown key",
+         "EvalConfig"], module="sweep_sft.evaluate", needs_trial=True),
+    Case("evaluate: unknown top-level key", ["{trial}", "nonsense=3"], "override nonsense: unknown key",
+         module="sweep_sft.evaluate", needs_trial=True),
+    Case("evaluate: override of the wrong type", ["{trial}", "eval.pass_k=many"],
+         ["override eval.pass_k", "could not be converted to Integer"], module="sweep_sft.evaluate", needs_trial=True),
+    Case("evaluate: truncated safetensors", ["{tmp}/trial"],
+         ["trial/model/model.safetensors: not a complete safetensors file", "truncated"],
+         module="sweep_sft.evaluate", needs_trial=True, prepare=lambda tmp, trial: _truncated_copy(trial, tmp)),
 
     # -- end of evaluate --
 
@@ -144,6 +157,15 @@ CASES: list[Case] = [
 
     # -- end of sweeps --
 ]
+
+
+def _truncated_copy(trial: Path, tmp: Path) -> None:
+    """<tmp>/trial: the trained trial with the first half of its model.safetensors only."""
+    import shutil
+
+    shutil.copytree(trial, tmp / "trial")
+    weights = tmp / "trial" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +197,8 @@ def test_bad_input_fails_clearly_before_training(case: Case, tmp_path: Path, req
         path.parent.mkdir(parents=True, exist_ok=True)
         content = _fill(content, tmp_path, trial) if isinstance(content, str) and "{tmp}" in content else content
         path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    if case.prepare is not None:
+        case.prepare(tmp_path, trial)
     args = [_fill(a, tmp_path, trial) for a in case.args]
     if case.module == "sweep_sft" and case.tiny:
         args = [*TINY, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]

@@ -294,3 +294,93 @@ def test_resume_across_deepspeed_settings_is_refused(short, tmp_path):
     with pytest.raises(ConfigError, match=refused):
         run_trial(compose(short + ["deepspeed=zero2"]))
     assert (root / "step-8").is_dir()
+
+
+class Poison:
+    """Unpickling this writes the marker file: what a planted checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_a_poisoned_checkpoint_file_is_refused_naming_it_and_never_run(short, tmp_path):
+    import torch
+
+    root = checkpointed(short, tmp_path)
+    marker = tmp_path / "marker"
+    torch.save({"weight": Poison(marker)}, root / "step-8" / "model.pt")
+    refused = r"trainer.resume: .*step-8/model.pt is refused \(it would call builtins.exec"
+    with pytest.raises(ConfigError, match=refused):
+        run_trial(compose(short))  # automatic resume from the newest checkpoint
+    assert not marker.exists()
+    # A file in torch's legacy format is not scanned before training; loading refuses it all the same.
+    with open(root / "step-8" / "model.pt", "wb") as f:
+        torch.save({"weight": Poison(marker)}, f, _use_new_zipfile_serialization=False)
+    with pytest.raises(ConfigError, match=r"step-8/model.pt is refused \(weights_only unpickling stopped: .*exec"):
+        run_trial(compose(short))
+    assert not marker.exists()
+
+
+DS_TRIAL = [
+    "deepspeed=zero2",
+    "data.max_train_examples=64",
+    "data.max_val_per_task=2",
+    "trainer.max_steps=2",
+    "trainer.batch_size=8",
+    "trainer.checkpoint_every=2",
+    "trainer.eval_every=0",
+    "trainer.num_threads=1",
+    "trainer.progress=false",
+    "eval.generate=false",
+    "eval.general_probe=false",
+    "tracking.enabled=false",
+]
+
+
+def _ds_cli(out):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "sweep_sft", *DS_TRIAL, f"output_dir={out}"]
+    return subprocess.run(args, cwd=out.parent, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def zero2_trial(tmp_path_factory):
+    """A finished one-process DeepSpeed ZeRO-2 trial with its engine's checkpoint at step 2."""
+    out = tmp_path_factory.mktemp("zero2") / "trial"
+    proc = _ds_cli(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_a_genuine_zero2_checkpoint_resumes_through_the_weights_only_loader(zero2_trial, tmp_path):
+    out = tmp_path / "trial"
+    shutil.copytree(zero2_trial, out)
+    proc = _ds_cli(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'step-2'} at step 2" in proc.stderr
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_poisoned_deepspeed_model_states_file_is_refused_on_automatic_resume(zero2_trial, tmp_path, legacy):
+    """DeepSpeed itself unpickles mp_rank_00_model_states.pt with weights_only=False; the engine
+    loads through ours, and a zip file is scanned before training too."""
+    import torch
+
+    out = tmp_path / "trial"
+    shutil.copytree(zero2_trial, out)
+    marker = tmp_path / "marker"
+    planted = out / "checkpoints" / "step-2" / "deepspeed" / "mp_rank_00_model_states.pt"
+    with open(planted, "wb") as f:
+        torch.save({"module": Poison(marker)}, f, _use_new_zipfile_serialization=not legacy)
+    proc = _ds_cli(out)
+    assert proc.returncode != 0
+    assert not marker.exists(), "the planted pickle ran"
+    assert f"error: trainer.resume: {planted} is refused" in proc.stderr, proc.stderr[-3000:]
+    assert ("GLOBAL exec" if legacy else "it would call builtins.exec") in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -250,7 +250,7 @@ def test_rank_zero_reports_to_the_study_and_every_rank_stops(tmp_path):
 
     storage = str(tmp_path / "study.journal")
     study = optuna.create_study(study_name="s", storage=open_storage(storage))
-    study.set_user_attr(PRUNER_ATTR, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
+    study.set_user_attr(PRUNER_ATTR, {"name": "ThresholdPruner", "kwargs": {"upper": 1.0}})
     study.ask()
     mp.spawn(_pruning_rank, args=(storage, str(tmp_path)), nprocs=2)
     for rank in (0, 1):

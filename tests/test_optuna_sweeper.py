@@ -159,3 +159,93 @@ def test_search_space_follows_hydra_grammar():
     assert by_key["grad_accum"].distribution == CategoricalDistribution([16, 32, 64, 128])
     assert by_key["name"].override("b") == "name=b"
     assert by_key["lr"].override(3e-4) == "lr=0.0003"
+
+
+def _study_with_pruner(tmp_path: Path, record) -> str:
+    """A study in a journal whose stored pruner is `record`, with one trial asked."""
+    import optuna
+
+    from sweep_sft.study import PRUNER_ATTR, open_storage
+
+    storage = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    study.set_user_attr(PRUNER_ATTR, record)
+    study.ask()
+    return storage
+
+
+def test_a_trial_refuses_a_hostile_pruner_in_the_study_storage_without_running_it(tmp_path):
+    """Whoever can write the shared journal must not run code in every trial: a `_target_`
+    stored where the pruner goes is refused, one line, before training, and never called."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "marker"
+    # Hydra's own block-list refuses builtins.exec, not this: Path(marker).write_text("ran").
+    path = {"_target_": "pathlib.Path", "_args_": [str(marker)]}
+    hostile = {"_target_": "pathlib.Path.write_text", "_args_": [path, "ran"]}
+    storage = _study_with_pruner(tmp_path, hostile)
+    link = [f"study.storage={storage}", "study.study_name=s", "study.trial_number=0", "study.metric=val/loss"]
+    tiny = ["data.max_train_examples=16", "data.max_val_per_task=1", "trainer.max_steps=1", "trainer.num_threads=1",
+            "trainer.progress=false", "tracking.enabled=false", "eval.generate=false", "eval.general_probe=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep_sft", *tiny, *link, f"output_dir={tmp_path / 'trial'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert not marker.exists(), "the stored _target_ was called"
+    assert "sweep_sft.pruner: expected a pruner record {name, kwargs}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "trial" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"name": "exec", "kwargs": {}},
+        {"name": "builtins.exec", "kwargs": {}},
+        {"name": "MedianPruner", "kwargs": {"_target_": "builtins.exec"}},
+        {"name": "PatientPruner", "kwargs": {"patience": 1, "wrapped_pruner": {"_target_": "builtins.exec"}}},
+        {"name": "PatientPruner", "kwargs": {"patience": 1, "wrapped_pruner": {"name": "exec", "kwargs": {}}}},
+        {"name": "ThresholdPruner", "kwargs": {"upper": [1.0]}},
+    ],
+)
+def test_only_optunas_pruners_with_plain_arguments_are_rebuilt(tmp_path, record):
+    from sweep_sft.errors import ConfigError
+    from sweep_sft.study import Reporter
+
+    storage = _study_with_pruner(tmp_path, record)
+    with pytest.raises(ConfigError, match=f"study s in {storage}: sweep_sft.pruner.*(not one of|record|plain)"):
+        Reporter(storage, "s", 0, "val/loss")
+
+
+def test_the_sweepers_pruner_is_stored_as_a_name_and_arguments_and_rebuilt(tmp_path):
+    import optuna
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sweep_sft_optuna.config import PatientPrunerConf
+    from sweep_sft.study import Reporter, pruner_record
+
+    record = pruner_record(OmegaConf.to_container(OmegaConf.structured(PatientPrunerConf)))
+    assert record == {
+        "name": "PatientPruner",
+        "kwargs": {
+            "patience": 3,
+            "min_delta": 0.0,
+            "wrapped_pruner": {
+                "name": "MedianPruner",
+                "kwargs": {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1},
+            },
+        },
+    }
+    pruner = Reporter(_study_with_pruner(tmp_path, record), "s", 0, "val/loss").trial.study.pruner
+    assert isinstance(pruner, optuna.pruners.PatientPruner)
+    assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner) and pruner._patience == 3
+
+
+def test_a_pruner_trials_could_not_rebuild_is_refused_when_the_sweep_starts(tmp_path, sweep):
+    proc = sweep(SPACE, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner._target_=builtins.print")
+    assert proc.returncode != 0
+    assert "hydra.sweeper.pruner._target_=builtins.print: trials rebuild the pruner from the study storage" in (
+        proc.stderr
+    )
+    assert not (tmp_path / "sweep" / "0").exists()

@@ -205,3 +205,99 @@ def test_an_unknown_baseline_fails_before_training(tmp_path, greedy_data):
     with pytest.raises(ConfigError, match="eval.baseline_run_id=0123abc: .*neither a trial folder nor a run"):
         run_trial(compose(overrides(tmp_path / "t", uri, greedy_data, "eval.baseline_run_id=0123abc")))
     assert not (tmp_path / "t" / "metrics.json").exists()
+
+
+EVIL = '''from pathlib import Path
+Path({marker!r}).write_text("ran")  # what any code in a model folder could do, once imported
+from transformers import LlamaConfig, LlamaForCausalLM
+class EvilConfig(LlamaConfig):
+    model_type = "evil_llama"
+class EvilModel(LlamaForCausalLM):
+    config_class = EvilConfig
+'''
+
+
+def _remote_code_trial(trained, tmp_path, model_type: str):
+    """A copy of the trial whose config.yaml says trust_remote_code=true and whose model's
+    config.json maps the Auto classes to its own evil.py, which writes a marker when imported."""
+    import shutil
+
+    root = trained[0]
+    folder = tmp_path / f"trial-{model_type}"
+    shutil.copytree(root / "trial" / "model", folder / "model")
+    config = (root / "trial" / "config.yaml").read_text()
+    assert "trust_remote_code: false" in config
+    (folder / "config.yaml").write_text(config.replace("trust_remote_code: false", "trust_remote_code: true"))
+    marker = tmp_path / f"marker-{model_type}"
+    (folder / "model" / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    model_config = json.loads((folder / "model" / "config.json").read_text())
+    model_config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    model_config["model_type"] = model_type
+    (folder / "model" / "config.json").write_text(json.dumps(model_config))
+    return folder, marker
+
+
+def _evaluate_cli(tmp_path, *args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    # transformers copies a model's code into its modules cache before importing it: one per test.
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1", **(env or {})}
+    quick = ["eval.generate=false", "eval.general_probe=false", "trainer.num_threads=1"]
+    return subprocess.run(
+        [sys.executable, "-m", "sweep_sft.evaluate", *args, *quick], cwd=tmp_path, env=env, capture_output=True,
+        text=True,
+    )
+
+
+def test_a_models_own_code_runs_only_when_this_command_line_trusts_it(trained, tmp_path):
+    """The trial's config.yaml (a folder or a run anyone could write) saying trust_remote_code=true
+    does not make the evaluating machine import the model's Python."""
+    # A known model type with an auto_map: loaded with transformers' own Llama, evil.py untouched.
+    folder, marker = _remote_code_trial(trained, tmp_path, "llama")
+    proc = _evaluate_cli(tmp_path, str(folder))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists(), "the model's own code ran"
+    assert "says model.trust_remote_code=true; the model's own code runs only when this command says so" in (
+        proc.stderr
+    )
+    # A model that cannot load without its code: a clear error, still nothing run.
+    folder, marker = _remote_code_trial(trained, tmp_path, "evil_llama")
+    proc = _evaluate_cli(tmp_path, str(folder))
+    assert proc.returncode == 2 and not marker.exists()
+    assert f"error: {folder / 'model'}: the model needs its own Python code to load" in proc.stderr
+    assert "(model.trust_remote_code=true)" in proc.stderr and "Traceback" not in proc.stderr
+    # Asked for on the command line: allowed.
+    proc = _evaluate_cli(tmp_path, str(folder), "model.trust_remote_code=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.read_text() == "ran"
+
+
+def test_a_hub_kernel_named_by_the_trials_config_is_not_fetched(trained, capsys, tmp_path):
+    root = trained[0]
+    config = (root / "trial" / "config.yaml").read_text()
+    assert "attn_implementation: sdpa" in config
+    hub = config.replace("attn_implementation: sdpa", "attn_implementation: evil/kernel")
+    (tmp_path / "config.yaml").write_text(hub)
+    (tmp_path / "model").symlink_to(root / "trial" / "model")
+    assert main([str(tmp_path), "--out", str(tmp_path / "e.json")]) == 2
+    assert "model.attn_implementation=evil/kernel names a kernel on the hub" in capsys.readouterr().err
+
+
+def test_a_run_whose_logged_config_trusts_remote_code_does_not_run_it(trained, tmp_path):
+    """The same through an MLflow run (anyone who can log to an unauthenticated server): its
+    config.yaml and model/ artifacts say to run the model's code; evaluating the run id does not."""
+    import mlflow
+
+    folder, marker = _remote_code_trial(trained, tmp_path, "evil_llama")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("planted"))
+    client.log_artifact(run.info.run_id, str(folder / "config.yaml"))
+    client.log_artifacts(run.info.run_id, str(folder / "model"), "model")
+    client.set_terminated(run.info.run_id)
+    assert mlflow.get_tracking_uri() != uri  # nothing above changed the process's default store
+    proc = _evaluate_cli(tmp_path, run.info.run_id, "--tracking-uri", uri, env={"SWEEP_SFT_CACHE": str(tmp_path)})
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr[-3000:]
+    assert "the model needs its own Python code to load" in proc.stderr and "Traceback" not in proc.stderr

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.temperature=1.0 eval.pass_k=8")
     parser.add_argument("--tracking-uri", help="MLflow store holding a run id (default: sqlite:///./mlflow.db)")
     parser.add_argument("--out", type=Path, help="result file (default: <trial folder>/evaluation.json)")
-    args = parser.parse_args(argv)
+    # Options may sit among the overrides (`RUN_ID --tracking-uri URI eval.pass_k=8`).
+    args = parser.parse_intermixed_args(argv)
     from transformers.utils import logging as hf_logging
 
     from sweep_sft import eval_target, standalone_eval

@@ -1,10 +1,15 @@
 """A trained model evaluated after the fact, with the same code and data as its trial's final
 evaluation: validation loss and answer log-probability, exact match, pass@k, train recall and
-the general probe, per task_type (`python -m sweep_sft.evaluate`)."""
+the general probe, per task_type (`python -m sweep_sft.evaluate`).
+
+The trial's config.yaml (from its folder or its MLflow run) says what to measure, never what may
+run: a model's own Python (`model.trust_remote_code`) or a kernel from the hub
+(`model.attn_implementation=<org>/<repo>`) runs only when this command's line asks for it."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +19,11 @@ from sweep_sft.config import Config, StudyLinkConfig, validate
 from sweep_sft.eval_target import Target
 
 RESULT_FILE = "evaluation.json"
+
+
+# Settings that make from_pretrained run code: taken from this command's line, not the trial's config.
+TRUST_KEY = "model.trust_remote_code"
+ATTN_KEY = "model.attn_implementation"
 
 
 def load_config(target: Target, overrides: list[str]) -> Config:
@@ -26,9 +36,51 @@ def load_config(target: Target, overrides: list[str]) -> Config:
         extra = OmegaConf.from_dotlist(overrides)
     except Exception as exc:
         raise ConfigError(f"overrides {overrides}: expected key=value pairs ({exc})") from exc
-    merged = OmegaConf.merge(_schema(), OmegaConf.load(target.config_file), extra)
+    trial = _merged(_schema(), OmegaConf.load(target.config_file), f"{target.config_file}: ")
+    _untrusted(trial, extra, target)
+    merged = _merged(trial, extra, "override ")
     # Pruning links and checkpointing belong to training; evaluation reports to no study.
     return replace(validate(merged), study=StudyLinkConfig())
+
+
+def _merged(base, more, where: str):
+    """`more` merged into `base`; a key the schema lacks or a wrong type named with its full key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweep_sft.errors import ConfigError
+
+    try:
+        return OmegaConf.merge(base, more)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        what = str(exc).splitlines()[0]
+        if "not in" in what:
+            what = f"unknown key ({what}); the keys are those of `python -m sweep_sft --cfg job`"
+        raise ConfigError(f"{where}{key}: {what}") from None
+
+
+def _untrusted(trial, extra, target: Target) -> None:
+    """Reset what only the person running this command may allow: the trial's config could come
+    from anyone who can write a folder or log a run."""
+    from omegaconf import OmegaConf
+
+    from sweep_sft.errors import ConfigError
+
+    if OmegaConf.select(extra, TRUST_KEY) is None:
+        if OmegaConf.select(trial, TRUST_KEY):
+            print(
+                f"note: {target.config_file} says {TRUST_KEY}=true; the model's own code runs only when this "
+                f"command says so ({TRUST_KEY}=true)",
+                file=sys.stderr,
+            )
+        OmegaConf.update(trial, TRUST_KEY, False)
+    attn = OmegaConf.select(trial, ATTN_KEY)
+    if OmegaConf.select(extra, ATTN_KEY) is None and "/" in str(attn):
+        raise ConfigError(
+            f"{target.config_file}: {ATTN_KEY}={attn} names a kernel on the hub (code from_pretrained downloads and "
+            f"runs): give {ATTN_KEY} on this command line (sdpa, eager, or {attn} if you trust it)"
+        )
 
 
 def _schema():
@@ -52,19 +104,53 @@ def _schema():
 
 def load_trained(config: Config, target: Target, device):
     """Tokenizer and model: a saved model folder as is, or a checkpoint's weights over the base model."""
-    import torch
-
     from sweep_sft import modeling
+    from sweep_sft.train.checkpoint import load_file
 
     if target.model_dir is not None:
         model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)
-        tokenizer = modeling.load_tokenizer(model_cfg, str(target.model_dir))
-        return tokenizer, modeling.load_model(model_cfg, str(target.model_dir), tokenizer, device)
-    base = modeling.resolve_model_path(config.model)
-    tokenizer = modeling.load_tokenizer(config.model, base)
-    model = modeling.load_model(config.model, base, tokenizer, device)
-    model.load_state_dict(torch.load(target.checkpoint / "model.pt", map_location="cpu", weights_only=True))
+        return _pretrained(model_cfg, str(target.model_dir), device)
+    tokenizer, model = _pretrained(config.model, modeling.resolve_model_path(config.model), device)
+    model.load_state_dict(load_file(target.checkpoint / "model.pt", key="checkpoint"))
     return tokenizer, model
+
+
+def _pretrained(model_cfg, path: str, device):
+    """from_pretrained of a tokenizer and model, after checking its weight files are whole; a
+    model that needs its own code and was not trusted on this command line is named."""
+    from sweep_sft import modeling
+    from sweep_sft.errors import ConfigError
+
+    check_safetensors(Path(path))
+    try:
+        tokenizer = modeling.load_tokenizer(model_cfg, path)
+        return tokenizer, modeling.load_model(model_cfg, path, tokenizer, device)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc) or model_cfg.trust_remote_code:
+            raise
+        raise ConfigError(
+            f"{path}: the model needs its own Python code to load (auto_map in its config): it runs only when "
+            f"you ask for it on this command line ({TRUST_KEY}=true), if you trust {path}"
+        ) from None
+
+
+def check_safetensors(folder: Path) -> None:
+    """Each *.safetensors file of a local model folder opens (its header covers the whole file):
+    a truncated copy is named here rather than deep inside from_pretrained."""
+    if not folder.is_dir():
+        return
+    from safetensors import SafetensorError, safe_open
+
+    from sweep_sft.errors import DataError
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise DataError(
+                f"{file}: not a complete safetensors file ({exc}); the file is truncated or damaged: copy it again"
+            ) from None
 
 
 def evaluate(target: Target, config: Config) -> dict[str, Any]:

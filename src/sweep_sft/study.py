@@ -3,7 +3,10 @@ their evaluations to the study, so a pruner can stop them while they train).
 
 Trials run in other processes, possibly on other machines: the study's storage is the
 channel between them. The pruner is stored on the study (a user attribute), so a trial
-rebuilds the very pruner the sweeper was configured with.
+rebuilds the very pruner the sweeper was configured with. What is stored is data, not code:
+an Optuna pruner's class name and its plain arguments, and a trial builds only the pruners of
+PRUNERS from it, so whoever can write the storage can change how trials are pruned but cannot
+make them run anything.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ from typing import Any
 from sweep_sft.errors import ConfigError
 
 PRUNER_ATTR = "sweep_sft.pruner"
+# The only classes a pruner record may name (optuna.pruners.<name>).
+PRUNERS = (
+    "NopPruner",
+    "MedianPruner",
+    "PercentilePruner",
+    "SuccessiveHalvingPruner",
+    "HyperbandPruner",
+    "ThresholdPruner",
+    "PatientPruner",
+    "WilcoxonPruner",
+)
+NESTED = "wrapped_pruner"  # PatientPruner's argument that is itself a pruner
+NOP = {"name": "NopPruner", "kwargs": {}}
 
 
 class TrialPruned(Exception):
@@ -38,7 +54,7 @@ def open_storage(url: str):
 
 
 def build(kind: str, spec: dict[str, Any], **extra: Any):
-    """A sampler or pruner from its config (`_target_` and arguments, nested for patient)."""
+    """A sampler from the sweeper's own config (`_target_` and arguments): config, never storage."""
     from hydra.utils import instantiate
 
     try:
@@ -46,6 +62,53 @@ def build(kind: str, spec: dict[str, Any], **extra: Any):
     except Exception as exc:  # Hydra wraps the constructor's TypeError/ValueError
         cause = exc.__cause__ or exc
         raise ConfigError(f"hydra.sweeper.{kind} ({spec.get('_target_')}): {cause}") from exc
+
+
+def pruner_record(spec: dict[str, Any], key: str = "hydra.sweeper.pruner") -> dict[str, Any]:
+    """The sweeper's pruner config (`_target_` and arguments) as the record stored on the study:
+    {"name": <one of PRUNERS>, "kwargs": {...}}, PatientPruner's wrapped pruner a record too."""
+    target = str(spec.get("_target_", ""))
+    module, _, name = target.rpartition(".")
+    if module != "optuna.pruners" or name not in PRUNERS:
+        raise ConfigError(
+            f"{key}._target_={target}: trials rebuild the pruner from the study storage, which holds only Optuna's "
+            f"pruners: one of {', '.join('optuna.pruners.' + n for n in PRUNERS)}"
+        )
+    kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
+    if isinstance(kwargs.get(NESTED), dict):
+        kwargs[NESTED] = pruner_record(kwargs[NESTED], f"{key}.{NESTED}")
+    return {"name": name, "kwargs": kwargs}
+
+
+def build_pruner(record: Any, where: str):
+    """An Optuna pruner from a stored record; anything but one of PRUNERS with plain arguments
+    is refused before a constructor is looked up, so a hostile storage runs nothing."""
+    import optuna
+
+    _check_record(record, where)
+    kwargs = dict(record["kwargs"])
+    if isinstance(kwargs.get(NESTED), dict):
+        kwargs[NESTED] = build_pruner(kwargs[NESTED], f"{where}.{NESTED}")
+    try:
+        return getattr(optuna.pruners, record["name"])(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {record['name']}: {exc}") from exc
+
+
+def _check_record(record: Any, where: str) -> None:
+    if not (isinstance(record, dict) and set(record) == {"name", "kwargs"} and isinstance(record["kwargs"], dict)):
+        raise ConfigError(
+            f"{where}: expected a pruner record {{name, kwargs}}, got {str(record)[:200]}; refusing to build it "
+            "(a sweep of an older sweep_sft stored a _target_: run the sweep again to store a record)"
+        )
+    if record["name"] not in PRUNERS:
+        name = str(record["name"])[:100]
+        raise ConfigError(f"{where}: {name!r} is not one of Optuna's pruners ({', '.join(PRUNERS)}); not built")
+    for name, value in record["kwargs"].items():
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        nested = name == NESTED and isinstance(value, dict)  # checked as a record when built
+        if not isinstance(name, str) or name.startswith("_") or not (plain or nested):
+            raise ConfigError(f"{where}: argument {str(name)[:100]!r}={str(value)[:100]} is not a plain value")
 
 
 class Reporter:
@@ -58,8 +121,9 @@ class Reporter:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         store = open_storage(storage)
         study_id = store.get_study_id_from_name(study_name)
-        spec = store.get_study_user_attrs(study_id).get(PRUNER_ATTR, {"_target_": "optuna.pruners.NopPruner"})
-        study = optuna.load_study(study_name=study_name, storage=store, pruner=build("pruner", spec))
+        record = store.get_study_user_attrs(study_id).get(PRUNER_ATTR, NOP)
+        pruner = build_pruner(record, f"study {study_name} in {storage}: {PRUNER_ATTR}")
+        study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, trial_number)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.metric = metric

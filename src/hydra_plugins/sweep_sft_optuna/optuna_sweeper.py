@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.errors import ConfigError
-from sweep_sft.study import PRUNER_ATTR, build, open_storage
+from sweep_sft.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
 from sweep_sft.sweep_jobs import job_error, job_record, log_to_parent
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ class OptunaSweeper(Sweeper):
             log.warning("nothing to search (no sweep in the overrides or hydra.sweeper.params): one trial")
             n_trials = 1
         sampler_spec = OmegaConf.to_container(c.sampler, resolve=True)
-        pruner_spec = OmegaConf.to_container(c.pruner, resolve=True)
+        # Stored on the study as a name and plain arguments: trials rebuild it from data, not code.
+        pruner = pruner_record(OmegaConf.to_container(c.pruner, resolve=True))
         extra = {}
         if sampler_spec["_target_"].endswith("GridSampler"):
             if grid is None:
@@ -91,12 +92,12 @@ class OptunaSweeper(Sweeper):
             study_name=c.study_name,
             storage=open_storage(storage_url),
             sampler=build("sampler", sampler_spec, **extra),
-            pruner=build("pruner", pruner_spec),
+            pruner=build_pruner(pruner, "hydra.sweeper.pruner"),
             directions=self.directions,
             load_if_exists=True,
         )
         # Trials rebuild this pruner from the study: one source of truth across processes.
-        study.set_user_attr(PRUNER_ATTR, pruner_spec)
+        study.set_user_attr(PRUNER_ATTR, pruner)
         _requeue_interrupted(study)
         prune_metric = self._prune_metric()
         returns: list[list[JobReturn]] = []

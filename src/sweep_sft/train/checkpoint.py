@@ -16,15 +16,23 @@ their flags at each step boundary (one all-reduce), so all of them stop at the s
 With DeepSpeed (ZeRO stages 0-2) the weights, optimizer and scheduler are written by the engine's
 own collective `save_checkpoint` into `deepspeed/` of the same temporary folder (each rank its
 optimizer partition); rank 0 adds `rng.pt` and `trainer_state.json` and renames it into place.
+
+A checkpoint folder is data, never code: every file is unpickled with `weights_only=True`
+(tensors, plain containers, and the few DeepSpeed classes of DEEPSPEED_TYPES), DeepSpeed's own
+files included (train/engine.py gives the engine our loader), and the pickles are scanned before
+training starts, so a file that would call anything else is refused, named, and never run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,14 @@ MAY_CHANGE = {
     "trainer.device",
 }
 COMPARED = ("model", "data", "optimizer", "scheduler", "trainer")
+# What DeepSpeed's ZeRO-1/2 optimizer states pickle besides tensors and plain containers (found
+# by saving real checkpoints: fp32 and bf16, stages 0-2, with and without optimizer offload):
+# plain data holders, rebuilt from their fields. Nothing else is unpickled from a checkpoint.
+DEEPSPEED_TYPES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
 
 
 @dataclass
@@ -147,10 +163,63 @@ def training_config(config: Config) -> dict[str, Any]:
 
 
 def check_resume(path: Path, config: Config) -> None:
-    """Fail before training when the checkpoint belongs to a differently configured trial."""
+    """Fail before training when the checkpoint belongs to a differently configured trial, or
+    holds a file that would unpickle more than tensors and plain data."""
     state = json.loads((path / STATE_FILE).read_text())
     check_compatible(path, state["config"], config)
     check_deepspeed(path, state.get("deepspeed"), config)
+    check_pickles(path)
+
+
+def check_pickles(path: Path) -> None:
+    """Every torch.save file of the checkpoint names only globals `load_file` allows (its pickle
+    is read as opcodes, not run). A file in another format is left to `load_file` to refuse."""
+    import torch
+
+    for file in sorted(path.rglob("*.pt")):
+        if not zipfile.is_zipfile(file):
+            continue
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+        except Exception as exc:  # a damaged archive: torch's message says what is wrong
+            raise ConfigError(f"trainer.resume: {file} is unreadable ({str(exc)[:300]})") from exc
+        unsafe = [n for n in names if n not in DEEPSPEED_TYPES]
+        if unsafe:
+            raise ConfigError(_refusal(file, f"it would call {', '.join(unsafe[:3])}"))
+
+
+def load_file(
+    path: Path | str, map_location: Any = "cpu", allow: tuple[str, ...] = (), key: str = "trainer.resume"
+) -> Any:
+    """torch.load with weights_only=True, the DeepSpeed classes named in `allow` added: a file
+    that would unpickle anything else is refused (a ConfigError naming it), never run."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([_class(name) for name in allow]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"WeightsUnpickler error: *\n*(.+)", str(exc))
+        why = found.group(1).split(" was not an allowed")[0].strip() if found else str(exc).splitlines()[0]
+        raise ConfigError(_refusal(path, f"weights_only unpickling stopped: {why}", key)) from None
+    except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch.save file
+        raise ConfigError(f"{key}: {path} is unreadable ({str(exc).splitlines()[0][:300]})") from exc
+
+
+def _refusal(file: Path | str, why: str, key: str = "trainer.resume") -> str:
+    kinds = ", ".join(n.rsplit(".", 1)[1] for n in DEEPSPEED_TYPES)
+    text = f"{key}: {file} is refused ({why}): a checkpoint is loaded as tensors and plain data only"
+    text += f" (and DeepSpeed's {kinds}), never run"
+    if key == "trainer.resume":
+        text += "; delete that checkpoint folder, or start afresh with trainer.resume=never or another output_dir"
+    return text
+
+
+def _class(name: str):
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
 
 
 def check_deepspeed(path: Path, saved: dict | None, config: Config) -> None:
@@ -375,7 +444,6 @@ class Checkpoints:
         """Load `resume_from` into the given objects and the series; None for a fresh start."""
         if self.resume_from is None:
             return None
-        import torch
 
         path = self.resume_from
         state = json.loads((path / STATE_FILE).read_text())
@@ -397,10 +465,10 @@ class Checkpoints:
                 raise ConfigError(f"trainer.resume: DeepSpeed could not load {path / DS_TAG}")
         else:
             # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
-            model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+            model.load_state_dict(load_file(path / "model.pt"))
+            optimizer.load_state_dict(load_file(path / "optimizer.pt"))
+            scheduler.load_state_dict(load_file(path / "scheduler.pt", None))
+        rng = load_file(path / "rng.pt", None)
         position = Position(**state["position"])
         if "ranks" in rng:  # several ranks: this rank's own streams and loss sums
             mine = rng["ranks"][self.dist_env.rank]

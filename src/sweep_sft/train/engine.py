@@ -104,6 +104,7 @@ class DeepSpeedEngine(Engine):
         ds_engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
         )
+        ds_engine.checkpoint_engine = _weights_only_checkpoints(ds_engine)
         super().__init__(ds_engine, ds_optimizer, ds_scheduler, cfg, env)
 
     def backward(self, loss, last: bool) -> None:
@@ -158,6 +159,26 @@ def _skip_shm_comm() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _weights_only_checkpoints(ds_engine):
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True: its own unpickles with
+    weights_only=False, so a poisoned file of a checkpoint folder would run on automatic resume."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    from sweep_sft.train.checkpoint import DEEPSPEED_TYPES, load_file
+
+    if type(ds_engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise ConfigError(
+            f"deepspeed.extra: checkpoint engine {type(ds_engine.checkpoint_engine).__name__} is not supported; "
+            "sweep_sft loads DeepSpeed checkpoints through torch's engine only (weights_only=True)"
+        )
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            return load_file(path, map_location, DEEPSPEED_TYPES)
+
+    return WeightsOnlyCheckpointEngine(ds_engine._config)
 
 
 def _cpu_adam(optimizer):
