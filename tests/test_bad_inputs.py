@@ -101,6 +101,22 @@ CASES: list[Case] = [
 
     # -- sweeps: rows here --
 
+    Case("bad value in one sweep combination", ["hydra.mode=MULTIRUN", "lr=1e-3,-1"],
+         ["sweep job #1 of 2 (lr=-1)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("nan in one cell of a grid",
+         ["hydra.mode=MULTIRUN", "lr=1e-4,1e-3", "epochs=1,2", "optimizer.weight_decay=0,nan"],
+         ["sweep job #1 of 8 (lr=0.0001 epochs=1 optimizer.weight_decay=nan)", "optimizer.weight_decay"]),
+    Case("missing model in one sweep combination",
+         ["hydra.mode=MULTIRUN", "model=local", "model.name_or_path=embedded,{tmp}/nope"],
+         ["/nope: no such folder", "sweep job #1 of 2"]),
+    Case("sandwich side with a negative lr",
+         ["hydra.mode=MULTIRUN", "hydra/sweeper=sandwich", "hydra.sweeper.scale=linear", "hydra.sweeper.passing=0",
+          "hydra.sweeper.failing=-0.01"],
+         ["hydra.sweeper.failing=-0.01 (lr=-0.01)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("sandwich side with an infinite lr", ["hydra.mode=MULTIRUN", "sweep=sandwich_lr", "hydra.sweeper.failing=inf"],
+         ["hydra.sweeper.failing=inf", "optimizer.lr must be a finite number"]),
+    Case("sandwich given a sweep of its own parameter", ["hydra.mode=MULTIRUN", "sweep=sandwich_lr", "lr=1e-4,1e-3"],
+         ["searches lr itself", "lr=1e-4,1e-3"]),
     # -- end of sweeps --
 ]
 
