@@ -117,6 +117,12 @@ CASES: list[Case] = [
          ["hydra.sweeper.failing=inf", "optimizer.lr must be a finite number"]),
     Case("sandwich given a sweep of its own parameter", ["hydra.mode=MULTIRUN", "sweep=sandwich_lr", "lr=1e-4,1e-3"],
          ["searches lr itself", "lr=1e-4,1e-3"]),
+    Case("optuna range with a negative lr", ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "lr=interval(-0.01,0.01)"],
+         ["the search space of lr (lr=-0.01)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("optuna choice with nan", ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "lr=choice(1e-3,nan)"],
+         ["the search space of lr (lr=nan)", "optimizer.lr must be a finite number"]),
+    Case("optuna preset with a bad fixed value", ["hydra.mode=MULTIRUN", "sweep=optuna_tpe", "trainer.grad_clip=nan"],
+         ["the fixed overrides", "trainer.grad_clip must be a finite number >= 0"]),
     # -- end of sweeps --
 ]
 
