@@ -89,6 +89,8 @@ CASES: list[Case] = [
     Case("unknown attention kernel", ["model.attn_implementation=bogus"], ["model.attn_implementation=bogus", "sdpa"]),
     Case("empty experiment name", ["tracking.enabled=true", "tracking.uri=sqlite:///{tmp}/mlflow.db",
                                    "tracking.experiment=''"], ["tracking.experiment", "empty"]),
+    Case("empty pad token", ["model.pad_token=''"], ["model.pad_token", "empty string"]),
+    Case("empty special token", ["model.add_special_tokens=['<|a|>','']"], ["model.add_special_tokens", "non-empty"]),
     Case("output_dir is a file", ["output_dir={tmp}/taken"], ["output_dir=", "is a file", "expected a folder"],
          files={"taken": "x"}),
     Case("output_dir inside a file", ["output_dir={tmp}/taken/trial"], ["output_dir=", "cannot create the folder"],

@@ -61,6 +61,13 @@ class ModelConfig:
     # Pad token to add when the tokenizer has none (pad must differ from end-of-turn).
     pad_token: str = "<|pad|>"
 
+    def __post_init__(self) -> None:
+        # An empty token is added as nothing: no pad id to pad with, or a token silently missing.
+        if not self.pad_token:
+            raise ConfigError("model.pad_token: expected the text of a token to add, got an empty string")
+        if not all(isinstance(t, str) and t for t in self.add_special_tokens):
+            raise ConfigError(f"model.add_special_tokens: expected non-empty texts, got {self.add_special_tokens}")
+
 
 @dataclass
 class SourceConfig:
