@@ -137,7 +137,43 @@ CASES: list[Case] = [
     # -- end of data --
 
     # -- config and model: rows here --
-
+    Case("model path missing", ["model=local", "model.name_or_path={tmp}/no_such_model"],
+         ["model.name_or_path", "no such folder", "config.json"]),
+    Case("model path is a file", ["model=local", "model.name_or_path={tmp}/model.bin"],
+         ["model.name_or_path", "is a file", "config.json"], files={"model.bin": b"x"}),
+    Case("model folder without tokenizer", ["model=local", "model.name_or_path={tmp}/m"],
+         ["model.name_or_path", "lacks tokenizer files", "tokenizer.json"],
+         files={"m/config.json": "{}", "m/model.safetensors": b"x"}),
+    Case("model folder without config.json", ["model=local", "model.name_or_path={tmp}/m"],
+         ["model.name_or_path", "lacks config.json"], files={"m/tokenizer.json": "{}", "m/model.safetensors": b"x"}),
+    Case("chat template syntax error", ["model.chat_template_path={tmp}/chat.jinja"],
+         ["chat.jinja:2", "model.chat_template_path", "unexpected '}'"],
+         files={"chat.jinja": "{% for m in messages %}\n{{ m.content }\n{% endfor %}\n"}),
+    Case("chat template unclosed block", ["model.chat_template_path={tmp}/chat.jinja"],
+         ["chat.jinja:3", "endfor"],
+         files={"chat.jinja": "{% for m in messages %}\n{% if m.role == 'user' %}{{ m.content }}\n{% endfor %}\n"}),
+    Case("chat template not UTF-8", ["model.chat_template_path={tmp}/chat.jinja"],
+         ["model.chat_template_path", "UTF-8"], files={"chat.jinja": b"{{ '\xff' }}"}),
+    Case("lr nan", ["lr=nan"], ["optimizer.lr", "finite number >= 0", "nan"]),
+    Case("lr inf", ["lr=inf"], ["optimizer.lr", "finite number >= 0", "inf"]),
+    Case("weight decay nan", ["optimizer.weight_decay=nan"], ["optimizer.weight_decay", "finite number >= 0"]),
+    Case("negative adam eps", ["optimizer.eps=-1e-8"], ["optimizer.eps", "finite number > 0"]),
+    Case("grad clip nan", ["trainer.grad_clip=nan"], ["trainer.grad_clip", "finite number >= 0"]),
+    Case("temperature inf", ["eval.temperature=inf"], ["eval.temperature", "finite number > 0"]),
+    Case("tolerance nan", ["eval.em_tolerance=nan"], ["eval.em_tolerance", "finite number >= 0"]),
+    Case("outage timeout nan", ["tracking.outage_timeout_s=nan"], ["tracking.outage_timeout_s", "finite number"]),
+    Case("near-dedup threshold above 1", ["data.dedup.near_threshold=2"], ["data.dedup.near_threshold", "in [0, 1]"]),
+    Case("source weight inf", ["data.mix.sources.embedded.weight=inf"], ["data.mix.sources.embedded.weight", "finite"]),
+    Case("negative num_threads", ["trainer.num_threads=-1"], ["trainer.num_threads", ">= 1"]),
+    Case("unknown attention kernel", ["model.attn_implementation=bogus"], ["model.attn_implementation=bogus", "sdpa"]),
+    Case("empty experiment name", ["tracking.enabled=true", "tracking.uri=sqlite:///{tmp}/mlflow.db",
+                                   "tracking.experiment=''"], ["tracking.experiment", "empty"]),
+    Case("empty pad token", ["model.pad_token=''"], ["model.pad_token", "empty string"]),
+    Case("empty special token", ["model.add_special_tokens=['<|a|>','']"], ["model.add_special_tokens", "non-empty"]),
+    Case("output_dir is a file", ["output_dir={tmp}/taken"], ["output_dir=", "is a file", "expected a folder"],
+         files={"taken": "x"}),
+    Case("output_dir inside a file", ["output_dir={tmp}/taken/trial"], ["output_dir=", "cannot create the folder"],
+         files={"taken": "x"}),
     # -- end of config and model --
 
     # -- evaluate: rows here --
@@ -155,6 +191,28 @@ CASES: list[Case] = [
 
     # -- sweeps: rows here --
 
+    Case("bad value in one sweep combination", ["hydra.mode=MULTIRUN", "lr=1e-3,-1"],
+         ["sweep job #1 of 2 (lr=-1)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("nan in one cell of a grid",
+         ["hydra.mode=MULTIRUN", "lr=1e-4,1e-3", "epochs=1,2", "optimizer.weight_decay=0,nan"],
+         ["sweep job #1 of 8 (lr=0.0001 epochs=1 optimizer.weight_decay=nan)", "optimizer.weight_decay"]),
+    Case("missing model in one sweep combination",
+         ["hydra.mode=MULTIRUN", "model=local", "model.name_or_path=embedded,{tmp}/nope"],
+         ["/nope: no such folder", "sweep job #1 of 2"]),
+    Case("sandwich side with a negative lr",
+         ["hydra.mode=MULTIRUN", "hydra/sweeper=sandwich", "hydra.sweeper.scale=linear", "hydra.sweeper.passing=0",
+          "hydra.sweeper.failing=-0.01"],
+         ["hydra.sweeper.failing=-0.01 (lr=-0.01)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("sandwich side with an infinite lr", ["hydra.mode=MULTIRUN", "sweep=sandwich_lr", "hydra.sweeper.failing=inf"],
+         ["hydra.sweeper.failing=inf", "optimizer.lr must be a finite number"]),
+    Case("sandwich given a sweep of its own parameter", ["hydra.mode=MULTIRUN", "sweep=sandwich_lr", "lr=1e-4,1e-3"],
+         ["searches lr itself", "lr=1e-4,1e-3"]),
+    Case("optuna range with a negative lr", ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "lr=interval(-0.01,0.01)"],
+         ["the search space of lr (lr=-0.01)", "optimizer.lr must be >= 0", "no job was launched"]),
+    Case("optuna choice with nan", ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "lr=choice(1e-3,nan)"],
+         ["the search space of lr (lr=nan)", "optimizer.lr must be a finite number"]),
+    Case("optuna preset with a bad fixed value", ["hydra.mode=MULTIRUN", "sweep=optuna_tpe", "trainer.grad_clip=nan"],
+         ["the fixed overrides", "trainer.grad_clip must be a finite number >= 0"]),
     # -- end of sweeps --
 ]
 

@@ -253,6 +253,21 @@ def test_appended_unknown_key_is_rejected(override: str, key: str) -> None:
         (["eval.train_recall_examples=-1"], "eval.train_recall_examples"),
         (["eval.em_tolerance=-0.1"], "eval.em_tolerance"),
         (["eval.baseline_run_id=' '"], "eval.baseline_run_id"),
+        # nan passes `value < low` and inf overflows later: every float knob wants a finite number
+        (["lr=nan"], "optimizer.lr"),
+        (["lr=inf"], "optimizer.lr"),
+        (["optimizer.weight_decay=nan"], "optimizer.weight_decay"),
+        (["optimizer.eps=0"], "optimizer.eps"),
+        (["optimizer.eps=nan"], "optimizer.eps"),
+        (["trainer.grad_clip=nan"], "trainer.grad_clip"),
+        (["trainer.num_threads=0"], "trainer.num_threads"),
+        (["eval.temperature=inf"], "eval.temperature"),
+        (["eval.loss_tolerance=nan"], "eval.loss_tolerance"),
+        (["tracking.outage_timeout_s=inf"], "tracking.outage_timeout_s"),
+        (["tracking.experiment=' '"], "tracking.experiment"),
+        (["data.dedup.near_threshold=1.5"], "data.dedup.near_threshold"),
+        (["data.dedup.near_threshold=nan"], "data.dedup.near_threshold"),
+        (["data.mix.sources.embedded.weight=nan"], "data.mix.sources.embedded.weight"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )
@@ -327,3 +342,45 @@ def test_cli_rejects_negative_lr_before_training(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "optimizer.lr" in proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr  # a user error is one line, not a stack trace
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=nan", "optimizer.lr must be a finite number >= 0, got nan"),
+        ("optimizer.eps=0", "optimizer.eps must be a finite number > 0, got 0.0"),
+        ("data.dedup.near_threshold=1.5", "data.dedup.near_threshold must be a finite number in [0, 1], got 1.5"),
+    ],
+)
+def test_value_errors_name_the_allowed_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose([override]))
+
+
+# -- 6. the model's files, checked before the data is read (no torch, no transformers) --------
+
+
+def test_early_model_checks_accept_the_embedded_model_and_hub_ids() -> None:
+    from sweep_sft.embedded.build import embedded_model
+    from sweep_sft.modeling import check_chat_template, check_model_folder
+
+    folder = embedded_model()
+    check_model_folder(str(folder))
+    check_chat_template(str(folder / "chat_template.jinja"))  # with transformers' {% generation %} tag
+    for hub_id in ("gpt2", "Qwen/Qwen2.5-0.5B-Instruct"):
+        check_model_folder(hub_id)  # not a local path: left to from_pretrained
+
+
+def test_early_model_checks_name_the_file_and_what_is_missing(tmp_path: Path) -> None:
+    from sweep_sft.modeling import check_chat_template, check_model_folder
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "tokenizer_config.json").write_text("{}")  # a config without a vocabulary
+    with pytest.raises(ConfigError, match=r"lacks config.json; weights \(\*.safetensors or \*.bin\); tokenizer files"):
+        check_model_folder(str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match="no such folder"):
+        check_model_folder("./models/missing")
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}\n{% generation %}{{ m.content }}{% endgeneration %}\n{% endif %}")
+    with pytest.raises(ConfigError, match=re.escape(f"{template}:3: Jinja syntax error")):
+        check_chat_template(str(template))

@@ -161,3 +161,44 @@ def test_optuna5_records_a_dead_job_as_a_failed_trial(tmp_path, run_app):
     assert result["states"] == {"COMPLETE": 1, "FAIL": 1}
     errors = [t.get("error") for t in result["trials"] if t.get("error")]
     assert len(errors) == 1 and errors[0].startswith("JobDied: local job ")
+
+
+# -- every combination checked before any job, and before the sweep's MLflow parent run ------
+
+
+def run_sweep_sft(tmp_path: Path, *overrides: str):
+    """`python -m sweep_sft -m ...` with training forbidden (tests/apps/guarded.py) and MLflow in tmp_path."""
+    import subprocess
+    import sys
+
+    guarded = Path(__file__).parent / "apps" / "guarded.py"
+    args = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 's'}", *overrides]
+    args += ["trainer.num_threads=1", "trainer.progress=false", "data.max_train_examples=32", "trainer.max_steps=1"]
+    return subprocess.run(
+        [sys.executable, str(guarded), "sweep_sft", "-m", *args], cwd=tmp_path, capture_output=True, text=True
+    )
+
+
+def mlflow_runs(tmp_path: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    if not (tmp_path / "mlflow.db").exists():
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_bad_combination_stops_the_sweep_before_any_job_and_parent_run(tmp_path):
+    proc = run_sweep_sft(tmp_path, "lr=1e-3,-1", "epochs=1,2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "error: sweep job #2 of 4 (lr=-1 epochs=1): optimizer.lr must be >= 0, got -1.0; no job was launched" in out
+    assert "guarded: training started" not in out and "Traceback" not in out
+    assert not (tmp_path / "s").exists()  # no job folder, no report of an empty sweep
+    assert mlflow_runs(tmp_path) == []  # no parent run left FAILED
+
+
+def test_a_good_grid_passes_the_check_and_launches(tmp_path):
+    # the check composes every job as the launcher will: a valid grid reaches training
+    proc = run_sweep_sft(tmp_path, "lr=1e-4,1e-3")
+    assert "guarded: training started" in proc.stderr, (proc.stdout + proc.stderr)[-3000:]

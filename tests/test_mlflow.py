@@ -85,11 +85,12 @@ def test_optuna_sweep_records_pruned_trials_in_mlflow(tmp_path, tiny_overrides):
 
 
 def test_a_trial_that_fails_before_opening_its_run_is_a_failed_child(tmp_path, tiny_overrides):
-    """A bad value in one trial of a sweep: the trial never opens its run, yet MLflow has a
+    """A trial of a sweep that fails before opening its run (an objective its data does not have,
+    which only the trial can tell; a bad value is refused before the sweep starts): MLflow has a
     FAILED child with the error, and the parent counts it."""
     overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep_sft", "-m", "lr=1e-3,-1", *overrides],
+        [sys.executable, "-m", "sweep_sft", "-m", "objective=val/loss,val/loss/no_such_task", *overrides],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -102,9 +103,9 @@ def test_a_trial_that_fails_before_opening_its_run_is_a_failed_child(tmp_path, t
     runs = client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("sweep_sft.kind") == "sweep")
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r is not parent}
-    assert set(children) == {"0: lr=0.001", "1: lr=-1"}
-    failed = children["1: lr=-1"]
+    assert set(children) == {"0: objective=val/loss", "1: objective=val/loss/no_such_task"}
+    failed = children["1: objective=val/loss/no_such_task"]
     assert failed.info.status == "FAILED"
-    assert "optimizer.lr must be >= 0" in failed.data.tags["sweep_sft.error"]
-    assert children["0: lr=0.001"].info.status == "FINISHED"
+    assert "unknown metric 'val/loss/no_such_task'" in failed.data.tags["sweep_sft.error"]
+    assert children["0: objective=val/loss"].info.status == "FINISHED"
     assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1

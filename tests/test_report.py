@@ -359,19 +359,20 @@ def test_optuna_result_gives_direction_and_errors(sweep_dir):
 
 
 def test_a_sweep_that_raises_still_reports_onto_its_failed_parent_run(tmp_path):
-    """Every trial fails its config check, the grid sweeper raises: the report is written at
-    exit, lists both errors, and is logged onto the parent run marked FAILED."""
+    """Every trial fails its objective check (an unknown metric: only the trial, with its data,
+    can tell), the grid sweeper raises: the report is written at exit, lists both errors, and
+    is logged onto the parent run marked FAILED."""
     import subprocess
     import sys
 
     from mlflow.tracking import MlflowClient
 
     sweep = tmp_path / "sweep"
-    args = ["-m", "lr=-1,-2", "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "objective=nope1,nope2", "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run([sys.executable, "-m", "sweep_sft", *args], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1 and "SweepFailed" in proc.stderr, proc.stderr[-2000:]
     failed = _section((sweep / "report.html").read_text(), "failed")
-    assert "optimizer.lr must be &gt;= 0, got -1.0" in failed and "got -2.0" in failed
+    assert "unknown metric &#x27;nope1&#x27;" in failed and "&#x27;nope2&#x27;" in failed
     parent = json.loads((sweep / "mlflow_parent_run.json").read_text())
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
     assert client.get_run(parent["run_id"]).info.status == "FAILED"

@@ -78,3 +78,23 @@ def test_resuming_with_other_settings_is_refused(tmp_path, sweep):
     assert sweep().returncode == 0
     proc = sweep("hydra.sweeper.precision=1.5")
     assert proc.returncode != 0 and "different search" in proc.stderr and "hydra.sweep.dir" in proc.stderr
+
+
+def test_both_sides_are_checked_before_any_trial(tmp_path):
+    from test_grid_sweeper import mlflow_runs, run_sweep_sft
+
+    proc = run_sweep_sft(tmp_path, "sweep=sandwich_lr", "hydra.sweeper.scale=linear", "hydra.sweeper.passing=0",
+                         "hydra.sweeper.failing=-1e-3", "hydra.sweeper.precision=1e-4")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "error: hydra.sweeper.failing=-0.001 (lr=-0.001): optimizer.lr must be >= 0" in out
+    assert "guarded: training started" not in out and "Traceback" not in out
+    assert not (tmp_path / "s").exists() and mlflow_runs(tmp_path) == []
+
+
+def test_a_sweep_of_the_searched_parameter_is_refused_before_the_parent_run(tmp_path):
+    from test_grid_sweeper import mlflow_runs, run_sweep_sft
+
+    proc = run_sweep_sft(tmp_path, "sweep=sandwich_lr", "lr=1e-4,1e-3")
+    assert proc.returncode == 1 and "searches lr itself; remove the sweep lr=1e-4,1e-3" in proc.stderr
+    assert "Traceback" not in proc.stderr and mlflow_runs(tmp_path) == []

@@ -8,6 +8,7 @@ that a type cannot express, and runs before any heavy import.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,13 @@ class ModelConfig:
     # Pad token to add when the tokenizer has none (pad must differ from end-of-turn).
     pad_token: str = "<|pad|>"
 
+    def __post_init__(self) -> None:
+        # An empty token is added as nothing: no pad id to pad with, or a token silently missing.
+        if not self.pad_token:
+            raise ConfigError("model.pad_token: expected the text of a token to add, got an empty string")
+        if not all(isinstance(t, str) and t for t in self.add_special_tokens):
+            raise ConfigError(f"model.add_special_tokens: expected non-empty texts, got {self.add_special_tokens}")
+
 
 @dataclass
 class SourceConfig:
@@ -105,6 +113,10 @@ class DedupConfig:
     near_threshold: float | None = None
     # Only answers of at least this many words are near-deduplicated (labels repeat by design).
     min_answer_words: int = 8
+
+    def __post_init__(self) -> None:
+        if self.near_threshold is not None:
+            _within("data.dedup.near_threshold", self.near_threshold, 0, 1)
 
 
 @dataclass
@@ -158,10 +170,9 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _one_of("optimizer.name", self.name, ("adamw",))
-        if self.lr < 0:
-            raise ConfigError(f"optimizer.lr must be >= 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        _at_least("optimizer.lr", self.lr, 0)
+        _at_least("optimizer.weight_decay", self.weight_decay, 0)
+        _within("optimizer.eps", self.eps, 0, math.inf, low_open=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
 
@@ -243,13 +254,14 @@ class TrainerConfig:
         _at_least("trainer.batch_size", self.batch_size, 1)
         _at_least("trainer.log_every", self.log_every, 1)
         _at_least("trainer.eval_every", self.eval_every, 0)
-        if self.grad_clip < 0:
-            raise ConfigError(f"trainer.grad_clip must be >= 0, got {self.grad_clip}")
+        _at_least("trainer.grad_clip", self.grad_clip, 0)
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.loss_norm", self.loss_norm, LOSS_NORMS)
         _one_of("trainer.device", self.device, DEVICES)
         _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
         _at_least("trainer.save_total_limit", self.save_total_limit, 1)
+        if self.num_threads is not None:
+            _at_least("trainer.num_threads", self.num_threads, 1)
         if not str(self.resume).strip():
             raise ConfigError("trainer.resume must be auto, never or a checkpoint path; got an empty string")
 
@@ -297,8 +309,7 @@ class EvalConfig:
             _at_least("eval.pass_k_examples", self.pass_k_examples, 1)
         if self.samples is not None and self.samples < self.pass_k:
             raise ConfigError(f"eval.samples={self.samples} must be at least eval.pass_k={self.pass_k} (or null)")
-        if not self.temperature > 0:
-            raise ConfigError(f"eval.temperature must be > 0 for sampled generations; got {self.temperature}")
+        _within("eval.temperature", self.temperature, 0, math.inf, low_open=True)
         for key in ("em_tolerance", "loss_tolerance", "general_tolerance"):
             _at_least(f"eval.{key}", getattr(self, key), 0)
         if self.baseline_run_id is not None and not str(self.baseline_run_id).strip():
@@ -330,6 +341,8 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)
+        if not str(self.experiment).strip():
+            raise ConfigError("tracking.experiment: expected an MLflow experiment name, got an empty string")
         _at_least("tracking.max_buffered_points", self.max_buffered_points, 1000)  # one log_batch
 
 
@@ -493,8 +506,8 @@ def _source(name: str, value: Any) -> SourceConfig:
         raise ConfigError(f"{key}.train: missing mandatory value (a JSONL file, or embedded)")
     source = SourceConfig(**value)
     _one_of(f"{key}.format", source.format, FORMATS)
-    if not isinstance(source.weight, (int, float)) or source.weight < 0:
-        raise ConfigError(f"{key}.weight must be a number >= 0, got {source.weight!r}")
+    if not isinstance(source.weight, (int, float)) or not 0 <= source.weight < math.inf:
+        raise ConfigError(f"{key}.weight must be a finite number >= 0, got {source.weight!r}")
     return source
 
 
@@ -504,8 +517,22 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _at_least(key: str, value: float, low: float) -> None:
+    if not math.isfinite(value):  # nan passes every comparison's negation; inf overflows later
+        raise ConfigError(f"{key} must be a finite number >= {low}, got {value}")
     if value < low:
         raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _within(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """A finite value in [low, high] (or (low, high] when low_open); the message names the range."""
+    above = value > low if low_open else value >= low
+    if math.isfinite(value) and above and value <= high:
+        return
+    if math.isfinite(high):
+        span = f"in {'(' if low_open else '['}{low}, {high}]"
+    else:
+        span = f"{'>' if low_open else '>='} {low}"
+    raise ConfigError(f"{key} must be a finite number {span}, got {value}")
 
 
 def config_dir() -> str:

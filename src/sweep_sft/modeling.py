@@ -17,6 +17,85 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     return cfg.name_or_path
 
 
+# What from_pretrained needs in a local model folder; a tokenizer needs tokenizer.json or a
+# vocabulary it can be built from (tokenizer_config.json alone is not enough).
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """The model folder's files and the chat template's syntax, checked without torch or
+    transformers, so a wrong path or a broken template fails before the data is read."""
+    if cfg.name_or_path != "embedded":
+        check_model_folder(cfg.name_or_path)
+    if cfg.chat_template_path:
+        check_chat_template(cfg.chat_template_path)
+
+
+def check_model_folder(name_or_path: str) -> None:
+    folder = Path(name_or_path)
+    key = f"model.name_or_path={name_or_path}"
+    if not folder.exists():
+        if _looks_like_path(name_or_path):
+            raise ConfigError(f"{key}: no such folder; expected a model folder (config.json, weights, tokenizer files)")
+        return  # a hub id (namespace/name): from_pretrained resolves it
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: is a file; expected a model folder (config.json, weights, tokenizer files)")
+    names = {p.name for p in folder.iterdir()}
+    missing = [f for f in MODEL_FILES if f not in names]
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        missing.append("weights (*.safetensors or *.bin)")
+    if not names & set(TOKENIZER_FILES):
+        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise ConfigError(f"{key}: the folder lacks {'; '.join(missing)}")
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are `name` or `namespace/name`; anything else was meant as a local folder.
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_chat_template(path: str) -> None:
+    """Parse the template as transformers compiles it (with its {% generation %} tag), naming
+    the file and line of a syntax error."""
+    import jinja2
+    from jinja2.ext import loopcontrols
+
+    key = f"model.chat_template_path={path}"
+    template = Path(path)
+    if not template.is_file():
+        raise ConfigError(f"{key}: not found; expected a Jinja chat template file")
+    try:
+        source = template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}: cannot be read as UTF-8 text: {exc}") from exc
+    env = jinja2.Environment(extensions=[_generation_tag(), loopcontrols])
+    try:
+        env.parse(source, filename=str(template))
+    except jinja2.TemplateSyntaxError as exc:
+        message = f"{template}:{exc.lineno}: Jinja syntax error in the chat template ({key}): {exc.message}"
+        raise ConfigError(message) from None
+
+
+def _generation_tag():
+    import jinja2.ext
+    from jinja2 import nodes
+
+    class GenerationTag(jinja2.ext.Extension):
+        """transformers' {% generation %}...{% endgeneration %} (assistant-token masks), parsed only."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    return GenerationTag
+
+
 def load_tokenizer(cfg: ModelConfig, path: str):
     from transformers import AutoTokenizer
 
@@ -54,12 +133,17 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation,
-        dtype=torch.float32,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation,
+            dtype=torch.float32,
+        )
+    except ValueError as exc:  # transformers alone knows which kernels this model and machine support
+        if "attn_implementation" not in str(exc):
+            raise
+        raise ConfigError(f"model.attn_implementation={cfg.attn_implementation}: {exc}") from exc
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         # New rows start at the mean embedding, so new tokens do not dominate the logits.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

@@ -56,7 +56,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
     started = time.perf_counter()
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
-    out.mkdir(parents=True, exist_ok=True)
+    check_early(config, out)
     from sweep_sft.train.checkpoint import check_resume, find_resume
 
     checkpointable = _checkpointable(config)
@@ -225,6 +225,24 @@ def _train_and_record(
         except TrackingError as tracking_error:  # keep the trial's own error the one raised
             print(f"warning: {tracking_error}", file=sys.stderr)
         raise
+
+
+def check_early(config: Config, out: Path) -> None:
+    """What can be checked before the data is read and torch imported: the output folder
+    (created here) and the model's files."""
+    from sweep_sft.modeling import check_model
+
+    make_output_dir(out)
+    check_model(config.model)
+
+
+def make_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out}: is a file; expected a folder for the trial's outputs (made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file as a parent folder, no permission, a read-only disk
+        raise ConfigError(f"output_dir={out}: cannot create the folder: {exc.strerror or exc}") from exc
 
 
 def _checkpointable(config: Config) -> bool:

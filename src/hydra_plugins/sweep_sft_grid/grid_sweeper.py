@@ -1,6 +1,7 @@
 """Hydra's basic grid sweeper, except that a failed job does not end the sweep: every job is
 recorded in `sweep_summary.json` in the sweep folder, a table lists the failed ones, and the
-sweep fails (exit 1) only when more than `max_failure_rate` of its jobs failed."""
+sweep fails (exit 1) only when more than `max_failure_rate` of its jobs failed. `preflight`
+composes and validates every job's config before the first is launched (sweep_sft.sweep_preflight)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError
 from sweep_sft.sweep_jobs import log_to_parent
+from sweep_sft.sweep_preflight import check_jobs
 from sweep_sft.sweep_summary import SUMMARY_FILE, job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,12 @@ class GridSweeper(BasicSweeper):
         if not 0 <= max_failure_rate <= 1:
             raise ConfigError(f"hydra.sweeper.max_failure_rate: expected a share in [0, 1], got {max_failure_rate}")
         self.max_failure_rate = max_failure_rate
+
+    def preflight(self, config: DictConfig, config_loader) -> None:
+        """Compose and validate every job of the grid (sweep_sft.sweep_preflight, before any launch)."""
+        parser = OverridesParser.create(config_loader=config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *config.hydra.overrides.task])
+        check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None

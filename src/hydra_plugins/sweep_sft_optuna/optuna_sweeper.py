@@ -21,6 +21,7 @@ from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.errors import ConfigError
 from sweep_sft.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
 from sweep_sft.sweep_jobs import job_error, job_record, log_to_parent
+from sweep_sft.sweep_preflight import check_jobs
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "optuna_result.json"
@@ -59,6 +60,17 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+
+    def preflight(self, config: DictConfig, config_loader) -> None:
+        """Before the study opens (sweep_sft.sweep_preflight): the fixed overrides, and each searched
+        parameter at both ends of its range (or at each of its values), composed and validated."""
+        space, fixed = parse(list(config.hydra.overrides.task), dict(self.conf.params or {}))
+        jobs, names = [fixed], ["the fixed overrides"]
+        for p in space:
+            values = getattr(p.distribution, "choices", None) or (p.distribution.low, p.distribution.high)
+            jobs += [[*fixed, p.override(v)] for v in values]
+            names += [f"the search space of {p.key}"] * len(values)
+        check_jobs(config_loader, config, jobs, names)
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         import optuna

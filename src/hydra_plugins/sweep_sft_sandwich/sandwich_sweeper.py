@@ -15,9 +15,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.errors import ConfigError
+from sweep_sft.errors import ConfigError, UserInputError
 from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
 from sweep_sft.sweep_jobs import job_metrics, log_to_parent
+from sweep_sft.sweep_preflight import check_jobs, refuse
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ class SandwichSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            base = self._base(arguments)
+            search = self._load_or_start(sweep_dir / STATE_FILE)
+        except UserInputError as exc:
+            refuse(exc)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        if any(o.is_sweep_override() for o in parsed):
-            raise ValueError(f"the sandwich sweeper searches {self.param} itself; remove sweeps from {arguments}")
-        base = [o.input_line for o in parsed if o.get_key_element() != self.param]
-        search = self._load_or_start(sweep_dir / STATE_FILE)
         returns: list[list[JobReturn]] = []
         job_idx = sum(len(p.results) for p in search.probes)  # resumed sweeps keep numbering on
         while probes := search.next_probes():
@@ -114,14 +115,38 @@ class SandwichSweeper(Sweeper):
             )
         return returns
 
+    def preflight(self, config: DictConfig, config_loader) -> None:
+        """Before any trial (sweep_sft.sweep_preflight): the arguments, a state to resume, and both
+        sides composed and validated; every probe lies between them, so they stand for the range."""
+        base = self._base(list(config.hydra.overrides.task))
+        self._saved(Path(config.hydra.sweep.dir) / STATE_FILE)
+        sides = {"hydra.sweeper.passing": self.spec.passing, "hydra.sweeper.failing": self.spec.failing}
+        jobs = [[*base, f"{self.param}={value!r}"] for value in sides.values()]
+        check_jobs(config_loader, config, jobs, [f"{key}={value}" for key, value in sides.items()])
+
+    def _base(self, arguments: list[str]) -> list[str]:
+        """The command line's overrides, less the searched parameter (the probes set it)."""
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps:
+            raise ConfigError(f"the sandwich sweeper searches {self.param} itself; remove the sweep {' '.join(sweeps)}")
+        return [o.input_line for o in parsed if o.get_key_element() != self.param]
+
     def _load_or_start(self, path: Path) -> Sandwich:
-        if path.exists():
-            search = Sandwich.from_state(json.loads(path.read_text()))
-            if (search.spec, search.constraint) != (self.spec, self.constraint):
-                raise ConfigError(
-                    f"{path} holds a different search ({search.spec}, {search.constraint}) than this command "
-                    f"({self.spec}, {self.constraint}); resume with the same settings, or pass a new hydra.sweep.dir"
-                )
-            log.info(f"resuming the sandwich search from {path} after {search.rounds} rounds")
-            return search
-        return Sandwich(self.spec, self.constraint)
+        search = self._saved(path)
+        if search is None:
+            return Sandwich(self.spec, self.constraint)
+        log.info(f"resuming the sandwich search from {path} after {search.rounds} rounds")
+        return search
+
+    def _saved(self, path: Path) -> Sandwich | None:
+        """The search saved in the sweep folder, which must be this command's own."""
+        if not path.exists():
+            return None
+        search = Sandwich.from_state(json.loads(path.read_text()))
+        if (search.spec, search.constraint) != (self.spec, self.constraint):
+            raise ConfigError(
+                f"{path} holds a different search ({search.spec}, {search.constraint}) than this command "
+                f"({self.spec}, {self.constraint}); resume with the same settings, or pass a new hydra.sweep.dir"
+            )
+        return search
