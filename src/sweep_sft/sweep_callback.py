@@ -6,12 +6,15 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.errors import ConfigError
+from sweep_sft.sweeper_keys import check_sweeper_keys
 from sweep_sft.tracking import PARENT_FILE
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,11 @@ class MlflowParentRun(Callback):
         from sweep_sft.config import TrackingConfig
         from sweep_sft.tracking import Run
 
+        try:
+            check_sweeper_keys(config)
+        except ConfigError as exc:  # Hydra turns a callback's exception into a warning and goes on
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
         # A sweep that raises never reaches on_multirun_end: report it, and mark the parent
