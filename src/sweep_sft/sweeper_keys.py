@@ -17,8 +17,11 @@ from sweep_sft.errors import ConfigError
 def check_sweeper_keys(config: DictConfig) -> None:
     """A ConfigError naming the first key under hydra.sweeper (nested ones too: optuna5's sampler
     and pruner, sandwich's constraint) that its structured config lacks, and the keys it has."""
-    choices = config.hydra.runtime.choices
-    _check_node(config.hydra.sweeper, "hydra.sweeper", f"hydra/sweeper={choices.get('hydra/sweeper')}", choices)
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    if not isinstance(sweeper, DictConfig):  # a config composed without Hydra's node
+        return
+    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    _check_node(sweeper, "hydra.sweeper", f"hydra/sweeper={choices.get('hydra/sweeper')}", choices)
 
 
 def _check_node(node: DictConfig, path: str, what: str, choices) -> None:
