@@ -52,14 +52,14 @@ def _send(message: dict, start: bool) -> None:
     with _lock:
         if _guardian is not None and _guardian[0] != os.getpid():  # inherited through fork: not ours
             _guardian = None
-        if _guardian is None:
-            if not start:
-                return
-            _guardian = (os.getpid(), _spawn())
+        if _guardian is None and not start:
+            return
         try:
+            if _guardian is None:
+                _guardian = (os.getpid(), _spawn())
             _guardian[1].stdin.write((json.dumps(message) + "\n").encode())
             _guardian[1].stdin.flush()
-        except OSError as exc:  # the guardian is gone: the run is still recorded, only unguarded
+        except OSError as exc:  # no guardian (gone, or none could start): the run is recorded, only unguarded
             print(
                 f"warning: MLflow run guardian unavailable ({exc}); a killed process leaves its run RUNNING",
                 file=sys.stderr,
@@ -68,6 +68,7 @@ def _send(message: dict, start: bool) -> None:
 
 
 def _spawn() -> subprocess.Popen:
+    # Same interpreter, environment and working directory: it imports this package as we did.
     return subprocess.Popen(
         [sys.executable, "-m", "sweep_sft.run_guard", str(os.getpid())],
         stdin=subprocess.PIPE,
