@@ -190,6 +190,33 @@ CASES: list[Case] = [
     # -- end of evaluate --
 
     # -- sweeps: rows here --
+    # A key the chosen sweeper lacks: refused before the sweep opens its parent run (test_mlflow.py
+    # checks the store stays empty), naming the key and the keys that sweeper has.
+    Case(
+        "unknown grid sweeper key",
+        ["hydra.mode=MULTIRUN", "+hydra.sweeper.bogus=1", "lr=1e-3,1e-2"],
+        ["hydra.sweeper.bogus", "hydra/sweeper=grid", "max_batch_size, params, max_failure_rate"],
+    ),
+    Case(
+        "unknown optuna5 sweeper key",
+        ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "+hydra.sweeper.n_trail=3", "lr=1e-3,1e-2"],
+        ["hydra.sweeper.n_trail", "hydra/sweeper=optuna5", "n_trials"],
+    ),
+    Case(
+        "unknown optuna5 pruner key",
+        ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna5", "hydra/sweeper/pruner=median", "+hydra.sweeper.pruner.warm=2"],
+        ["hydra.sweeper.pruner.warm", "hydra/sweeper/pruner=median", "n_warmup_steps"],
+    ),
+    Case(
+        "unknown sandwich sweeper key",
+        ["hydra.mode=MULTIRUN", "hydra/sweeper=sandwich", "+hydra.sweeper.probes=2"],
+        ["hydra.sweeper.probes", "hydra/sweeper=sandwich", "probes_per_round"],
+    ),
+    Case(
+        "unknown sandwich constraint key",
+        ["hydra.mode=MULTIRUN", "hydra/sweeper=sandwich", "+hydra.sweeper.constraint.tolerance=0.1"],
+        ["hydra.sweeper.constraint.tolerance", "metric, op, threshold, rule"],
+    ),
 
     Case("bad value in one sweep combination", ["hydra.mode=MULTIRUN", "lr=1e-3,-1"],
          ["sweep job #1 of 2 (lr=-1)", "optimizer.lr must be >= 0", "no job was launched"]),

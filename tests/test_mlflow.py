@@ -109,3 +109,38 @@ def test_a_trial_that_fails_before_opening_its_run_is_a_failed_child(tmp_path, t
     assert "unknown metric 'val/loss/no_such_task'" in failed.data.tags["sweep_sft.error"]
     assert children["0: objective=val/loss"].info.status == "FINISHED"
     assert parent.data.metrics["sweep/failed"] == 1 and parent.data.metrics["sweep/finished"] == 1
+
+
+def test_an_unknown_sweeper_key_fails_before_the_parent_run(tmp_path, tiny_overrides):
+    """`+hydra.sweeper.<typo>` forces a key into the sweeper's config that Hydra only refuses when
+    it builds the sweeper: checked first, the sweep leaves no FAILED parent run and no report."""
+    overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep_sft",
+            "-m",
+            "+hydra.sweeper.bogus=1",
+            "lr=1e-3,1e-2",
+            *overrides,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.bogus: hydra/sweeper=grid has no key 'bogus'; "
+        "its keys under hydra.sweeper: max_batch_size, params, max_failure_rate"
+    ), proc.stderr[-3000:]
+    store = tmp_path / "mlflow.db"
+    if store.exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert client.search_runs(experiments) == []
+    assert not sweep.exists()  # no parent file, no report

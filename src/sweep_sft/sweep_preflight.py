@@ -74,6 +74,12 @@ class SweepPreflight(Callback):
         from hydra.errors import InstantiationException
         from hydra.utils import get_class, instantiate
 
+        from sweep_sft.sweeper_keys import check_sweeper_keys
+
+        try:  # any sweeper's, ours or not: Hydra would fail on it only after the parent run opened
+            check_sweeper_keys(config)
+        except UserInputError as exc:
+            refuse(exc)
         target = OmegaConf.select(config, "hydra.sweeper._target_")
         try:
             has_preflight = target is not None and hasattr(get_class(target), "preflight")

@@ -110,8 +110,10 @@ class Run:
         tags: dict[str, str] | None = None,
         spill_dir: str | Path | None = None,
         run_id: str | None = None,
+        resumes: int = 0,
     ):
-        """A new run, or with `run_id` an existing one continued (a resumed trial's)."""
+        """A new run, or with `run_id` an existing one continued (a resumed trial's, its
+        `resumes`-th resume: the guardian leaves the run alone once a later attempt took it on)."""
         self.enabled = cfg.enabled
         self.run_id: str | None = None
         self.delivery = None
@@ -138,6 +140,10 @@ class Run:
 
         self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
         self.delivery = Delivery(self.client, self.run_id, self.uri, cfg.max_buffered_points)
+        from sweep_sft import run_guard
+
+        # A process killed outright (SIGKILL, out of memory) cannot end its run: the guardian does.
+        run_guard.watch(self.uri, self.run_id, resumes, self.timeout_s)
 
     @property
     def open(self) -> bool:
@@ -211,6 +217,11 @@ class Run:
             self._spill(delivery, status)
             raise
         delivery.stop()
+        from sweep_sft import run_guard
+
+        # Ended, or its undelivered records (status included) are in the spill file for replay.
+        # Interrupted above, it stays guarded: ended KILLED when this process is gone.
+        run_guard.release(self.run_id)
         rejected = delivery.rejected()
         if delivered and not rejected:
             return

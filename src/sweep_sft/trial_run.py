@@ -22,8 +22,10 @@ class ReopenedRun(Run):
     """An existing run set back to RUNNING; metrics at steps it already holds are not re-logged
     (the steps replayed since the checkpoint were logged by the interrupted attempt)."""
 
-    def __init__(self, cfg: TrackingConfig, run_id: str, logged: dict[str, int], spill_dir: Path, has_params: bool):
-        super().__init__(cfg, None, spill_dir=spill_dir, run_id=run_id)
+    def __init__(
+        self, cfg: TrackingConfig, run_id: str, logged: dict[str, int], spill_dir: Path, has_params: bool, resumes: int
+    ):
+        super().__init__(cfg, None, spill_dir=spill_dir, run_id=run_id, resumes=resumes)
         self._logged = logged  # metric key -> last step already in the run
         self.has_params = has_params
 
@@ -109,4 +111,4 @@ def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
     logged = retry_until(reopen, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
     print(f"continuing MLflow run {run_id} (resume {resumes})", file=sys.stderr)
     # Records are delivered asynchronously: an attempt that died early may not have sent its params.
-    return ReopenedRun(cfg, run_id, logged, out, has_params=bool(previous.data.params))
+    return ReopenedRun(cfg, run_id, logged, out, has_params=bool(previous.data.params), resumes=resumes)
