@@ -371,11 +371,31 @@ def test_early_model_checks_accept_the_embedded_model_and_hub_ids() -> None:
         check_model_folder(hub_id)  # not a local path: left to from_pretrained
 
 
+@pytest.mark.parametrize(
+    "tokenizer_files",
+    [
+        ["tokenizer.json", "tokenizer_config.json"],  # a fast tokenizer (Llama 3, Qwen 2, SmolLM)
+        ["tokenizer_config.json"],  # byte-level (ByT5) or remote-code ones
+        ["tokenizer.model"],  # sentencepiece (Llama 2, Mistral v1, Gemma)
+        ["sentencepiece.bpe.model"],  # XLM-R style
+        ["qwen.tiktoken"],  # Qwen 1 (remote code)
+        ["tekken.json"],  # Mistral's tekken
+        ["vocab.json", "merges.txt"],  # GPT-2 style BPE
+    ],
+)
+def test_early_model_checks_accept_the_tokenizer_layouts_of_real_models(tmp_path: Path, tokenizer_files) -> None:
+    from sweep_sft.modeling import check_model_folder
+
+    for name in ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", *tokenizer_files]:
+        (tmp_path / name).write_text("{}")
+    check_model_folder(str(tmp_path))
+
+
 def test_early_model_checks_name_the_file_and_what_is_missing(tmp_path: Path) -> None:
     from sweep_sft.modeling import check_chat_template, check_model_folder
 
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "tokenizer_config.json").write_text("{}")  # a config without a vocabulary
+    (tmp_path / "m" / "generation_config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"lacks config.json; weights \(\*.safetensors or \*.bin\); tokenizer files"):
         check_model_folder(str(tmp_path / "m"))
     with pytest.raises(ConfigError, match="no such folder"):

@@ -17,10 +17,14 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     return cfg.name_or_path
 
 
-# What from_pretrained needs in a local model folder; a tokenizer needs tokenizer.json or a
-# vocabulary it can be built from (tokenizer_config.json alone is not enough).
+# What from_pretrained needs in a local model folder. Tokenizers come in many layouts (a fast
+# tokenizer.json, a sentencepiece *.model, Qwen's *.tiktoken, Mistral's tekken.json, a vocab.*,
+# or only tokenizer_config.json for byte-level and remote-code ones): any of them will do, and
+# from_pretrained's own error (named) covers a layout that still cannot load.
 MODEL_FILES = ("config.json",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tekken.json")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
+TOKENIZER_PREFIXES = ("vocab.",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -46,10 +50,14 @@ def check_model_folder(name_or_path: str) -> None:
     missing = [f for f in MODEL_FILES if f not in names]
     if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
         missing.append("weights (*.safetensors or *.bin)")
-    if not names & set(TOKENIZER_FILES):
-        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    if not any(_is_tokenizer_file(n) for n in names):
+        missing.append(f"tokenizer files ({', '.join(TOKENIZER_FILES)}, *.model, *.tiktoken or vocab.*)")
     if missing:
         raise ConfigError(f"{key}: the folder lacks {'; '.join(missing)}")
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name in TOKENIZER_FILES or name.endswith(TOKENIZER_SUFFIXES) or name.startswith(TOKENIZER_PREFIXES)
 
 
 def _looks_like_path(name: str) -> bool:
