@@ -424,14 +424,14 @@ def test_round_trip(tmp_path: Path) -> None:
 # --- what the tokenizer, MLflow and a chat template can take (issue 13) ----------------------
 
 
-@pytest.mark.parametrize("bad", ["qa/<b>", "qa/a>b", 'qa/"x"', "qa/..", "../x", "qa/.", "qa/$\\x$", "a:b", "a\\b"])
+@pytest.mark.parametrize("bad", ["qa/<b>", "qa/a>b", 'qa/"x"', "qa/..", "../x", "qa/.", "qa/$\\x$", "a\\b"])
 def test_task_type_with_a_character_mlflow_refuses(tmp_path: Path, bad: str) -> None:
     path = write_lines(tmp_path, [messages_record(), messages_record(task_type=bad)])
     with pytest.raises(DataError, match=at(path, 2) + r"task_type: .*MLflow refuses .*allowed: letters, digits"):
         load_jsonl(path)
 
 
-@pytest.mark.parametrize("good", ["qa/x y", "élan/x-1.2", "a..b/c_d", "日本/x"])
+@pytest.mark.parametrize("good", ["qa/x y", "élan/x-1.2", "a..b/c_d", "日本/x", "gsm8k:main/cot"])
 def test_task_type_with_the_characters_mlflow_takes(tmp_path: Path, good: str) -> None:
     from mlflow.utils.validation import _validate_metric_name
 

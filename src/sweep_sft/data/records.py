@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import defaultdict
@@ -25,10 +26,15 @@ SHAREGPT_ROLES = {
 # Checked in this order so a record carrying several keys gets the richest format.
 FORMAT_KEYS = (("messages", "messages"), ("conversations", "sharegpt"), ("instruction", "alpaca"))
 # A task_type level becomes part of MLflow metric names (val/loss/<task_type>): only the
-# characters MLflow takes in a name on every platform (letters, digits, _ - . and space; no
-# colon, which it refuses on Windows), and no level "." or ".." (a name must be a clean path).
-TASK_TYPE_LEVEL = re.compile(r"[\w.\- ]+")
-TASK_TYPE_CHARACTERS = "letters, digits, '_', '-', '.' and space in each level, '/' between two levels"
+# characters MLflow takes in a name on this platform (letters, digits, _ - . and space, and the
+# colon of `gsm8k:main` except on Windows, where MLflow refuses it), and no level "." or ".."
+# (a name must be a clean path).
+_COLON = "" if os.name == "nt" else ":"
+TASK_TYPE_LEVEL = re.compile(rf"[\w.\- {_COLON}]+")
+TASK_TYPE_CHARACTERS = (
+    f"letters, digits, '_', '-', '.', {repr(_COLON) + ', ' if _COLON else ''}and space in each level, "
+    "'/' between two levels"
+)
 MAX_TASK_TYPE = 200  # MLflow's metric names hold at most 250 characters, prefix included
 
 
