@@ -174,6 +174,8 @@ CASES: list[Case] = [
          files={"taken": "x"}),
     Case("output_dir inside a file", ["output_dir={tmp}/taken/trial"], ["output_dir=", "cannot create the folder"],
          files={"taken": "x"}),
+    Case("deepspeed universal checkpoint", ["deepspeed=zero2", "+deepspeed.extra.checkpoint.load_universal=true"],
+         ["deepspeed.extra.checkpoint.load_universal", "weights_only=False"]),
     # -- end of config and model --
 
     # -- evaluate: rows here --

@@ -316,12 +316,16 @@ def test_a_poisoned_checkpoint_file_is_refused_naming_it_and_never_run(short, tm
     with pytest.raises(ConfigError, match=refused):
         run_trial(compose(short))  # automatic resume from the newest checkpoint
     assert not marker.exists()
-    # A file in torch's legacy format is not scanned before training; loading refuses it all the same.
-    with open(root / "step-8" / "model.pt", "wb") as f:
-        torch.save({"weight": Poison(marker)}, f, _use_new_zipfile_serialization=False)
-    with pytest.raises(ConfigError, match=r"step-8/model.pt is refused \(weights_only unpickling stopped: .*exec"):
-        run_trial(compose(short))
-    assert not marker.exists()
+    # A file in torch's legacy format cannot be scanned: refused before anything loads it, wherever
+    # it lies in the folder (DeepSpeed's universal checkpoint would read zero/<param>/*.pt itself).
+    torch.save({}, root / "step-8" / "model.pt")  # the scan stops at the first refused file
+    for planted in (root / "step-8" / "zero" / "w" / "fp32.pt", root / "step-8" / "model.pt"):
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        with open(planted, "wb") as f:
+            torch.save({"weight": Poison(marker)}, f, _use_new_zipfile_serialization=False)
+        with pytest.raises(ConfigError, match=rf"{planted.relative_to(root)} is refused \(not a torch.save zip"):
+            run_trial(compose(short))
+        assert not marker.exists()
 
 
 DS_TRIAL = [
@@ -382,5 +386,5 @@ def test_a_poisoned_deepspeed_model_states_file_is_refused_on_automatic_resume(z
     assert proc.returncode != 0
     assert not marker.exists(), "the planted pickle ran"
     assert f"error: trainer.resume: {planted} is refused" in proc.stderr, proc.stderr[-3000:]
-    assert ("GLOBAL exec" if legacy else "it would call builtins.exec") in proc.stderr
+    assert ("not a torch.save zip archive" if legacy else "it would call builtins.exec") in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -377,6 +377,13 @@ class DeepSpeedConfig:
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1 (got 0)")
         _at_least("deepspeed.bucket_size", self.bucket_size, 1)
+        checkpoint = self.extra.get("checkpoint")
+        if isinstance(checkpoint, dict) and checkpoint.get("load_universal"):
+            # DeepSpeed loads a universal checkpoint's files itself, with weights_only=False.
+            raise ConfigError(
+                "deepspeed.extra.checkpoint.load_universal: not supported; a universal checkpoint is unpickled "
+                "by DeepSpeed with weights_only=False (it could run code), and sweep_sft loads checkpoints as data only"
+            )
         for key in self.extra:
             if key in DEEPSPEED_DERIVED:
                 raise ConfigError(

@@ -173,12 +173,14 @@ def check_resume(path: Path, config: Config) -> None:
 
 def check_pickles(path: Path) -> None:
     """Every torch.save file of the checkpoint names only globals `load_file` allows (its pickle
-    is read as opcodes, not run). A file in another format is left to `load_file` to refuse."""
+    is read as opcodes, not run). torch and DeepSpeed write zip archives; a file in torch's
+    legacy format cannot be scanned, and a loader outside ours (DeepSpeed's universal checkpoint
+    reads its own files with weights_only=False) would run it, so it is refused here."""
     import torch
 
     for file in sorted(path.rglob("*.pt")):
         if not zipfile.is_zipfile(file):
-            continue
+            raise ConfigError(_refusal(file, "not a torch.save zip archive, so it cannot be checked before loading"))
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
         except Exception as exc:  # a damaged archive: torch's message says what is wrong
