@@ -144,3 +144,166 @@ def test_the_guardian_ends_only_the_dead_process_own_running_runs(tmp_path):
     assert client.get_run(taken).info.status == "RUNNING"
     finished = client.get_run(done)
     assert finished.info.status == "FINISHED" and ERROR_TAG not in finished.data.tags
+
+
+def _guardian(uri: str, run_ids: list[str], stderr: int) -> subprocess.Popen:
+    """A guardian holding `run_ids` of a process (this one) that is gone: its pipe is closed."""
+    guardian = subprocess.Popen(
+        [sys.executable, "-m", "sweep_sft.run_guard", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    for run_id in run_ids:
+        guardian.stdin.write(json.dumps({"watch": run_id, "uri": uri, "resumes": 0, "timeout_s": 5}).encode() + b"\n")
+    guardian.stdin.close()
+    return guardian
+
+
+def test_the_guardian_ends_every_run_after_its_terminal_hung_up(tmp_path):
+    """A sweep over SSH whose connection drops: the guardian's stderr is a terminal that fails every
+    write with EIO; the note it prints after ending the parent run must not spare the child's."""
+    import pty
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("e")
+    run_ids = [client.create_run(experiment, run_name=name).info.run_id for name in ("parent", "child")]
+    master, terminal = pty.openpty()
+    os.close(master)  # the hangup: from now on a write to the terminal fails with EIO
+    with pytest.raises(OSError):
+        os.write(terminal, b"x")
+    guardian = _guardian(uri, run_ids, stderr=terminal)
+    os.close(terminal)
+    guardian.wait(timeout=ENDED_S)
+    (tmp_path / "log.txt").write_text("")
+    _assert_ended_by_guardian(client, run_ids, tmp_path)
+
+
+class _Interleaved:
+    """A real MlflowClient that runs `between()` once, right after its `after`-th call, and records
+    the names of its calls: one process's calls interleaved at each point with another's."""
+
+    def __init__(self, client, after: int, between):
+        self._client, self._after, self._between, self.calls = client, after, between, []
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if len(self.calls) == self._after:
+                    self._between()
+
+        return call
+
+
+def _killed_trial_run(tmp_path):
+    """A trial's RUNNING run whose process was killed, named in its folder for a resume."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep_sft.config import TrackingConfig
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=cfg.uri)
+    run_id = client.create_run(client.create_experiment(cfg.experiment)).info.run_id
+    (tmp_path / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": cfg.uri}))
+    watched = {"uri": cfg.uri, "resumes": 0, "timeout_s": 5}
+    return cfg, client, run_id, watched
+
+
+def _assert_finished_clean(client, run, run_id: str) -> None:
+    from sweep_sft.run_guard import ENDED_BY_TAG
+
+    run.finish("FINISHED")
+    ended = client.get_run(run_id)
+    assert ended.info.status == "FINISHED", ended.info
+    assert ERROR_TAG not in ended.data.tags and ENDED_BY_TAG not in ended.data.tags, ended.data.tags
+
+
+@pytest.mark.parametrize("after", range(7))
+def test_a_run_reopened_while_its_dead_attempt_guardian_ends_it_stays_live(tmp_path, after):
+    """The resumed attempt reopens the run after each of the guardian's calls in turn (both retry
+    through an outage, so any order happens): the guardian leaves the reopened run RUNNING, except
+    in the window of its last call (no compare-and-set in MLflow), and the run the attempt finishes
+    carries no error of the guardian's."""
+    from sweep_sft.run_guard import end_dead_run
+    from sweep_sft.trial_run import open_run
+
+    cfg, client, run_id, watched = _killed_trial_run(tmp_path)
+    reopened = []
+    guardian = _Interleaved(client, after, lambda: reopened.append(open_run(cfg, tmp_path, "t", None, {}, True)[0]))
+    if after == 0:
+        guardian._between()
+    end_dead_run(guardian, run_id, watched, pid=1)
+    if not reopened:  # the guardian had made fewer calls: the reopen comes after them all
+        guardian._between()
+    assert reopened[0].run_id == run_id
+    raced = guardian.calls[after : after + 1] == ["set_terminated"]
+    assert client.get_run(run_id).info.status == ("KILLED" if raced else "RUNNING"), guardian.calls
+    _assert_finished_clean(client, reopened[0], run_id)
+
+
+@pytest.mark.parametrize("after", range(6))
+def test_a_guardian_ending_the_run_while_it_is_reopened_leaves_it_live(tmp_path, monkeypatch, after):
+    """The dead attempt's guardian ends the run after each of the reopening attempt's calls in turn:
+    the reopened run is RUNNING once reopened, and finished without the guardian's error."""
+    import mlflow.tracking
+
+    from sweep_sft.run_guard import end_dead_run
+    from sweep_sft.trial_run import open_run
+
+    cfg, client, run_id, watched = _killed_trial_run(tmp_path)
+    real, ended, reopening = mlflow.tracking.MlflowClient, [], [True]
+
+    def guardian() -> None:
+        if reopening and not ended:
+            ended.append(end_dead_run(client, run_id, watched, pid=1))
+
+    class Attempt(_Interleaved):
+        """The attempt's clients (its reopen's, its run's) keep one count of calls, as one process."""
+
+        shared: list[str] = []
+
+        def __init__(self, tracking_uri):
+            super().__init__(real(tracking_uri=tracking_uri), after, guardian)
+            self.calls = Attempt.shared
+
+    if after == 0:
+        guardian()
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Attempt)
+    run, _ = open_run(cfg, tmp_path, "t", None, {}, True)
+    monkeypatch.undo()
+    reopening.clear()  # what the run delivers later (at finish) is not part of the race
+    if not ended:  # the reopen had made fewer calls: the guardian comes after them all
+        ended.append(end_dead_run(client, run_id, watched, pid=1))
+    assert run.run_id == run_id
+    assert client.get_run(run_id).info.status == "RUNNING", Attempt.shared
+    _assert_finished_clean(client, run, run_id)
+
+
+def test_a_reopened_run_drops_an_error_the_guardian_left_late_and_keeps_its_own(tmp_path):
+    """The guardian's end landing on the live reopened run anyway (an HTTP request the server
+    applied late): finishing removes the guardian's error; a trial's own error, set since, stays."""
+    from sweep_sft.run_guard import ENDED_BY_TAG, end_dead_run
+    from sweep_sft.trial_run import open_run
+
+    cfg, client, run_id, watched = _killed_trial_run(tmp_path)
+    for resumes, status in ((1, "FINISHED"), (2, "FAILED")):
+        run, _ = open_run(cfg, tmp_path, "t", None, {}, True)
+        assert end_dead_run(client, run_id, {**watched, "resumes": resumes}, pid=1)  # as if unclaimed
+        assert client.get_run(run_id).data.tags[ENDED_BY_TAG] == "guardian"
+        if status == "FINISHED":
+            _assert_finished_clean(client, run, run_id)
+            continue
+        run.set_tag(ERROR_TAG, "RuntimeError: the trial's own")
+        run.finish(status)
+        ended = client.get_run(run_id)
+        assert ended.info.status == "FAILED" and ended.data.tags[ERROR_TAG] == "RuntimeError: the trial's own"
+        assert ENDED_BY_TAG not in ended.data.tags, ended.data.tags

@@ -10,7 +10,12 @@ process is gone: the runs it still holds are ended KILLED with an end time and `
 saying the process died. Metric points still buffered in the dead process are lost with it.
 
 A run is ended only while it is still RUNNING and not reopened since (its `sweep_sft.resumes`
-tag unchanged): a trial resumed into the same run by a newer process is never touched. Inside a
+tag unchanged): a trial resumed into the same run by a newer process is never touched. MLflow has
+no compare-and-set, so the tag is read again right before the run is ended (a reopen bumps it
+before it sets RUNNING); a reopen landing in that last call's window leaves the live run KILLED
+with the guardian's error (`sweep_sft.ended_by=guardian` marks it) until the attempt finishes and
+removes it. The guardian never dies of its own output (a closed terminal: EIO) and one run it
+cannot end does not spare the others. Inside a
 submitit job no guardian starts: the launcher ends a dead job's runs with its Slurm state
 (sweep_sft.failed_trial), and a preempted job leaves its run RUNNING on purpose for the requeue.
 """
@@ -26,6 +31,11 @@ import threading
 
 # How often the guardian checks that its parent is alive when the pipe stays quiet.
 POLL_S = 2.0
+# On a run the guardian ended (`sweep_sft.error` is also written by trials and the launcher): a
+# reopened attempt recognises the guardian's error as stale by it and by the error's last words.
+ENDED_BY_TAG = "sweep_sft.ended_by"
+GUARDIAN = "guardian"
+NOTE = "ended by its guardian"
 
 _lock = threading.Lock()
 _guardian: tuple[int, subprocess.Popen] | None = None  # (the pid that started it, the child)
@@ -107,38 +117,76 @@ def guard(fd: int, parent: int) -> dict[str, dict]:
 def end_runs(runs: dict[str, dict], pid: int) -> None:
     for run_id, watched in runs.items():
         try:
-            if _end(run_id, watched, pid):
-                print(f"sweep_sft: process {pid} died; MLflow run {run_id} ended KILLED", file=sys.stderr)
+            ended = _end(run_id, watched, pid)
         except Exception as exc:  # noqa: BLE001 - one run's store failing must not spare the others
-            print(f"sweep_sft: could not end MLflow run {run_id} of dead process {pid}: {exc}", file=sys.stderr)
+            _say(f"sweep_sft: could not end MLflow run {run_id} of dead process {pid}: {exc}")
+            continue
+        if ended:
+            _say(f"sweep_sft: process {pid} died; MLflow run {run_id} ended KILLED")
+
+
+def _say(text: str) -> None:
+    """A note on the terminal, if it is still there: after a hangup (a dropped SSH session) a write
+    fails with EIO, and the runs still to end matter more than the note."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        sys.stderr = open(os.devnull, "w")  # nor a traceback at exit for the text left buffered
 
 
 def _end(run_id: str, watched: dict, pid: int) -> bool:
-    import socket
-
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.tracking import ERROR_TAG, http_defaults, retry_until
-    from sweep_sft.trial_run import RESUMES_TAG
+    from sweep_sft.tracking import http_defaults
+
+    http_defaults(watched["uri"])
+    return end_dead_run(MlflowClient(tracking_uri=watched["uri"]), run_id, watched, pid)
+
+
+def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
+    """End the dead process's run KILLED unless it was ended or reopened since; whether it was."""
+    import socket
+
+    from sweep_sft.tracking import ERROR_TAG, delete_tags, retry_until
 
     uri, timeout_s = watched["uri"], watched["timeout_s"]
-    http_defaults(uri)
-    client = MlflowClient(tracking_uri=uri)
     run = retry_until(lambda: client.get_run(run_id), timeout_s, f"read MLflow run {run_id}", uri)
-    resumes = int(run.data.tags.get(RESUMES_TAG, "0"))
-    if run.info.status != "RUNNING" or resumes != watched["resumes"]:  # ended, or continued by another process
+    if not _unclaimed(run, watched):
         return False
     error = (
         f"the process running it (pid {pid} on {socket.gethostname()}) died without ending it "
-        "(killed: SIGKILL, out of memory, or a crash); ended by its guardian"
+        f"(killed: SIGKILL, out of memory, or a crash); {NOTE}"
     )
 
-    def end() -> None:
+    def end() -> bool:
         client.set_tag(run_id, ERROR_TAG, error)
+        client.set_tag(run_id, ENDED_BY_TAG, GUARDIAN)
+        # Both of us may have retried through an outage since the read above: a resumed attempt
+        # that reopened the run meanwhile has bumped its resumes tag (before setting RUNNING).
+        if not _unclaimed(client.get_run(run_id), watched):
+            delete_tags(client, run_id, [ERROR_TAG, ENDED_BY_TAG])
+            return False
         client.set_terminated(run_id, status="KILLED")
+        return True
 
-    retry_until(end, timeout_s, f"end MLflow run {run_id}", uri)
-    return True
+    return retry_until(end, timeout_s, f"end MLflow run {run_id}", uri)
+
+
+def _unclaimed(run, watched: dict) -> bool:
+    """Still RUNNING and not reopened by another process since the dead one registered it."""
+    from sweep_sft.trial_run import RESUMES_TAG
+
+    return run.info.status == "RUNNING" and int(run.data.tags.get(RESUMES_TAG, "0")) == watched["resumes"]
+
+
+def clear_stale_end(client, run_id: str) -> None:
+    """On a reopened run about to end: the error of a dead attempt's guardian that ended it as it
+    was reopened (a trial's own error, set since, stays)."""
+    from sweep_sft.tracking import ERROR_TAG, delete_tags
+
+    tags = client.get_run(run_id).data.tags
+    if tags.get(ENDED_BY_TAG) == GUARDIAN:
+        delete_tags(client, run_id, [ENDED_BY_TAG] + ([ERROR_TAG] if tags.get(ERROR_TAG, "").endswith(NOTE) else []))
 
 
 if __name__ == "__main__":

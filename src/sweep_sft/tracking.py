@@ -94,6 +94,18 @@ def retry_until(call, timeout_s: float, what: str, uri: str):
             pause = min(2 * pause, BACKOFF_S[1])
 
 
+def delete_tags(client, run_id: str, keys: list[str]) -> None:
+    """The tags removed; one absent (never set, or removed by another process meanwhile) is no error."""
+    from mlflow.exceptions import MlflowException
+
+    for key in keys:
+        try:
+            client.delete_tag(run_id, key)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
+                raise
+
+
 class Run:
     """An MLflow run whose records are delivered asynchronously; a no-op when tracking is disabled.
 

@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from sweep_sft import run_guard
 from sweep_sft.config import TrackingConfig
-from sweep_sft.tracking import ERROR_TAG, Run, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking import ERROR_TAG, Run, delete_tags, http_defaults, retry_until, tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 RESUMES_TAG = "sweep_sft.resumes"
@@ -28,6 +29,11 @@ class ReopenedRun(Run):
         super().__init__(cfg, None, spill_dir=spill_dir, run_id=run_id, resumes=resumes)
         self._logged = logged  # metric key -> last step already in the run
         self.has_params = has_params
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.open:  # a guardian that ended the run as it was reopened left its error: stale now
+            self.delivery.add_op("stale guardian error", lambda _: run_guard.clear_stale_end(self.client, self.run_id))
+        super().finish(status)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         fresh = {k: v for k, v in metrics.items() if step > self._logged.get(k, -1)}
@@ -102,10 +108,13 @@ def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
 
     def reopen() -> dict[str, int]:
         history = {key: client.get_metric_history(run_id, key) for key in previous.data.metrics}
-        client.update_run(run_id, status="RUNNING")
+        # The tag first: the dead attempt's guardian may still be ending the run (both of us retrying
+        # through an outage); it re-reads the tag right before, and leaves a run whose tag moved.
         client.set_tag(run_id, RESUMES_TAG, str(resumes))
-        if ERROR_TAG in previous.data.tags:  # left by a launcher that saw the attempt die
-            client.delete_tag(run_id, ERROR_TAG)
+        client.update_run(run_id, status="RUNNING")
+        # The dead attempt's error (its launcher's or guardian's) even if `previous` lacked it: a
+        # guardian may have ended the run since it was read.
+        delete_tags(client, run_id, [ERROR_TAG, run_guard.ENDED_BY_TAG])
         return {key: max(m.step for m in points) for key, points in history.items() if points}
 
     logged = retry_until(reopen, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
