@@ -6,8 +6,10 @@ process alone, or SIGKILL) leaves no job of it running."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,7 +39,9 @@ def _no_job_left(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def start(tmp_path: Path, *args: str, app: str | None = None, sigint_ignored: bool = False) -> subprocess.Popen:
+def start(
+    tmp_path: Path, *args: str, app: str | None = None, sigint_ignored: bool = False, new_session: bool = False
+) -> subprocess.Popen:
     """`python -m sweep_sft -m ... hydra/launcher=local_jobs` (or a test app) in tmp_path."""
     head = [sys.executable, "-m", "sweep_sft"] if app is None else [sys.executable, str(APPS / app)]
     launcher = "hydra/launcher=local_jobs" if app is None else "hydra/launcher=sweep_sft_local"
@@ -45,7 +49,15 @@ def start(tmp_path: Path, *args: str, app: str | None = None, sigint_ignored: bo
     log = (tmp_path / "sweep.log").open("w")
     # a shell starts a background job with SIGINT ignored, and its children inherit that
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=ignore,
+        start_new_session=new_session,  # a process group of its own, to Ctrl-C without hitting the test
+    )
 
 
 def finish(tmp_path: Path, proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str]:
@@ -81,6 +93,14 @@ def lone_trial(tmp_path: Path) -> int | None:
 
 def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a reparented process may wait unreaped in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_the_readme_sweep_finishes_with_trials_longer_than_the_poll_interval(tmp_path, overrides):
@@ -172,3 +192,69 @@ def test_a_trial_that_exits_without_a_result_is_reported_with_its_exit_code(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     error = summary(tmp_path)["jobs"][1]["error"]
     assert error.startswith("JobDied: local job ") and "ended FAILED (exit code 9) without a result" in error
+
+
+@pytest.mark.parametrize(
+    ("grace", "ended_by"), [("10", "the trial"), ("1", "its controller")], ids=["in-grace", "past-grace"]
+)
+def test_a_killed_sweep_ends_the_run_of_a_trial_slow_to_stop(tmp_path, overrides, grace, ended_by):
+    # SIGKILL while the MLflow store is busy (a write lock held 4 s): the trial needs that long to
+    # end its run. No launcher is left to end it: within stop_grace_s the trial does; past it
+    # (SIGKILLed while it waits on the store) its controller does, once the store answers.
+    args = [o for o in overrides if not o.startswith("trainer.max_steps=")]
+    proc = start(
+        tmp_path, "trainer.max_steps=100000", "epochs=1000", f"hydra.launcher.stop_grace_s={grace}", *FAST, *args
+    )
+    store = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    try:
+        wait_for("trial 0's MLflow run", lambda: (tmp_path / "s" / "0" / "mlflow_run.json").exists(), timeout=TIMEOUT_S)
+        wait_for("training", lambda: "train/loss" in runs(tmp_path)[1][0].data.metrics, timeout=TIMEOUT_S)
+        store.execute("BEGIN EXCLUSIVE")
+        proc.kill()
+        proc.wait()
+        time.sleep(4)
+    finally:
+        store.close()
+        proc.kill()
+        proc.wait()
+    wait_for("the jobs to stop", lambda: job_processes(tmp_path) == [], timeout=60)
+    wait_for("no run RUNNING", lambda: all(r.info.status != "RUNNING" for r in runs(tmp_path)[1]), timeout=30)
+    child = runs(tmp_path)[1][0]
+    assert child.info.end_time and child.info.status in ("KILLED", "FAILED"), child.info
+    assert "sweep_sft.error" in child.data.tags
+    exit_code = json.loads(next((tmp_path / "s" / ".submitit").glob("*/*_exit.json")).read_text())["exit_codes"][0]
+    assert exit_code == (-signal.SIGKILL if ended_by == "its controller" else -signal.SIGINT), ended_by
+    if ended_by == "its controller":
+        assert child.data.tags["sweep_sft.job_state"] == "CANCELLED (its launcher was gone)"
+
+
+def test_ctrl_c_on_a_sweep_stops_a_trial_that_ignores_sigint(tmp_path):
+    # a terminal's Ctrl-C: SIGINT to the sweep's whole process group; the trial ignores SIGINT
+    args = ["+n=0,1", "+sleep_s=300", "+ignore_sigint=true", "hydra/sweeper=grid", *FAST]
+    proc = start(tmp_path, *args, app="sleepy_trial.py", new_session=True)
+    try:
+        for num in ("0", "1"):
+            wait_for(f"trial {num}", lambda n=num: (tmp_path / "s" / n / "pid").exists(), timeout=120)
+        trials = [int((tmp_path / "s" / n / "pid").read_text()) for n in ("0", "1")]
+        os.killpg(proc.pid, signal.SIGINT)
+    finally:
+        rc, log = finish(tmp_path, proc, timeout=60)
+    assert rc != 0
+    assert job_processes(tmp_path) == [] and not any(alive(t) for t in trials), log[-3000:]
+    exits = sorted((tmp_path / "s" / ".submitit").glob("*/*_exit.json"))
+    assert len(exits) == 2 and all('"stopped": "cancelled"' in p.read_text() for p in exits), log[-3000:]
+
+
+def test_a_job_whose_controller_was_killed_leaves_no_trial_running_into_its_retry(tmp_path):
+    args = ["+n=0", "+sleep_s=300", "hydra/sweeper=grid", "hydra.launcher.retries=1", *FAST]
+    proc = start(tmp_path, *args, app="sleepy_trial.py")
+    pid_file = tmp_path / "s" / "0" / "pid"
+    try:
+        first = int(wait_for("the trial", lambda: pid_file.exists() and pid_file.read_text(), timeout=120))
+        os.kill(parent_pid(first), signal.SIGKILL)  # its controller
+        wait_for("the retry", lambda: pid_file.read_text() != str(first), timeout=120)
+        assert not alive(first)  # gone before the retry started in the same folder
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for("the jobs to stop", lambda: job_processes(tmp_path) == [], timeout=30)

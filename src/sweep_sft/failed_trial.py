@@ -57,6 +57,24 @@ def end_dead_trial(
     return [run.info.run_id]
 
 
+def end_running_trial(output_dir: str | Path, error: str, tags: dict[str, str]) -> str | None:
+    """End KILLED, with the error, the run the trial's mlflow_run.json names if it is still
+    RUNNING (its job was stopped and nobody else is left to end it). Returns its id if ended."""
+    run_file = Path(output_dir) / RUN_FILE
+    if not run_file.exists():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    named = json.loads(run_file.read_text())
+    client = MlflowClient(tracking_uri=named["tracking_uri"])
+    if client.get_run(named["run_id"]).info.status != "RUNNING":
+        return None  # the trial ended it itself
+    for key, value in {ERROR_TAG: error[:5000], **tags}.items():
+        client.set_tag(named["run_id"], key, value)
+    client.set_terminated(named["run_id"], status="KILLED")
+    return named["run_id"]
+
+
 def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[str, str]]:
     """(tracking uri, run id) of the attempt's runs not yet ended as dead: the one its
     mlflow_run.json names, else those under the parent tagged with its output folder."""

@@ -5,10 +5,13 @@ submitit's local controller (`python -m submitit.local._local`, one per job, par
 process) keeps the trial's exit code to itself and exits 0, so a trial killed by a signal reads as
 FINISHED; and it is meant to survive the Python session that started it, so a sweep that crashed
 left its trials running. Ours (`python -m hydra_plugins.sweep_sft_submitit._local_jobs FOLDER`) is
-submitit's with two additions: it writes the tasks' exit codes to `<job id>_exit.json` in the job's
-folder, and it stops its tasks (SIGINT, then SIGKILL, as `job.cancel()` does) once the process that
-launched it is gone, however that ended: it holds the read end of a pipe whose write end only the
-launcher holds, which reads EOF when the launcher exits.
+submitit's with these changes: it writes the tasks' exit codes to `<job id>_exit.json` in the job's
+folder; it gives its tasks `stop_grace_s` (10 s) from SIGINT to SIGKILL (submitit: 1 s), and a
+second SIGINT does not cut that short; it runs in a session of its own (a terminal's Ctrl-C reaches the launcher
+alone, and the launcher can kill the job's whole process group); and it stops its tasks once the
+process that launched it is gone, however that ended (it holds the read end of a pipe whose write
+end only the launcher holds, which reads EOF when the launcher exits), then ends the trial's MLflow
+run if the trial left it RUNNING (`<job id>_trial.json`, written by the launcher, names its folder).
 
 (The leading underscore keeps Hydra's plugin scan from importing this module, and submitit with it,
 at every start.)"""
@@ -22,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,11 @@ from submitit.local import local
 LIFELINE_ENV = "SWEEP_SFT_LAUNCHER_FD"
 _LIFELINE: list[int] = []  # this process's pipe: [read end, write end]; the write end is never written
 TIMEOUT, CANCELLED, ORPHANED = "timeout", "cancelled", "launcher gone"
+GRACE_ENV = "SWEEP_SFT_STOP_GRACE_S"
+# Seconds a task has from SIGINT to SIGKILL (hydra.launcher.stop_grace_s): a trial ends its MLflow
+# run on SIGINT, which can take seconds (a long torch op, records still being delivered, a busy
+# store); submitit gives it 1 s.
+STOP_GRACE_S = 10.0
 
 
 def lifeline() -> int:
@@ -44,8 +53,24 @@ def exit_file(folder: str | Path, job_id: str) -> Path:
     return utils.JobPaths(folder, job_id).folder / f"{job_id}_exit.json"
 
 
+def trial_file(folder: str | Path, job_id: str) -> Path:
+    """`{"output_dir"}` of the job's trial, written by the launcher once it has the job id: the
+    controller of an orphaned job ends the trial's MLflow run from it."""
+    return utils.JobPaths(folder, job_id).folder / f"{job_id}_trial.json"
+
+
+def write_trial_file(folder: str | Path, job_id: str, output_dir: str) -> None:
+    path = trial_file(folder, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"output_dir": output_dir}))
+    tmp.replace(path)
+
+
 class LocalExecutor(local.LocalExecutor):
     """submitit's LocalExecutor, starting our controller."""
+
+    stop_grace_s = STOP_GRACE_S  # set by the launcher
 
     def _submit_command(self, command: str) -> local.LocalJob:
         # as submitit 1.5's LocalExecutor._submit_command
@@ -62,6 +87,7 @@ class LocalExecutor(local.LocalExecutor):
             self.parameters.get("signal_delay_s", 30),
             self.parameters.get("stderr_to_stdout", False),
             self.parameters.get("setup", ()),
+            self.stop_grace_s,
         )
         return local.LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
@@ -75,6 +101,7 @@ def _start_controller(
     signal_delay_s: int,
     stderr_to_stdout: bool,
     setup: Any,
+    stop_grace_s: float,
 ) -> subprocess.Popen:
     """submitit's local.start_controller (its environment), running our controller with the lifeline."""
     fd = lifeline()
@@ -90,12 +117,15 @@ def _start_controller(
         SUBMITIT_EXECUTOR="local",
         CUDA_VISIBLE_DEVICES=cuda_devices,
         SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
-        **{LIFELINE_ENV: str(fd)},
+        **{LIFELINE_ENV: str(fd), GRACE_ENV: str(stop_grace_s)},
     )
     cmd: Any = [sys.executable, "-m", __name__, str(folder)]
     if setup:
         cmd = " && ".join([*setup, shlex.join(cmd)])
-    return subprocess.Popen(cmd, shell=bool(setup), env=env, pass_fds=(fd,))
+    # A session of its own: a terminal's Ctrl-C reaches the sweep alone, which stops its jobs through
+    # their controllers; and the job id (its pid) names the process group of the job's processes,
+    # which the launcher kills when the controller itself died.
+    return subprocess.Popen(cmd, shell=bool(setup), env=env, pass_fds=(fd,), start_new_session=True)
 
 
 class Controller(local.Controller):
@@ -124,16 +154,59 @@ class Controller(local.Controller):
         return codes
 
     def kill_tasks(self) -> None:
-        tasks = list(self.tasks)
+        """Stop the tasks (SIGINT, SIGKILL after stop_grace_s) and record their exit codes."""
         if self.stopped is None and isinstance(sys.exc_info()[1], KeyboardInterrupt):
             self.stopped = CANCELLED
-        super().kill_tasks()
-        if tasks:
-            record = {"exit_codes": [_exit_code(t) for t in tasks], "stopped": self.stopped}
-            path = exit_file(self.folder, self.pid)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(path)
+        interrupted: list[int] = []
+        # a second SIGINT (the launcher's cancel after a Ctrl-C) must not cut the stop short
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+        try:
+            tasks = list(self.tasks)
+            self._stop(tasks)
+            if tasks:
+                record = {"exit_codes": [_exit_code(t) for t in tasks], "stopped": self.stopped}
+                path = exit_file(self.folder, self.pid)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record))
+                tmp.replace(path)
+                if self.stopped == ORPHANED:
+                    self._end_trial_run()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted and self.stopped != CANCELLED:
+            raise KeyboardInterrupt  # cancelled while stopping: no requeued attempt starts
+
+    def _stop(self, tasks: list[subprocess.Popen]) -> None:
+        if any(t.poll() is None for t in tasks):
+            self._forward_signal(signal.SIGINT)
+            deadline = time.monotonic() + float(os.environ.get(GRACE_ENV, STOP_GRACE_S))
+            while any(t.poll() is None for t in tasks) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._forward_signal(signal.SIGKILL)
+        self.tasks = []
+        files = self.stdouts + self.stderrs
+        self.stdouts, self.stderrs = [], []
+        for f in files:
+            f.close()
+
+    def _end_trial_run(self) -> None:
+        """The launcher is gone, so nothing else ends a run the trial left RUNNING (it was
+        SIGKILLed, or died of the SIGINT before ending it)."""
+        try:
+            output_dir = json.loads(trial_file(self.folder, self.pid).read_text())["output_dir"]
+        except (OSError, ValueError, KeyError):
+            return  # the launcher died before writing it
+        from sweep_sft.failed_trial import end_running_trial
+
+        error = f"local job {self.pid} stopped: the sweep that launched it was gone (killed)"
+        tags = {"sweep_sft.local_job_id": self.pid, "sweep_sft.job_state": "CANCELLED (its launcher was gone)"}
+        try:
+            run_id = end_running_trial(output_dir, error, tags)
+        except Exception as exc:  # noqa: BLE001 - the store may be down; nothing else to do here
+            print(f"sweep_sft: could not end the MLflow run in {output_dir}: {exc}", file=sys.stderr)
+            return
+        if run_id:
+            print(f"sweep_sft: MLflow run {run_id} of local job {self.pid} ended KILLED", file=sys.stderr)
 
 
 def _exit_code(task: subprocess.Popen) -> int | None:
@@ -172,25 +245,34 @@ def _signalled(number: int) -> str:
         return f"KILLED by signal {number}"
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant of it (found by their parent pids in /proc)."""
-    children: dict[int, list[int]] = {}
+def kill_job(job_id: str, timeout_s: float = 10.0) -> None:
+    """SIGKILL the job's process group (its controller started one: the group's id is the job
+    id) and wait until none of it runs: a trial left by a controller that was killed must not
+    run on beside a retry in its folder. (A group's id is not given to another process while a
+    member lives.)"""
+    pgid = int(job_id)
+    if not _group_members(pgid):
+        return  # empty: its id may be free for another process to take
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except OSError:
-            pass
+        if fields[0] != "Z" and fields[2] == str(pgid):
+            found.append(int(stat.parent.name))
+    return found
 
 
 def main() -> None:

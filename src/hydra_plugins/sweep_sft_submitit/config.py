@@ -38,6 +38,9 @@ class SweepSftSlurmConf(SlurmQueueConf, RetryConf):
 @dataclass
 class SweepSftLocalConf(LocalQueueConf, RetryConf):
     _target_: str = PREFIX + "LocalLauncher"
+    # Seconds a stopped trial has from SIGINT (to end its MLflow run) to SIGKILL: when the sweep is
+    # interrupted or killed, or the trial reaches timeout_min.
+    stop_grace_s: float = 10.0
 
 
 cs = ConfigStore.instance()

@@ -85,6 +85,8 @@ class RetryingLauncher(BaseSubmititLauncher):
         pending = [_Pending(i, p[2], p[0], job, 1) for i, (p, job) in enumerate(zip(params, jobs, strict=True))]
         submitted = list(pending)  # every attempt, so that a launcher that raises can stop them all
         try:
+            for p in pending:
+                self._submitted(p)
             return self._wait(executor, pending, submitted, len(job_overrides))
         except BaseException as exc:
             self._abandon(submitted, exc)
@@ -114,6 +116,7 @@ class RetryingLauncher(BaseSubmititLauncher):
                     log.warning(f"#{p.num}: {outcome}; submitted again as job {job.job_id}")
                     still.append(_Pending(p.index, p.num, p.overrides, job, p.attempt + 1))
                     submitted.append(still[-1])
+                    self._submitted(still[-1])
                 else:
                     log.error(f"#{p.num} failed: {outcome}")
                     results[p.index] = self._failed_return(p, outcome)
@@ -140,6 +143,9 @@ class RetryingLauncher(BaseSubmititLauncher):
             }
         )
         return executor
+
+    def _submitted(self, p: _Pending) -> None:
+        """A job was just submitted."""
 
     def _refresh(self, pending: list[_Pending]) -> None:
         """Ask the scheduler for the jobs' states now (every sacct_interval_s); done() reads them."""
@@ -250,8 +256,14 @@ class LocalLauncher(RetryingLauncher):
     (exit code or signal), and its processes end with the launcher."""
 
     _EXECUTOR = "local"
-    # a controller stops its trial within about 6 s (SIGINT, SIGKILL 1 s later, reaped)
-    STOP_TIMEOUT_S = 15.0
+    # beyond stop_grace_s, how long a controller may take to stop its trial (reaped, exit file written)
+    STOP_MARGIN_S = 15.0
+
+    def __init__(self, **params: Any) -> None:
+        self.stop_grace_s = float(params.pop("stop_grace_s", 10.0))
+        if not self.stop_grace_s >= 0:
+            raise ValueError(f"hydra.launcher.stop_grace_s: expected a number >= 0, got {self.stop_grace_s}")
+        super().__init__(**params)
 
     def _executor(self):
         from hydra_plugins.sweep_sft_submitit import _local_jobs
@@ -259,9 +271,20 @@ class LocalLauncher(RetryingLauncher):
         executor = super()._executor()
         # submitit's LocalExecutor, as AutoExecutor built it, with our controller
         executor._executor.__class__ = _local_jobs.LocalExecutor
+        executor._executor.stop_grace_s = self.stop_grace_s
         return executor
 
     # _refresh: nothing to ask; a LocalJob's done() polls its process
+
+    def _submitted(self, p: _Pending) -> None:
+        """Tell the job's controller where its trial writes: if this process dies, the controller
+        ends the run the trial leaves RUNNING."""
+        from hydra_plugins.sweep_sft_submitit._local_jobs import write_trial_file
+
+        try:
+            write_trial_file(p.job.paths.folder, str(p.job.job_id), _job_output_dir(self, p, None))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping for a crash; the sweep goes on without it
+            log.warning(f"#{p.num}: could not name its folder to job {p.job.job_id}: {type(exc).__name__}: {exc}")
 
     def _ended_state(self, job) -> str:
         from hydra_plugins.sweep_sft_submitit._local_jobs import ended
@@ -269,22 +292,26 @@ class LocalLauncher(RetryingLauncher):
         return ended(job)
 
     def _wait_until_gone(self, job) -> None:
-        pass  # done(): its controller has exited, after stopping its task
+        """Its controller has exited; a controller killed outright left its trial running."""
+        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_job
+
+        kill_job(str(job.job_id))
 
     def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
         """Stop the jobs still running (their controllers stop their trials: SIGINT, then SIGKILL
-        after 1 s) and end their MLflow runs KILLED, before the exception ends the sweep."""
-        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_tree
+        after stop_grace_s) and end their MLflow runs KILLED, before the exception ends the sweep."""
+        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_job
 
         live = [p for p in submitted if p.job._process is not None and not _done(p.job)]
         for p in live:
             p.job.cancel(check=False)
-        deadline = time.monotonic() + self.STOP_TIMEOUT_S
+        deadline = time.monotonic() + self.stop_grace_s + self.STOP_MARGIN_S
         for p in live:
             try:
                 p.job._process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001 - a stuck controller: SIGKILL it and its trial
-                kill_tree(p.job._process.pid)
+                pass
+            kill_job(str(p.job.job_id))  # also what a controller left (killed, or stuck)
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         for p in live:
             died = JobDied(self._EXECUTOR, str(p.job.job_id), "CANCELLED", p.attempt, f"the sweep stopped ({reason})")
