@@ -242,6 +242,13 @@ CASES: list[Case] = [
          ["the search space of lr (lr=nan)", "optimizer.lr must be a finite number"]),
     Case("optuna preset with a bad fixed value", ["hydra.mode=MULTIRUN", "sweep=optuna_tpe", "trainer.grad_clip=nan"],
          ["the fixed overrides", "trainer.grad_clip must be a finite number >= 0"]),
+    Case("a family's share and a task_type's share inside it, swept",
+         ["hydra.mode=MULTIRUN", "data.mix.task_ratio.reasoning=0.3", "data.mix.task_ratio.reasoning.addition=0.2,0.1"],
+         ["sweep job #0 of 2 (data.mix.task_ratio.reasoning.addition=0.2)", "cannot be a number and hold addition",
+          "no job was launched"]),
+    Case("bad value in a sweep with ${hydra:...} in output_dir",
+         ["hydra.mode=MULTIRUN", "lr=1e-3,-1", "output_dir={tmp}/runs/${{hydra:job.num}}_${{hydra:job.id}}"],
+         ["sweep job #1 of 2 (lr=-1)", "optimizer.lr must be >= 0", "no job was launched"]),
     # -- end of sweeps --
 ]
 

@@ -476,9 +476,10 @@ def _check_mix_overrides() -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from sweep_sft.data.mix import check_tree_overrides
+    from sweep_sft.sweep_preflight import task_overrides
 
-    if HydraConfig.initialized():
-        check_tree_overrides(list(HydraConfig.get().overrides.task))
+    if HydraConfig.initialized():  # set by the launcher, or by the sweep's preflight for each job
+        check_tree_overrides(task_overrides(HydraConfig.get()))
 
 
 def _reject_unknown_keys(obj: Any, prefix: str = "") -> None:

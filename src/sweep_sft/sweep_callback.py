@@ -21,7 +21,8 @@ def swept_keys(config: DictConfig) -> list[str]:
     """Config keys the sweep varies: command-line sweeps (lr=1e-4,1e-3) and preset params."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    from sweep_sft.sweep_preflight import task_overrides
+    parsed = OverridesParser.create().parse_overrides(task_overrides(config.hydra))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     return sorted(keys | set(params))
@@ -39,6 +40,7 @@ class MlflowParentRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from sweep_sft.config import TrackingConfig
+        from sweep_sft.sweep_preflight import task_overrides
         from sweep_sft.tracking import Run
 
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
@@ -50,7 +52,7 @@ class MlflowParentRun(Callback):
         if not tracking.enabled:
             return
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = list(config.hydra.overrides.task)
+        overrides = task_overrides(config.hydra)  # as typed: `${hydra:job.num}` means each job's
         self.run = Run(
             tracking,
             run_name=f"sweep {sweep_dir.name}",

@@ -15,10 +15,22 @@ def job_record(job: JobReturn) -> dict[str, Any] | None:
     """The trial's metrics.json (metrics, state, steps), or None for a failed trial."""
     if job.status != JobStatus.COMPLETED or job.hydra_cfg is None:
         return None
-    path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "metrics.json"
-    if job.cfg is not None and job.cfg.get("output_dir"):
-        path = Path(job.cfg.output_dir) / "metrics.json"
+    path = job_output_dir(job) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def job_output_dir(job: JobReturn) -> Path:
+    """Where the trial wrote: its own output_dir, resolved as it was in the job (a `${hydra:job.num}`
+    in it reads that job's Hydra values, not the sweep's unset ones), else Hydra's job folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.instance()
+    previous, hydra_config.cfg = hydra_config.cfg, job.hydra_cfg
+    try:
+        own = job.cfg.get("output_dir") if job.cfg is not None else None
+    finally:
+        hydra_config.cfg = previous
+    return Path(own or job.hydra_cfg.hydra.runtime.output_dir)
 
 
 def job_metrics(job: JobReturn) -> dict[str, float] | None:

@@ -2,8 +2,11 @@
 combination (`-m lr=1e-3,-1`) stops the sweep at once, naming the combination and the key,
 instead of failing that trial only when its turn comes (or after the others have trained).
 
-Cheap by design: Hydra's config loader composes each job as the launcher will, then
-`sweep_sft.config.validate` and the model's file checks run; no torch, no data.
+Cheap by design: Hydra's config loader composes each job as the launcher will, and with Hydra's
+job values set for it as its launcher sets them (`${hydra:job.num}`, `${hydra:runtime.output_dir}`
+in output_dir resolve), `sweep_sft.config.validate` runs; no torch, no data. The model's files
+are looked for only when the jobs run on this machine (Hydra's basic launcher, local_jobs): a
+Slurm job may read a path that only its compute node has, and checks it itself when it starts.
 
 `SweepPreflight` is a Hydra callback listed before the MLflow parent run's in conf/config.yaml:
 Hydra calls on_multirun_start before it builds the sweeper, so the check runs there, and a
@@ -12,10 +15,13 @@ sweeper itself which jobs it will launch (`preflight(config, config_loader)`, on
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 from hydra.experimental.callback import Callback
@@ -25,6 +31,20 @@ from sweep_sft.errors import ConfigError, UserInputError
 
 log = logging.getLogger(__name__)
 
+# Launchers whose jobs run on this machine (subclasses too): only there are a job's files where
+# the preflight looks for them.
+LOCAL_LAUNCHERS = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.sweep_sft_submitit.launcher.LocalLauncher",
+)
+
+
+def task_overrides(hydra: DictConfig) -> list[str]:
+    """The command line's overrides (`hydra.overrides.task`, given the hydra node) as Hydra hands
+    them to the sweeper: unresolved, so that a `${hydra:job.num}` in one resolves in each job's
+    config, not in the sweep's (where no job is set and the resolver fails)."""
+    return list(OmegaConf.to_container(hydra.overrides.task, resolve=False))
+
 
 def check_jobs(
     config_loader, config: DictConfig, jobs: Sequence[Sequence[str]], names: Sequence[str] | None = None
@@ -33,9 +53,10 @@ def check_jobs(
     and the overrides that make it differ from the others."""
     tic = time.perf_counter()
     common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
+    files = runs_here(config)
     for i, overrides in enumerate(jobs):
         try:
-            check_job(config_loader, config, overrides)
+            check_job(config_loader, config, overrides, num=i, files=files)
         except UserInputError as exc:
             name = names[i] if names else f"sweep job #{i} of {len(jobs)}"
             combination = " ".join(o for o in overrides if o not in common) or " ".join(overrides)
@@ -43,7 +64,8 @@ def check_jobs(
     log.debug(f"checked {len(jobs)} job configs in {time.perf_counter() - tic:.2f} s")
 
 
-def check_job(config_loader, config: DictConfig, overrides: Sequence[str]) -> None:
+def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: int = 0, files: bool = True) -> None:
+    """Job `num`'s config validated as the trial will see it; its model's files too if `files`."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -55,11 +77,49 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str]) -> No
     except (HydraException, OmegaConfBaseException) as exc:
         causes = [exc] + ([exc.__cause__] if exc.__cause__ is not None else [])
         raise ConfigError("; ".join(" ".join(str(e).split()) or type(e).__name__ for e in causes)) from exc
-    with read_write(job), open_dict(job):  # what the trial receives: the job config without hydra
-        del job["hydra"]
-    if OmegaConf.get_type(job) is not Config:  # another app swept by our sweeper (the tests' synthetic trials)
-        return
-    check_model(validate(job).model)
+    with as_job(job, num):
+        task = copy.deepcopy(job)  # what the trial receives: the job config without hydra
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        if OmegaConf.get_type(task) is not Config:  # another app swept by our sweeper (the tests' synthetic trials)
+            return
+        model = validate(task).model
+        if files:
+            check_model(model)
+
+
+@contextmanager
+def as_job(job: DictConfig, num: int) -> Iterator[None]:
+    """HydraConfig set to job `num`'s config as its launcher sets it (Hydra's basic launcher and
+    hydra.core.utils.run_job: job.num, job.id, runtime.output_dir), and put back as it was after."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with open_dict(job):
+        job.hydra.job.num = num
+        job.hydra.job.id = num  # a Slurm job's id is known only once it is submitted
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    try:
+        hydra_config.set_config(job)  # the folder may itself use `${hydra:...}`
+        output_dir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
+        with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
+            job.hydra.runtime.output_dir = os.path.abspath(output_dir)
+        hydra_config.set_config(job)
+        yield
+    finally:
+        hydra_config.cfg = previous
+
+
+def runs_here(config: DictConfig) -> bool:
+    """Whether the sweep's launcher runs its jobs on this machine (else their files are theirs to check)."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(config, "hydra.launcher._target_")
+    try:
+        launcher = get_class(target)
+    except Exception:  # Hydra reports an unknown launcher itself; its jobs check their own files
+        return False
+    return any(f"{c.__module__}.{c.__qualname__}" in LOCAL_LAUNCHERS for c in launcher.__mro__)
 
 
 def refuse(exc: UserInputError) -> NoReturn:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError
 from sweep_sft.sweep_jobs import log_to_parent
-from sweep_sft.sweep_preflight import check_jobs
+from sweep_sft.sweep_preflight import check_jobs, task_overrides
 from sweep_sft.sweep_summary import SUMMARY_FILE, job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class GridSweeper(BasicSweeper):
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Compose and validate every job of the grid (sweep_sft.sweep_preflight, before any launch)."""
         parser = OverridesParser.create(config_loader=config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *config.hydra.overrides.task])
+        overrides = parser.parse_overrides([*self._parse_config(), *task_overrides(config.hydra)])
         check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])
 
     def sweep(self, arguments: list[str]) -> Any:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.errors import ConfigError, UserInputError
 from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
 from sweep_sft.sweep_jobs import job_metrics, log_to_parent
-from sweep_sft.sweep_preflight import check_jobs, refuse
+from sweep_sft.sweep_preflight import check_jobs, refuse, task_overrides
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class SandwichSweeper(Sweeper):
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Before any trial (sweep_sft.sweep_preflight): the arguments, a state to resume, and both
         sides composed and validated; every probe lies between them, so they stand for the range."""
-        base = self._base(list(config.hydra.overrides.task))
+        base = self._base(task_overrides(config.hydra))
         self._saved(Path(config.hydra.sweep.dir) / STATE_FILE)
         sides = {"hydra.sweeper.passing": self.spec.passing, "hydra.sweeper.failing": self.spec.failing}
         jobs = [[*base, f"{self.param}={value!r}"] for value in sides.values()]
