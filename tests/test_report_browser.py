@@ -42,8 +42,9 @@ def _chromium(chromium: str, tmp_path, *args: str) -> subprocess.CompletedProces
 def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, tiny_overrides, chromium):
     overrides = [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
     sweep_dir = tmp_path / "sweep"
-    # Two trials that train and one that fails its config check (lr < 0): the failed table has a row.
-    args = ["-m", "lr=1e-4,3e-3,-1", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    # Two trials that train and one that diverges (a bad lr is refused before any job runs, so the
+    # failure must come from training): the failed table has a row.
+    args = ["-m", "lr=1e-4,3e-3,1e30", f"hydra.sweep.dir={sweep_dir}", *overrides]
     proc = subprocess.run([sys.executable, "-m", "sweep_sft", *args], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = sweep_dir / "report.html"
@@ -59,7 +60,7 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, tiny_overrides,
 
     html = report.read_text()
     assert not re.search(r"https?://", html)
-    assert "2 complete, 0 pruned, 1 failed" in html and "optimizer.lr must be &gt;= 0" in html
+    assert "2 complete, 0 pruned, 1 failed" in html and "training diverged at step" in html
     n_images = html.count("<img ")
     assert n_images == 5  # train and val loss, channel losses, objective vs lr, learn vs forget
 
