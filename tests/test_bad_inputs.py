@@ -62,7 +62,7 @@ CASES: list[Case] = [
         Case(
             f"task_type {name} MLflow refuses in a metric name",
             OWN_DATA,
-            ["train.jsonl:2: task_type:", "allowed: letters, digits, '_', '-', '.' and space"],
+            ["train.jsonl:2: task_type:", "allowed: letters, digits, '_', '-', '.', ':' and space"],
             files={"train.jsonl": _jsonl(GOOD, GOOD.replace('"qa/x"', task_type))},
         )
         for name, task_type in [

@@ -32,7 +32,7 @@ FORMAT_KEYS = (("messages", "messages"), ("conversations", "sharegpt"), ("instru
 _COLON = "" if os.name == "nt" else ":"
 TASK_TYPE_LEVEL = re.compile(rf"[\w.\- {_COLON}]+")
 TASK_TYPE_CHARACTERS = (
-    f"letters, digits, '_', '-', '.', {repr(_COLON) + ', ' if _COLON else ''}and space in each level, "
+    f"letters, digits, '_', '-', '.'{', ' + repr(_COLON) if _COLON else ''} and space in each level, "
     "'/' between two levels"
 )
 MAX_TASK_TYPE = 200  # MLflow's metric names hold at most 250 characters, prefix included
