@@ -39,10 +39,7 @@ def end_dead_trial(
     all_tags = {ERROR_TAG: error[:5000], **(tags or {})}
     touched = []
     for uri, run_id in _attempt_runs(parent, output_dir, since_ms):
-        client = MlflowClient(tracking_uri=uri)
-        for key, value in all_tags.items():
-            client.set_tag(run_id, key, value)
-        client.set_terminated(run_id, status=status)
+        _end(MlflowClient(tracking_uri=uri), run_id, status, all_tags)
         touched.append(run_id)
     if touched or status != "FAILED" or not parent:
         return touched
@@ -60,19 +57,32 @@ def end_dead_trial(
 def end_running_trial(output_dir: str | Path, error: str, tags: dict[str, str]) -> str | None:
     """End KILLED, with the error, the run the trial's mlflow_run.json names if it is still
     RUNNING (its job was stopped and nobody else is left to end it). Returns its id if ended."""
-    run_file = Path(output_dir) / RUN_FILE
-    if not run_file.exists():
+    named = _named_run(output_dir)
+    if named is None:
         return None
     from mlflow.tracking import MlflowClient
 
-    named = json.loads(run_file.read_text())
-    client = MlflowClient(tracking_uri=named["tracking_uri"])
-    if client.get_run(named["run_id"]).info.status != "RUNNING":
+    uri, run_id = named
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_run(run_id).info.status != "RUNNING":
         return None  # the trial ended it itself
-    for key, value in {ERROR_TAG: error[:5000], **tags}.items():
-        client.set_tag(named["run_id"], key, value)
-    client.set_terminated(named["run_id"], status="KILLED")
-    return named["run_id"]
+    _end(client, run_id, "KILLED", {ERROR_TAG: error[:5000], **tags})
+    return run_id
+
+
+def _end(client, run_id: str, status: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=status)
+
+
+def _named_run(output_dir: str | Path) -> tuple[str, str] | None:
+    """(tracking uri, run id) of the run the trial's mlflow_run.json names, if it wrote one."""
+    run_file = Path(output_dir) / RUN_FILE
+    if not run_file.exists():
+        return None
+    named = json.loads(run_file.read_text())
+    return named["tracking_uri"], named["run_id"]
 
 
 def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[str, str]]:
@@ -87,14 +97,13 @@ def _attempt_runs(parent: dict, output_dir: str, since_ms: int) -> list[tuple[st
             and run.info.start_time >= since_ms
         )
 
-    run_file = Path(output_dir) / RUN_FILE
-    if run_file.exists():
+    named = _named_run(output_dir)
+    if named is not None:
         # The trial's own record of its current run, which a resumed attempt may have reopened
         # (so it can be older than this attempt, and carry an earlier attempt's error tag).
-        named = json.loads(run_file.read_text())
-        run = MlflowClient(tracking_uri=named["tracking_uri"]).get_run(named["run_id"])
+        run = MlflowClient(tracking_uri=named[0]).get_run(named[1])
         current = run.info.status == "RUNNING" or (run.info.status == "FINISHED" and ERROR_TAG not in run.data.tags)
-        return [(named["tracking_uri"], named["run_id"])] if current else []
+        return [named] if current else []
     if not parent:
         return []
     client = MlflowClient(tracking_uri=parent["tracking_uri"])
