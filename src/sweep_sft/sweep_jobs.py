@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,25 @@ def job_record(job: JobReturn) -> dict[str, Any] | None:
 def job_output_dir(job: JobReturn) -> Path:
     """Where the trial wrote: its own output_dir, resolved as it was in the job (a `${hydra:job.num}`
     in it reads that job's Hydra values, not the sweep's unset ones), else Hydra's job folder."""
+    with hydra_values(job.hydra_cfg):
+        own = job.cfg.get("output_dir") if job.cfg is not None else None
+    return Path(own or job.hydra_cfg.hydra.runtime.output_dir)
+
+
+@contextmanager
+def hydra_values(config) -> Iterator[None]:
+    """HydraConfig set to one job's config (its `hydra` node), so `${hydra:...}` resolves as in that
+    job, and put back as it was after: a sweeper, its launcher and the preflight read jobs'
+    configs outside the jobs, where Hydra has set none or the sweep's own."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_config = HydraConfig.instance()
-    previous, hydra_config.cfg = hydra_config.cfg, job.hydra_cfg
+    previous = hydra_config.cfg
     try:
-        own = job.cfg.get("output_dir") if job.cfg is not None else None
+        hydra_config.cfg = config  # as is: a JobReturn's hydra_cfg, or a job config being checked
+        yield
     finally:
         hydra_config.cfg = previous
-    return Path(own or job.hydra_cfg.hydra.runtime.output_dir)
 
 
 def job_metrics(job: JobReturn) -> dict[str, float] | None:

@@ -92,22 +92,17 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: 
 def as_job(job: DictConfig, num: int) -> Iterator[None]:
     """HydraConfig set to job `num`'s config as its launcher sets it (Hydra's basic launcher and
     hydra.core.utils.run_job: job.num, job.id, runtime.output_dir), and put back as it was after."""
-    from hydra.core.hydra_config import HydraConfig
+    from sweep_sft.sweep_jobs import hydra_values
 
     with open_dict(job):
         job.hydra.job.num = num
         job.hydra.job.id = num  # a Slurm job's id is known only once it is submitted
-    hydra_config = HydraConfig.instance()
-    previous = hydra_config.cfg
-    try:
-        hydra_config.set_config(job)  # the folder may itself use `${hydra:...}`
+    with hydra_values(job):  # the folder may itself use `${hydra:...}`
         output_dir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
-        with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
-            job.hydra.runtime.output_dir = os.path.abspath(output_dir)
-        hydra_config.set_config(job)
+    with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
+        job.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    with hydra_values(job):
         yield
-    finally:
-        hydra_config.cfg = previous
 
 
 def runs_here(config: DictConfig) -> bool:

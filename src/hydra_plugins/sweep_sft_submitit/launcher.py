@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -237,13 +236,11 @@ def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig 
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.num = p.num
-    original = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)  # `${hydra:...}` in output_dir resolves for this job
-    try:
+    from sweep_sft.sweep_jobs import hydra_values
+
+    with hydra_values(config):  # `${hydra:...}` in output_dir resolves for this job
         job_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
         own = OmegaConf.select(config, "output_dir", default=None)
-    finally:
-        HydraConfig.instance().cfg = original
     return str(Path(own or job_dir).resolve())
 
 
