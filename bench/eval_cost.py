@@ -24,10 +24,12 @@ def main() -> None:
 
     import torch
 
-    from sweep_sft import eval_target, modeling, standalone_eval
+    from sweep_sft import modeling
     from sweep_sft.data.pipeline import prepare
     from sweep_sft.data.records import first_per_task
-    from sweep_sft.evaluate import exact_match, sampled_pass_at_k, trained_sample, validation_loss
+    from sweep_sft.evaluate import standalone as standalone_eval
+    from sweep_sft.evaluate import target as eval_target
+    from sweep_sft.evaluate.final import exact_match, sampled_pass_at_k, trained_sample, validation_loss
 
     torch.set_num_threads(args.threads)
     target = eval_target.resolve(args.trial)

@@ -21,8 +21,8 @@ TASK = "classification/sentiment"
 
 
 def run(overrides: list[str], steps: int) -> dict:
-    from sweep_sft.config import compose
-    from sweep_sft.trial import run_trial
+    from sweep_sft.config.schema import compose
+    from sweep_sft.trial.run import run_trial
 
     base = [
         "data.packing=packed",

@@ -58,10 +58,10 @@ def run_ours(name: str, args) -> dict:
     With eval_every=0 the loop sits between the step-0 and the final validation_loss call, so
     its wall time is (start of the 2nd call) - (end of the 1st): training only, no eval.
     """
-    import sweep_sft.evaluate as evaluate_mod
+    import sweep_sft.evaluate.final as evaluate_mod
     import sweep_sft.train.loop as loop
-    from sweep_sft.config import compose
-    from sweep_sft.trial import run_trial
+    from sweep_sft.config.schema import compose
+    from sweep_sft.trial.run import run_trial
 
     counts, marks, rss = new_counts(), [], []
     validation_loss, backward_window = evaluate_mod.validation_loss, loop.backward_window

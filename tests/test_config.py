@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweep_sft.config import Config, compose, config_dir, validate
+from sweep_sft.config.schema import Config, compose, config_dir, validate
 from sweep_sft.errors import ConfigError
 
 CONF = Path(config_dir())
@@ -120,7 +120,7 @@ def test_sweep_preset_configures_its_sweeper(path: Path) -> None:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sweep_sft.config import register_configs
+    from sweep_sft.config.schema import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -151,7 +151,7 @@ def compose_with_hydra(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sweep_sft.config import register_configs
+    from sweep_sft.config.schema import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -326,7 +326,7 @@ def test_cli_cfg_job_imports_neither_torch_nor_transformers(tmp_path: Path) -> N
     proc = run_cli(tmp_path, "--cfg", "job", python_flags=("-X", "importtime"))
     assert proc.returncode == 0, proc.stderr
     modules = imported_modules(proc.stderr)
-    assert {"hydra", "omegaconf", "sweep_sft.config"} <= modules, "importtime output not parsed"
+    assert {"hydra", "omegaconf", "sweep_sft.config.schema"} <= modules, "importtime output not parsed"
     heavy = sorted(m for m in modules if m.split(".")[0] in {"torch", "transformers"})
     assert heavy == []
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sweep_sft.diagnostics import (
+from sweep_sft.diagnostics.findings import (
     SIGNS,
     DiagnosticsConfig,
     Finding,

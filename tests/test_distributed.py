@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.config import compose, validate
+from sweep_sft.config.schema import compose, validate
 from sweep_sft.errors import ConfigError
 
 # 120 examples in micro-batches of 8 make 15 micro-batches: with 6 per step the third step's
@@ -43,7 +43,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, embedded_model_path):
     """The one-process trial's series for these overrides (computed once per module)."""
-    from sweep_sft.trial import run_trial
+    from sweep_sft.trial.run import run_trial
 
     cache: dict[tuple[str, ...], dict] = {}
 
@@ -214,15 +214,15 @@ def test_cli_deepspeed_error_is_one_line_without_heavy_imports(tmp_path):
     assert proc.returncode == 1
     assert "deepspeed.zero_stage" in proc.stderr and "Traceback" not in proc.stderr
     modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "sweep_sft.config" in modules
+    assert "sweep_sft.config.schema" in modules
     assert not {m for m in modules if m.split(".")[0] in {"torch", "deepspeed", "transformers"}}
 
 
 def _pruning_rank(rank: int, storage: str, result_dir: str) -> None:
     import torch.distributed as dist
 
-    from sweep_sft.config import StudyLinkConfig
-    from sweep_sft.study import TrialPruned
+    from sweep_sft.config.schema import StudyLinkConfig
+    from sweep_sft.sweep.study import TrialPruned
     from sweep_sft.train import distributed
 
     dist.init_process_group("gloo", init_method=f"file://{result_dir}/rendezvous", rank=rank, world_size=2)
@@ -246,7 +246,7 @@ def test_rank_zero_reports_to_the_study_and_every_rank_stops(tmp_path):
     import optuna
     import torch.multiprocessing as mp
 
-    from sweep_sft.study import PRUNER_ATTR, open_storage
+    from sweep_sft.sweep.study import PRUNER_ATTR, open_storage
 
     storage = str(tmp_path / "study.journal")
     study = optuna.create_study(study_name="s", storage=open_storage(storage))

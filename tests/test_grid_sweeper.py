@@ -11,7 +11,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from sweep_sft.sweep_summary import job_entry, summarize, table, too_many_failed
+from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed
 
 # -- the summary logic, on JobReturns built as Hydra builds them ------------------------------
 

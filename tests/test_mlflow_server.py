@@ -133,8 +133,8 @@ def stop_when_training(server: Server, outage: dict, restart_after_s: float | No
 def test_trial_logs_to_a_tracking_server(mlflow_server, tiny_overrides):
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config import compose
-    from sweep_sft.trial import run_trial
+    from sweep_sft.config.schema import compose
+    from sweep_sft.trial.run import run_trial
 
     result = run_trial(compose(server_overrides(tiny_overrides, mlflow_server)))
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -152,8 +152,8 @@ def test_async_logging_never_waits_for_the_server(mlflow_server):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config import TrackingConfig
-    from sweep_sft.tracking import Run
+    from sweep_sft.config.schema import TrackingConfig
+    from sweep_sft.tracking.runs import Run
 
     run = Run(TrackingConfig(uri=mlflow_server), run_name="latency")
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -188,7 +188,7 @@ def test_sixteen_slurm_trials_log_every_point_to_one_server(server, mlflow_serve
     trial's metrics.json on the server."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.tracking import read_parent
+    from sweep_sft.tracking.runs import read_parent
 
     sweep_dir, name = tmp_path / "sweep", f"mlflow16-{server.port}"
     overrides = [o for o in server_overrides(tiny_overrides, mlflow_server) if not o.startswith("output_dir=")]
@@ -230,12 +230,12 @@ def test_trial_rides_out_a_server_restart(server, mlflow_server, tiny_overrides,
     server once, with one warning for the outage and one for the recovery."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config import compose
-    from sweep_sft.trial import run_trial
+    from sweep_sft.config.schema import compose
+    from sweep_sft.trial.run import run_trial
 
     outage: dict = {}
     watcher = stop_when_training(server, outage, restart_after_s=3)
-    with caplog.at_level(logging.WARNING, logger="sweep_sft.delivery"):
+    with caplog.at_level(logging.WARNING, logger="sweep_sft.tracking.delivery"):
         result = run_trial(compose(server_overrides(tiny_overrides, mlflow_server, "trainer.max_steps=40")))
     watcher.join(timeout=120)
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -243,7 +243,7 @@ def test_trial_rides_out_a_server_restart(server, mlflow_server, tiny_overrides,
     assert points_on_server(client, result.run_id, result.series) == steps_in(result.series)
     during = [m for m in client.get_metric_history(result.run_id, "train/loss") if outage["down_ms"] < m.timestamp]
     assert during, "no point was logged while the server was down: the outage missed the training"
-    messages = [r.getMessage() for r in caplog.records if r.name == "sweep_sft.delivery"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "sweep_sft.tracking.delivery"]
     assert sum(" unreachable (" in m for m in messages) == 1, messages
     assert sum("is back after" in m for m in messages) == 1, messages
 
@@ -254,8 +254,8 @@ def test_sweep_end_rides_out_a_server_restart(server, mlflow_server, tmp_path, c
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from sweep_sft.sweep_callback import MlflowParentRun
-    from sweep_sft.tracking import read_parent
+    from sweep_sft.sweep.callback import MlflowParentRun
+    from sweep_sft.tracking.runs import read_parent
 
     sweep_dir = tmp_path / "sweep"
     config = OmegaConf.create(
@@ -285,9 +285,9 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
     server got is every point of metrics.json."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config import compose
-    from sweep_sft.tracking import UNDELIVERED_FILE, TrackingError
-    from sweep_sft.trial import run_trial
+    from sweep_sft.config.schema import compose
+    from sweep_sft.tracking.runs import UNDELIVERED_FILE, TrackingError
+    from sweep_sft.trial.run import run_trial
 
     outage: dict = {}
     watcher = stop_when_training(server, outage, restart_after_s=None)
@@ -318,8 +318,8 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
 def test_a_lost_confirmation_does_not_duplicate_points(mlflow_server):
     """The server stores a batch but the answer is lost (the connection drops): the batch is sent
     again unchanged, and the store keeps each point once."""
-    from sweep_sft.config import TrackingConfig
-    from sweep_sft.tracking import Run
+    from sweep_sft.config.schema import TrackingConfig
+    from sweep_sft.tracking.runs import Run
 
     run = Run(TrackingConfig(uri=mlflow_server), run_name="dedup")
     real_log_batch, lost = run.client.log_batch, []
@@ -345,14 +345,14 @@ def test_buffer_is_bounded_while_the_server_is_down(monkeypatch, caplog):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.delivery import Delivery
-    from sweep_sft.tracking import HTTP_ENV
+    from sweep_sft.tracking.delivery import Delivery
+    from sweep_sft.tracking.runs import HTTP_ENV
 
     for key, value in HTTP_ENV.items():
         monkeypatch.setenv(key, value)
     url = f"http://127.0.0.1:{free_port()}"
     delivery = Delivery(MlflowClient(tracking_uri=url), "0" * 32, url, max_points=1000)
-    with caplog.at_level(logging.WARNING, logger="sweep_sft.delivery"):
+    with caplog.at_level(logging.WARNING, logger="sweep_sft.tracking.delivery"):
         for step in range(10):
             delivery.add_points([Metric(f"m{i}", 1.0, 0, step) for i in range(100)], wait_s=0)
         with pytest.raises(TimeoutError, match="1000 metric points buffered"):

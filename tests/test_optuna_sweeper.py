@@ -28,7 +28,7 @@ def result(tmp_path: Path) -> dict:
 def load_study(tmp_path: Path):
     import optuna
 
-    from sweep_sft.study import open_storage
+    from sweep_sft.sweep.study import open_storage
 
     return optuna.load_study(study_name="sweep", storage=open_storage(str(tmp_path / "sweep" / "optuna.journal")))
 
@@ -165,7 +165,7 @@ def _study_with_pruner(tmp_path: Path, record) -> str:
     """A study in a journal whose stored pruner is `record`, with one trial asked."""
     import optuna
 
-    from sweep_sft.study import PRUNER_ATTR, open_storage
+    from sweep_sft.sweep.study import PRUNER_ATTR, open_storage
 
     storage = str(tmp_path / "study.journal")
     study = optuna.create_study(study_name="s", storage=open_storage(storage))
@@ -211,7 +211,7 @@ def test_a_trial_refuses_a_hostile_pruner_in_the_study_storage_without_running_i
 )
 def test_only_optunas_pruners_with_plain_arguments_are_rebuilt(tmp_path, record):
     from sweep_sft.errors import ConfigError
-    from sweep_sft.study import Reporter
+    from sweep_sft.sweep.study import Reporter
 
     storage = _study_with_pruner(tmp_path, record)
     with pytest.raises(ConfigError, match=f"study s in {storage}: sweep_sft.pruner.*(not one of|record|plain)"):
@@ -223,7 +223,7 @@ def test_the_sweepers_pruner_is_stored_as_a_name_and_arguments_and_rebuilt(tmp_p
     from omegaconf import OmegaConf
 
     from hydra_plugins.sweep_sft_optuna.config import PatientPrunerConf
-    from sweep_sft.study import Reporter, pruner_record
+    from sweep_sft.sweep.study import Reporter, pruner_record
 
     record = pruner_record(OmegaConf.to_container(OmegaConf.structured(PatientPrunerConf)))
     assert record == {

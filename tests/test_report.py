@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.report import SECTIONS, main, write_report
-from sweep_sft.report_data import ReportInputError, load, load_parent_run
+from sweep_sft.report.data import ReportInputError, load, load_parent_run
+from sweep_sft.report.html import SECTIONS, main, write_report
 
 TASKS = ("classification/sentiment", "format/json")
 EVIL = "<script>alert('x')</script>"
@@ -319,7 +319,7 @@ def test_rebuilt_report_keeps_the_failed_jobs_that_opened_no_child_run(tmp_path)
 def test_callback_writes_the_report_with_tracking_off(sweep_dir):
     from omegaconf import OmegaConf
 
-    from sweep_sft.sweep_callback import MlflowParentRun
+    from sweep_sft.sweep.callback import MlflowParentRun
 
     config = OmegaConf.create(
         {"tracking": {"enabled": False}, "hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []}}}
@@ -331,7 +331,7 @@ def test_callback_writes_the_report_with_tracking_off(sweep_dir):
 
 
 def test_a_report_that_fails_costs_a_warning_not_the_sweep(tmp_path, caplog):
-    from sweep_sft.sweep_callback import write_report as callback_report
+    from sweep_sft.sweep.callback import write_report as callback_report
 
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "metrics.json").write_text("{not json")
@@ -382,7 +382,7 @@ def test_a_sweep_that_raises_still_reports_onto_its_failed_parent_run(tmp_path):
 def _learn_vs_forget_axes(sweep_dir, monkeypatch, title: list[str] | None = None) -> tuple[str, dict[str, float]]:
     """The learn-vs-forget plot's x label and each trial's x (by its `#n` label), read off the
     figure before it becomes a PNG; its title appended to `title`."""
-    from sweep_sft import report_plots
+    from sweep_sft.report import plots as report_plots
 
     seen = []
     monkeypatch.setattr(report_plots, "_png", lambda fig: seen.append(fig) or b"png")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sweep_sft.report import SECTIONS
+from sweep_sft.report.html import SECTIONS
 
 CHROMIUM_FLAGS = [
     "--headless",

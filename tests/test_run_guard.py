@@ -1,5 +1,5 @@
 """A process killed outright (SIGKILL: nothing in it runs) leaves none of its MLflow runs RUNNING:
-its guardian (sweep_sft.run_guard) ends them KILLED, with an end time and the error, and leaves
+its guardian (sweep_sft.tracking.run_guard) ends them KILLED, with an end time and the error, and leaves
 alone the runs the process ended itself or another attempt took over."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.tracking import ERROR_TAG
-from sweep_sft.trial_run import RESUMES_TAG, RUN_FILE
+from sweep_sft.tracking.requeue import RESUMES_TAG, RUN_FILE
+from sweep_sft.tracking.runs import ERROR_TAG
 
 # A trial that trains far longer than the test waits: killed while it trains.
 LONG = [
@@ -113,8 +113,8 @@ def test_a_killed_single_trial_leaves_no_run_running(tmp_path):
 
 OPENER = """
 import sys, time
-from sweep_sft.config import TrackingConfig
-from sweep_sft.tracking import Run
+from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.tracking.runs import Run
 
 cfg = TrackingConfig(uri=sys.argv[1])
 done = Run(cfg, "done")
@@ -149,7 +149,7 @@ def test_the_guardian_ends_only_the_dead_process_own_running_runs(tmp_path):
 def _guardian(uri: str, run_ids: list[str], stderr: int) -> subprocess.Popen:
     """A guardian holding `run_ids` of a process (this one) that is gone: its pipe is closed."""
     guardian = subprocess.Popen(
-        [sys.executable, "-m", "sweep_sft.run_guard", str(os.getpid())],
+        [sys.executable, "-m", "sweep_sft.tracking.run_guard", str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -208,7 +208,7 @@ def _killed_trial_run(tmp_path):
     """A trial's RUNNING run whose process was killed, named in its folder for a resume."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config import TrackingConfig
+    from sweep_sft.config.schema import TrackingConfig
 
     cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(tracking_uri=cfg.uri)
@@ -219,7 +219,7 @@ def _killed_trial_run(tmp_path):
 
 
 def _assert_finished_clean(client, run, run_id: str) -> None:
-    from sweep_sft.run_guard import ENDED_BY_TAG
+    from sweep_sft.tracking.run_guard import ENDED_BY_TAG
 
     run.finish("FINISHED")
     ended = client.get_run(run_id)
@@ -233,8 +233,8 @@ def test_a_run_reopened_while_its_dead_attempt_guardian_ends_it_stays_live(tmp_p
     through an outage, so any order happens): the guardian leaves the reopened run RUNNING, except
     in the window of its last call (no compare-and-set in MLflow), and the run the attempt finishes
     carries no error of the guardian's."""
-    from sweep_sft.run_guard import end_dead_run
-    from sweep_sft.trial_run import open_run
+    from sweep_sft.tracking.requeue import open_run
+    from sweep_sft.tracking.run_guard import end_dead_run
 
     cfg, client, run_id, watched = _killed_trial_run(tmp_path)
     reopened = []
@@ -256,8 +256,8 @@ def test_a_guardian_ending_the_run_while_it_is_reopened_leaves_it_live(tmp_path,
     the reopened run is RUNNING once reopened, and finished without the guardian's error."""
     import mlflow.tracking
 
-    from sweep_sft.run_guard import end_dead_run
-    from sweep_sft.trial_run import open_run
+    from sweep_sft.tracking.requeue import open_run
+    from sweep_sft.tracking.run_guard import end_dead_run
 
     cfg, client, run_id, watched = _killed_trial_run(tmp_path)
     real, ended, reopening = mlflow.tracking.MlflowClient, [], [True]
@@ -291,8 +291,8 @@ def test_a_guardian_ending_the_run_while_it_is_reopened_leaves_it_live(tmp_path,
 def test_a_reopened_run_drops_an_error_the_guardian_left_late_and_keeps_its_own(tmp_path):
     """The guardian's end landing on the live reopened run anyway (an HTTP request the server
     applied late): finishing removes the guardian's error; a trial's own error, set since, stays."""
-    from sweep_sft.run_guard import ENDED_BY_TAG, end_dead_run
-    from sweep_sft.trial_run import open_run
+    from sweep_sft.tracking.requeue import open_run
+    from sweep_sft.tracking.run_guard import ENDED_BY_TAG, end_dead_run
 
     cfg, client, run_id, watched = _killed_trial_run(tmp_path)
     for resumes, status in ((1, "FINISHED"), (2, "FAILED")):

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sweep_sft.errors import ConfigError
-from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
+from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
 
 LR_STAR = 3.7e-4  # general_drop crosses 0.02 here
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep_sft.config import SchedulerConfig
+from sweep_sft.config.schema import SchedulerConfig
 from sweep_sft.errors import ConfigError
 from sweep_sft.train.schedule import lr_factor, warmup_steps
 

@@ -1,4 +1,4 @@
-"""The sweep preflight (sweep_sft.sweep_preflight): each job composed and validated as its launcher
+"""The sweep preflight (sweep_sft.sweep.preflight): each job composed and validated as its launcher
 will run it, with Hydra's job values (`${hydra:job.num}`, `${hydra:job.override_dirname}`,
 `${hydra:runtime.output_dir}`) set for it; the model's files checked only where the jobs run.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sweep_sft
-from sweep_sft.config import register_configs
+from sweep_sft.config.schema import register_configs
 
 CONF = Path(sweep_sft.__file__).parent / "conf"
 
@@ -26,7 +26,7 @@ def preflight(*overrides: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from sweep_sft.sweep_preflight import SweepPreflight
+    from sweep_sft.sweep.preflight import SweepPreflight
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -134,7 +134,7 @@ def test_a_job_record_is_read_where_the_jobs_hydra_values_put_it(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus, setup_globals
     from omegaconf import OmegaConf
 
-    from sweep_sft.sweep_jobs import job_record
+    from sweep_sft.sweep.jobs import job_record
 
     setup_globals()  # the `hydra` resolver, as in `python -m sweep_sft`
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep_sft.config import compose, validate
+from sweep_sft.config.schema import compose, validate
 from sweep_sft.data.batches import collate
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import tokenize
@@ -107,7 +107,7 @@ def test_loss_regression(tmp_path, embedded_model_path, tiny_overrides):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(embedded_model_path))
     model.save_pretrained(tmp_path / "seeded")
     AutoTokenizer.from_pretrained(embedded_model_path).save_pretrained(tmp_path / "seeded")
-    from sweep_sft.trial import run_trial
+    from sweep_sft.trial.run import run_trial
 
     cfg = compose(
         tiny_overrides

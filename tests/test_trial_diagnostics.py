@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sweep_sft.config import compose
-from sweep_sft.trial import run_trial
+from sweep_sft.config.schema import compose
+from sweep_sft.trial.run import run_trial
 
 
 @pytest.fixture

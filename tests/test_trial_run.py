@@ -1,12 +1,12 @@
-"""Reopening a trial's MLflow run after a requeue (sweep_sft.trial_run): points the interrupted
+"""Reopening a trial's MLflow run after a requeue (sweep_sft.tracking.requeue): points the interrupted
 attempt could not deliver are sent from the checkpoint's series, once each."""
 
 from __future__ import annotations
 
 import json
 
-from sweep_sft.config import TrackingConfig
-from sweep_sft.trial_run import RUN_FILE, open_run
+from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.tracking.requeue import RUN_FILE, open_run
 
 
 def test_reopened_run_backfills_what_the_interrupted_attempt_lacked(tmp_path):
@@ -52,8 +52,8 @@ def test_an_attempt_that_died_before_delivering_params_gets_them_logged(tmp_path
 OPENER = """
 import sys, time
 from pathlib import Path
-from sweep_sft.config import TrackingConfig
-from sweep_sft.trial_run import open_run
+from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.tracking.requeue import open_run
 
 run, _ = open_run(TrackingConfig(uri=sys.argv[1]), Path(sys.argv[2]), "trial", None, {}, resuming=False)
 run.log_params({"lr": "0.001"})

@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sweep_sft.config import register_configs
+from sweep_sft.config.schema import register_configs
 from sweep_sft.errors import UserInputError
 
 register_configs()
@@ -18,8 +18,8 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweep_sft.tracking import child_run_name, read_parent
-    from sweep_sft.trial import run_trial
+    from sweep_sft.tracking.runs import child_run_name, read_parent
+    from sweep_sft.trial.run import run_trial
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -45,12 +45,12 @@ def _record_unopened(hc, output_dir: str, exc: Exception) -> None:
     data file) still gets a FAILED child run with its error, so MLflow counts every trial."""
     from pathlib import Path
 
-    from sweep_sft.trial_run import RUN_FILE
+    from sweep_sft.tracking.requeue import RUN_FILE
 
     if (Path(output_dir) / RUN_FILE).exists():  # the trial's own run holds its error
         return
     try:
-        from sweep_sft.failed_trial import end_dead_trial
+        from sweep_sft.tracking.dead_runs import end_dead_trial
 
         end_dead_trial(
             hc.sweep.dir,

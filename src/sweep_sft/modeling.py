@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweep_sft.config import ModelConfig
+from sweep_sft.config.schema import ModelConfig
 from sweep_sft.errors import ConfigError
 
 

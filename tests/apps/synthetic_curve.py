@@ -1,6 +1,6 @@
 """A Hydra app whose "trial" is a known training curve: the loss at step t is
 floor(x) + 2 / (1 + t / 8), floor(x) = (log10(x) + 3.5)^2, so the best x is 10^-3.5 and a bad x
-shows early. It reports to the study through sweep_sft.study (as real trials do) and writes
+shows early. It reports to the study through sweep_sft.sweep.study (as real trials do) and writes
 metrics.json. With FAIL_ABOVE, x above it raises; with KILL_ONCE=<file>, job number KILL_AT
 kills the whole sweep process once (to test resuming)."""
 
@@ -14,8 +14,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
-from sweep_sft.config import StudyLinkConfig
-from sweep_sft.study import TrialPruned, reporter
+from sweep_sft.config.schema import StudyLinkConfig
+from sweep_sft.sweep.study import TrialPruned, reporter
 
 STEPS, EVAL_EVERY = 60, 5
 

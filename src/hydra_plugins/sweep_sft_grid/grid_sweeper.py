@@ -1,7 +1,7 @@
 """Hydra's basic grid sweeper, except that a failed job does not end the sweep: every job is
 recorded in `sweep_summary.json` in the sweep folder, a table lists the failed ones, and the
 sweep fails (exit 1) only when more than `max_failure_rate` of its jobs failed. `preflight`
-composes and validates every job's config before the first is launched (sweep_sft.sweep_preflight)."""
+composes and validates every job's config before the first is launched (sweep_sft.sweep.preflight)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError
-from sweep_sft.sweep_jobs import log_to_parent
-from sweep_sft.sweep_preflight import check_jobs, task_overrides
-from sweep_sft.sweep_summary import SUMMARY_FILE, job_entry, summarize, table, too_many_failed, write
+from sweep_sft.sweep.jobs import log_to_parent
+from sweep_sft.sweep.preflight import check_jobs, task_overrides
+from sweep_sft.sweep.summary import SUMMARY_FILE, job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class GridSweeper(BasicSweeper):
         self.max_failure_rate = max_failure_rate
 
     def preflight(self, config: DictConfig, config_loader) -> None:
-        """Compose and validate every job of the grid (sweep_sft.sweep_preflight, before any launch)."""
+        """Compose and validate every job of the grid (sweep_sft.sweep.preflight, before any launch)."""
         parser = OverridesParser.create(config_loader=config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *task_overrides(config.hydra)])
         check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.errors import ConfigError
-from sweep_sft.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
-from sweep_sft.sweep_jobs import job_error, job_record, log_to_parent
-from sweep_sft.sweep_preflight import check_jobs, task_overrides
+from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
+from sweep_sft.sweep.preflight import check_jobs, task_overrides
+from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "optuna_result.json"
@@ -62,7 +62,7 @@ class OptunaSweeper(Sweeper):
         )
 
     def preflight(self, config: DictConfig, config_loader) -> None:
-        """Before the study opens (sweep_sft.sweep_preflight): the fixed overrides, and each searched
+        """Before the study opens (sweep_sft.sweep.preflight): the fixed overrides, and each searched
         parameter at both ends of its range (or at each of its values), composed and validated."""
         space, fixed = parse(task_overrides(config.hydra), dict(self.conf.params or {}))
         jobs, names = [fixed], ["the fixed overrides"]

@@ -16,9 +16,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError, UserInputError
-from sweep_sft.sandwich import Constraint, Sandwich, SandwichSpec
-from sweep_sft.sweep_jobs import job_metrics, log_to_parent
-from sweep_sft.sweep_preflight import check_jobs, refuse, task_overrides
+from sweep_sft.sweep.jobs import job_metrics, log_to_parent
+from sweep_sft.sweep.preflight import check_jobs, refuse, task_overrides
+from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class SandwichSweeper(Sweeper):
         return returns
 
     def preflight(self, config: DictConfig, config_loader) -> None:
-        """Before any trial (sweep_sft.sweep_preflight): the arguments, a state to resume, and both
+        """Before any trial (sweep_sft.sweep.preflight): the arguments, a state to resume, and both
         sides composed and validated; every probe lies between them, so they stand for the range."""
         base = self._base(task_overrides(config.hydra))
         self._saved(Path(config.hydra.sweep.dir) / STATE_FILE)

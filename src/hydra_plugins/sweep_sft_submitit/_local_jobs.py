@@ -196,7 +196,7 @@ class Controller(local.Controller):
             output_dir = json.loads(trial_file(self.folder, self.pid).read_text())["output_dir"]
         except (OSError, ValueError, KeyError):
             return  # the launcher died before writing it
-        from sweep_sft.failed_trial import end_running_trial
+        from sweep_sft.tracking.dead_runs import end_running_trial
 
         error = f"local job {self.pid} stopped: the sweep that launched it was gone (killed)"
         tags = {"sweep_sft.local_job_id": self.pid, "sweep_sft.job_state": "CANCELLED (its launcher was gone)"}

@@ -203,7 +203,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         self, p: _Pending, error: JobDied, status: str, retried: bool, config: DictConfig | None = None
     ) -> None:
         """End the attempt's MLflow run (sweep_sft apps): KILLED when it runs again, else FAILED."""
-        from sweep_sft.failed_trial import end_dead_trial, is_tracked
+        from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
 
         assert self.config is not None
         sweep_dir = str(self.config.hydra.sweep.dir)
@@ -236,7 +236,7 @@ def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig 
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.num = p.num
-    from sweep_sft.sweep_jobs import hydra_values
+    from sweep_sft.sweep.jobs import hydra_values
 
     with hydra_values(config):  # `${hydra:...}` in output_dir resolves for this job
         job_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep_sft.config import Config
+from sweep_sft.config.schema import Config
 from sweep_sft.data.dedup import deduplicate
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
 from sweep_sft.data.records import Example, first_per_task, load_jsonl

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.config import Config
+from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
@@ -155,7 +155,7 @@ def training_config(config: Config) -> dict[str, Any]:
     """The part of the config that determines the weights and the data order, flattened."""
     from omegaconf import OmegaConf
 
-    from sweep_sft.tracking import flatten
+    from sweep_sft.tracking.runs import flatten
 
     tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     flat = flatten({k: tree[k] for k in COMPARED})

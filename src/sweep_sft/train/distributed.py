@@ -152,7 +152,7 @@ class RankZeroReporter:
     def report(self, step: int, metrics: dict[str, float]) -> None:
         import torch.distributed as dist
 
-        from sweep_sft.study import TrialPruned
+        from sweep_sft.sweep.study import TrialPruned
 
         decision: list = [None]
         if self.inner is not None:
@@ -168,7 +168,7 @@ class RankZeroReporter:
 
 def reporter(link, env: DistEnv):
     """The trial's study reporter (None when it reports nowhere), rank 0 reporting for all."""
-    from sweep_sft.study import reporter as study_reporter
+    from sweep_sft.sweep.study import reporter as study_reporter
 
     if link is None or link.metric is None:
         return None

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sweep_sft.config import Config
+from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
 from sweep_sft.train.distributed import DistEnv, all_reduce_grads, all_reduce_sum
 

@@ -15,7 +15,7 @@ window's examples are split into micro-batches (or packed into rows) changes not
 
 from __future__ import annotations
 
-from sweep_sft.config import LOSS_NORMS
+from sweep_sft.config.schema import LOSS_NORMS
 from sweep_sft.data.batches import Batch
 from sweep_sft.data.tokenize import IGNORE
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sweep_sft.config import SchedulerConfig
+from sweep_sft.config.schema import SchedulerConfig
 
 
 def warmup_steps(cfg: SchedulerConfig, total_steps: int) -> int:

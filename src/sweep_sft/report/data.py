@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.tracking import ERROR_TAG, PARENT_FILE
+from sweep_sft.tracking.runs import ERROR_TAG, PARENT_FILE
 
-SUMMARY_FILE = "sweep_summary.json"  # sweep_sft.sweep_summary (not imported: it pulls in Hydra)
+SUMMARY_FILE = "sweep_summary.json"  # sweep_sft.sweep.summary (not imported: it pulls in Hydra)
 OPTUNA_FILE = "optuna_result.json"  # hydra_plugins.sweep_sft_optuna
 SANDWICH_FILE = "sandwich_result.json"  # hydra_plugins.sweep_sft_sandwich
 SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.yaml")
@@ -43,7 +43,7 @@ class Trial:
     objective: str | None = None  # the metric `value` is
     metrics: dict[str, float] = field(default_factory=dict)  # final value of every metric
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
-    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # sweep_sft.diagnostics.Finding as dicts
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # sweep_sft.diagnostics.findings.Finding as dicts
     error: str | None = None  # a failed trial's exception text
     steps: int | None = None  # optimizer steps the trial ran
 
@@ -278,7 +278,7 @@ def load(target: str, tracking_uri: str | None = None) -> Sweep:
     if path.exists():
         return load_sweep_dir(path)
     if re.fullmatch(r"[0-9a-f]{32}", target):
-        from sweep_sft.tracking import default_uri
+        from sweep_sft.tracking.runs import default_uri
 
         return load_parent_run(target, tracking_uri or default_uri())
     raise ReportInputError(

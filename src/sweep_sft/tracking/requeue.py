@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from sweep_sft import run_guard
-from sweep_sft.config import TrackingConfig
-from sweep_sft.tracking import ERROR_TAG, Run, delete_tags, http_defaults, retry_until, tracking_uri
+from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.tracking import run_guard
+from sweep_sft.tracking.runs import ERROR_TAG, Run, delete_tags, http_defaults, retry_until, tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 RESUMES_TAG = "sweep_sft.resumes"

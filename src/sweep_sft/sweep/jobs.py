@@ -70,8 +70,8 @@ def log_to_parent(
     default outage timeout costs a warning, not the sweep."""
     import logging
 
-    from sweep_sft.config import TrackingConfig
-    from sweep_sft.tracking import TrackingError, read_parent, retry_until
+    from sweep_sft.config.schema import TrackingConfig
+    from sweep_sft.tracking.runs import TrackingError, read_parent, retry_until
 
     parent = read_parent(sweep_dir)
     if not parent:

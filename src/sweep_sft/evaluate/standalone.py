@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.config import Config, StudyLinkConfig, validate
-from sweep_sft.eval_target import Target
+from sweep_sft.config.schema import Config, StudyLinkConfig, validate
+from sweep_sft.evaluate.target import Target
 
 RESULT_FILE = "evaluation.json"
 
@@ -157,10 +157,11 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     """Every final metric of the trial, recomputed for the target's weights."""
     import torch
 
-    from sweep_sft import general_probe, modeling
+    from sweep_sft import modeling
     from sweep_sft.data.pipeline import prepare
-    from sweep_sft.evaluate import final_evaluation, validation_loss
-    from sweep_sft.trial import torch_device
+    from sweep_sft.evaluate import general_probe
+    from sweep_sft.evaluate.final import final_evaluation, validation_loss
+    from sweep_sft.trial.run import torch_device
 
     started = time.perf_counter()
     if config.trainer.num_threads:

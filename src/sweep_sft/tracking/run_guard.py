@@ -2,7 +2,7 @@
 
 A SIGKILL, the out-of-memory killer or a crash in native code cannot be caught, so the run a
 trial (or a sweep's parent) opened would stay RUNNING for ever, with no end time. The first run a
-process opens starts one small child, `python -m sweep_sft.run_guard`, in its own session (Ctrl-C
+process opens starts one small child, `python -m sweep_sft.tracking.run_guard`, in its own session (Ctrl-C
 and a closed terminal do not reach it) and joined to it by a pipe. The process tells it each run
 it opens and each one it ends itself; the child only waits on the pipe, with nothing imported.
 EOF on the pipe (or its parent pid changing, when a forked child keeps the pipe open) means the
@@ -17,7 +17,7 @@ with the guardian's error (`sweep_sft.ended_by=guardian` marks it) until the att
 removes it. The guardian never dies of its own output (a closed terminal: EIO) and one run it
 cannot end does not spare the others. Inside a
 submitit job no guardian starts: the launcher ends a dead job's runs with its Slurm state
-(sweep_sft.failed_trial), and a preempted job leaves its run RUNNING on purpose for the requeue.
+(sweep_sft.tracking.dead_runs), and a preempted job leaves its run RUNNING on purpose for the requeue.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _send(message: dict, start: bool) -> None:
 def _spawn() -> subprocess.Popen:
     # Same interpreter, environment and working directory: it imports this package as we did.
     return subprocess.Popen(
-        [sys.executable, "-m", "sweep_sft.run_guard", str(os.getpid())],
+        [sys.executable, "-m", "sweep_sft.tracking.run_guard", str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         # Its note on a terminal; never a pipe, which it would keep open (and a reader waiting) past our exit.
@@ -137,7 +137,7 @@ def _say(text: str) -> None:
 def _end(run_id: str, watched: dict, pid: int) -> bool:
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.tracking import http_defaults
+    from sweep_sft.tracking.runs import http_defaults
 
     http_defaults(watched["uri"])
     return end_dead_run(MlflowClient(tracking_uri=watched["uri"]), run_id, watched, pid)
@@ -147,7 +147,7 @@ def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
     """End the dead process's run KILLED unless it was ended or reopened since; whether it was."""
     import socket
 
-    from sweep_sft.tracking import ERROR_TAG, delete_tags, retry_until
+    from sweep_sft.tracking.runs import ERROR_TAG, delete_tags, retry_until
 
     uri, timeout_s = watched["uri"], watched["timeout_s"]
     run = retry_until(lambda: client.get_run(run_id), timeout_s, f"read MLflow run {run_id}", uri)
@@ -174,7 +174,7 @@ def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
 
 def _unclaimed(run, watched: dict) -> bool:
     """Still RUNNING and not reopened by another process since the dead one registered it."""
-    from sweep_sft.trial_run import RESUMES_TAG
+    from sweep_sft.tracking.requeue import RESUMES_TAG
 
     return run.info.status == "RUNNING" and int(run.data.tags.get(RESUMES_TAG, "0")) == watched["resumes"]
 
@@ -182,7 +182,7 @@ def _unclaimed(run, watched: dict) -> bool:
 def clear_stale_end(client, run_id: str) -> None:
     """On a reopened run about to end: the error of a dead attempt's guardian that ended it as it
     was reopened (a trial's own error, set since, stays)."""
-    from sweep_sft.tracking import ERROR_TAG, delete_tags
+    from sweep_sft.tracking.runs import ERROR_TAG, delete_tags
 
     tags = client.get_run(run_id).data.tags
     if tags.get(ENDED_BY_TAG) == GUARDIAN:

@@ -1,5 +1,5 @@
 """MLflow records: one run per trial (a child of the sweep's parent run), delivered in batches
-from a background thread that rides out server outages (sweep_sft.delivery).
+from a background thread that rides out server outages (sweep_sft.tracking.delivery).
 
 Uses MlflowClient rather than the fluent API: no process-global active run, so a trial
 never logs into another's run, and several trials can share one process (basic launcher).
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.config import TrackingConfig
+from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.errors import UserInputError
 
 # The tag a failed trial's run carries: the error, for the UI and for the launcher's bookkeeping.
@@ -75,7 +75,7 @@ def http_defaults(uri: str) -> None:
 
 def retry_until(call, timeout_s: float, what: str, uri: str):
     """`call()` retried with backoff while the server is unreachable, for up to `timeout_s`."""
-    from sweep_sft.delivery import BACKOFF_S, transient
+    from sweep_sft.tracking.delivery import BACKOFF_S, transient
 
     deadline, pause, warned = time.monotonic() + timeout_s, BACKOFF_S[0], False
     while True:
@@ -135,7 +135,7 @@ class Run:
         http_defaults(self.uri)
         from mlflow.tracking import MlflowClient
 
-        from sweep_sft.delivery import Delivery
+        from sweep_sft.tracking.delivery import Delivery
 
         self.timeout_s = cfg.outage_timeout_s
         self.client = MlflowClient(tracking_uri=self.uri)
@@ -152,7 +152,7 @@ class Run:
 
         self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
         self.delivery = Delivery(self.client, self.run_id, self.uri, cfg.max_buffered_points)
-        from sweep_sft import run_guard
+        from sweep_sft.tracking import run_guard
 
         # A process killed outright (SIGKILL, out of memory) cannot end its run: the guardian does.
         run_guard.watch(self.uri, self.run_id, resumes, self.timeout_s)
@@ -229,7 +229,7 @@ class Run:
             self._spill(delivery, status)
             raise
         delivery.stop()
-        from sweep_sft import run_guard
+        from sweep_sft.tracking import run_guard
 
         # Ended, or its undelivered records (status included) are in the spill file for replay.
         # Interrupted above, it stays guarded: ended KILLED when this process is gone.
@@ -328,15 +328,3 @@ def child_run_name(job_overrides: list[str], swept: list[str]) -> str:
     chosen = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
     return ",".join(chosen or job_overrides)
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep_sft.tracking", description="Deliver a run's mlflow_undelivered.json to MLflow."
-    )
-    parser.add_argument("file", help="mlflow_undelivered.json from a trial (or sweep) folder")
-    parser.add_argument("--uri", help="tracking URI, if not the one in the file")
-    args = parser.parse_args()
-    sent = replay(args.file, args.uri)
-    print(f"delivered {sent} metric points and the other records of {args.file}")

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.tracking import PARENT_FILE
+from sweep_sft.tracking.runs import PARENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def swept_keys(config: DictConfig) -> list[str]:
     """Config keys the sweep varies: command-line sweeps (lr=1e-4,1e-3) and preset params."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sweep_sft.sweep_preflight import task_overrides
+    from sweep_sft.sweep.preflight import task_overrides
     parsed = OverridesParser.create().parse_overrides(task_overrides(config.hydra))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -39,9 +39,9 @@ class MlflowParentRun(Callback):
         return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweep_sft.config import TrackingConfig
-        from sweep_sft.sweep_preflight import task_overrides
-        from sweep_sft.tracking import Run
+        from sweep_sft.config.schema import TrackingConfig
+        from sweep_sft.sweep.preflight import task_overrides
+        from sweep_sft.tracking.runs import Run
 
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -74,7 +74,7 @@ class MlflowParentRun(Callback):
         report = write_report(sweep_dir) if sweep_dir is not None else None
         if run is None:
             return
-        from sweep_sft.tracking import TrackingError, retry_until
+        from sweep_sft.tracking.runs import TrackingError, retry_until
 
         # The trials are recorded already: a server that is down now must not fail the sweep.
         try:
@@ -114,7 +114,7 @@ def write_report(sweep_dir: Path) -> Path | None:
     if not sweep_dir.is_dir():  # the sweep died before launching anything
         return None
     try:
-        from sweep_sft.report import write_report as write
+        from sweep_sft.report.html import write_report as write
 
         path = write(sweep_dir)
     except Exception as exc:

@@ -7,7 +7,7 @@ import math
 import random
 from collections import defaultdict
 
-from sweep_sft.config import Config, EvalConfig
+from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.data.batches import collate
 from sweep_sft.data.records import Example, first_per_task
 from sweep_sft.data.tokenize import Tokenized
@@ -192,7 +192,7 @@ def final_evaluation(
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """What a trial measures once training ends (and what standalone evaluation measures): exact
     match, pass@k, train recall, and the general probe against the base model's `base_probe`."""
-    from sweep_sft import general_probe
+    from sweep_sft.evaluate import general_probe
 
     ev = config.eval
     final: dict[str, float] = {}
@@ -236,16 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from sweep_sft import eval_target, standalone_eval
+    from sweep_sft.evaluate import standalone as standalone_eval
+    from sweep_sft.evaluate import target as eval_target
 
     hf_logging.disable_progress_bar()  # loading a tiny model: bars are noise beside the table
-    from sweep_sft.trial import general_lines, task_table
+    from sweep_sft.trial.run import general_lines, task_table
 
     try:
         target = eval_target.resolve(args.target, args.tracking_uri)
         config = standalone_eval.load_config(target, args.overrides)
         if config.eval.baseline_run_id is not None:
-            from sweep_sft.baseline import load_baseline
+            from sweep_sft.evaluate.baseline import load_baseline
 
             baseline = load_baseline(config, args.tracking_uri)  # the store the target came from
         result = standalone_eval.evaluate(target, config)
@@ -259,14 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     path = standalone_eval.write(result, target, args.target, args.overrides, args.out)
     print(f"results in {path} ({metrics['time/eval_s']:.1f}s)")
     if config.eval.baseline_run_id is not None:
-        from sweep_sft.baseline import compare_with_baseline
         from sweep_sft.compare import table
+        from sweep_sft.evaluate.baseline import compare_with_baseline
 
         comparison = compare_with_baseline(config, baseline, metrics)
         print(table(comparison, baseline, metrics, (f"baseline {config.eval.baseline_run_id}", str(path))))
         return 1 if comparison.regressions else 0
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

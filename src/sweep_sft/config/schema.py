@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from sweep_sft.diagnostics import DiagnosticsConfig
+from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
 
 LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
@@ -476,7 +476,7 @@ def _check_mix_overrides() -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from sweep_sft.data.mix import check_tree_overrides
-    from sweep_sft.sweep_preflight import task_overrides
+    from sweep_sft.sweep.preflight import task_overrides
 
     if HydraConfig.initialized():  # set by the launcher, or by the sweep's preflight for each job
         check_tree_overrides(task_overrides(HydraConfig.get()))
@@ -546,7 +546,7 @@ def _within(key: str, value: float, low: float, high: float, low_open: bool = Fa
 def config_dir() -> str:
     from pathlib import Path
 
-    return str(Path(__file__).parent / "conf")
+    return str(Path(__file__).parents[1] / "conf")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_sft.tracking import ERROR_TAG, OUTPUT_DIR_TAG, PARENT_FILE, child_run_name, read_parent
-from sweep_sft.trial_run import RUN_FILE
+from sweep_sft.tracking.requeue import RUN_FILE
+from sweep_sft.tracking.runs import ERROR_TAG, OUTPUT_DIR_TAG, PARENT_FILE, child_run_name, read_parent
 
 
 def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:

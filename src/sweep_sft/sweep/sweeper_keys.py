@@ -2,7 +2,7 @@
 
 `+hydra.sweeper.bogus=1` composes (the `+` forces the key in), and Hydra only fails when it builds
 the sweeper, after the callbacks' on_multirun_start opened the sweep's parent run: a FAILED parent
-and an empty report for a typo. The preflight callback checks first (sweep_sft.sweep_preflight).
+and an empty report for a typo. The preflight callback checks first (sweep_sft.sweep.preflight).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ instead of failing that trial only when its turn comes (or after the others have
 
 Cheap by design: Hydra's config loader composes each job as the launcher will, and with Hydra's
 job values set for it as its launcher sets them (`${hydra:job.num}`, `${hydra:runtime.output_dir}`
-in output_dir resolve), `sweep_sft.config.validate` runs; no torch, no data. The model's files
+in output_dir resolve), `sweep_sft.config.schema.validate` runs; no torch, no data. The model's files
 are looked for only when the jobs run on this machine (Hydra's basic launcher, local_jobs): a
 Slurm job may read a path that only its compute node has, and checks it itself when it starts.
 
@@ -69,7 +69,7 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweep_sft.config import Config, validate
+    from sweep_sft.config.schema import Config, validate
     from sweep_sft.modeling import check_model
 
     try:
@@ -92,7 +92,7 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: 
 def as_job(job: DictConfig, num: int) -> Iterator[None]:
     """HydraConfig set to job `num`'s config as its launcher sets it (Hydra's basic launcher and
     hydra.core.utils.run_job: job.num, job.id, runtime.output_dir), and put back as it was after."""
-    from sweep_sft.sweep_jobs import hydra_values
+    from sweep_sft.sweep.jobs import hydra_values
 
     with open_dict(job):
         job.hydra.job.num = num
@@ -129,7 +129,7 @@ class SweepPreflight(Callback):
         from hydra.errors import InstantiationException
         from hydra.utils import get_class, instantiate
 
-        from sweep_sft.sweeper_keys import check_sweeper_keys
+        from sweep_sft.sweep.sweeper_keys import check_sweeper_keys
 
         try:  # any sweeper's, ours or not: Hydra would fail on it only after the parent run opened
             check_sweeper_keys(config)

@@ -11,7 +11,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from sweep_sft.sweep_jobs import job_error, job_record
+from sweep_sft.sweep.jobs import job_error, job_record
 
 SUMMARY_FILE = "sweep_summary.json"
 STATES = ("COMPLETE", "PRUNED", "FAILED")

@@ -14,8 +14,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.report_data import ReportInputError, Sweep, load, task_types
-from sweep_sft.report_plots import Missing
+from sweep_sft.report.data import ReportInputError, Sweep, load, task_types
+from sweep_sft.report.plots import Missing
 
 REPORT_FILE = "report.html"
 # Per-task metric families left out of the per-task table: the mix, not the trial's outcome.
@@ -172,7 +172,7 @@ def per_task_tables(sweep: Sweep) -> str:
 
 
 def render(sweep: Sweep) -> str:
-    from sweep_sft import report_plots as plots
+    from sweep_sft.report import plots
 
     loss = plots.loss_curves(sweep)
     body = {
@@ -228,6 +228,3 @@ def main(argv: list[str] | None = None) -> int:
     print(path)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.config import ALIASES, Config, EvalConfig, validate
+from sweep_sft.config.schema import ALIASES, Config, EvalConfig, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
-from sweep_sft.tracking import ERROR_TAG, OUTPUT_DIR_TAG, TrackingError
+from sweep_sft.tracking.runs import ERROR_TAG, OUTPUT_DIR_TAG, TrackingError
 
 # The trained model's folder inside the trial's output folder (trainer.save_model).
 MODEL_DIR = "model"
@@ -35,7 +35,7 @@ class TrialResult:
     # COMPLETE, or PRUNED when the study's pruner stopped it (at `steps`).
     state: str = "COMPLETE"
     steps: int = 0
-    # Loss-curve findings (sweep_sft.diagnostics.Finding as dicts) of a completed trial.
+    # Loss-curve findings (sweep_sft.diagnostics.findings.Finding as dicts) of a completed trial.
     diagnostics: list[dict] = field(default_factory=list)
 
 
@@ -71,7 +71,7 @@ def _run_trial(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialRes
         sorted({e.task_type for examples in sources[0].values() for e in examples} | set(task_types(sources[1]))),
         config.eval,
     )
-    from sweep_sft.baseline import load_baseline
+    from sweep_sft.evaluate.baseline import load_baseline
 
     baseline = load_baseline(config)
 
@@ -105,15 +105,16 @@ def _train_and_record(
     dist_env,
     baseline,
 ) -> TrialResult:
-    from sweep_sft import general_probe, modeling
+    from sweep_sft import modeling
     from sweep_sft.data.pipeline import mix_table, prepare
-    from sweep_sft.evaluate import final_evaluation, validation_loss
-    from sweep_sft.study import TrialPruned
-    from sweep_sft.tracking import flatten
+    from sweep_sft.evaluate import general_probe
+    from sweep_sft.evaluate.final import final_evaluation, validation_loss
+    from sweep_sft.sweep.study import TrialPruned
+    from sweep_sft.tracking.requeue import open_run
+    from sweep_sft.tracking.runs import flatten
     from sweep_sft.train import distributed
     from sweep_sft.train.checkpoint import Checkpoints
     from sweep_sft.train.loop import train
-    from sweep_sft.trial_run import open_run
 
     device = distributed.device_for(dist_env, torch_device(config.trainer.device))
     path = modeling.resolve_model_path(config.model)
@@ -201,7 +202,7 @@ def _train_and_record(
         final["time/total_s"] = time.perf_counter() - started
         log(final, state.step)
         if baseline is not None and dist_env.is_main:
-            from sweep_sft import baseline as baseline_comparison
+            from sweep_sft.evaluate import baseline as baseline_comparison
 
             log(
                 baseline_comparison.record(config, baseline, final_values(series), out, run),
@@ -303,7 +304,7 @@ def _leave_running(run) -> None:
 def _diagnose(config: Config, series: dict, run) -> list[dict]:
     """Loss-curve signs of the finished trial: printed, and tags on its run (`diagnostics.<sign>`,
     `diagnostics.count`) so runs can be filtered on them in the MLflow UI."""
-    from sweep_sft.diagnostics import as_tags, diagnose, format_findings
+    from sweep_sft.diagnostics.findings import as_tags, diagnose, format_findings
 
     findings = diagnose(series, config=config.diagnostics)
     print(format_findings(findings))

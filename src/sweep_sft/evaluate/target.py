@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.tracking import OUTPUT_DIR_TAG
+from sweep_sft.tracking.runs import OUTPUT_DIR_TAG
 
 CONFIG_FILE = "config.yaml"
 
@@ -46,7 +46,7 @@ def _from_path(path: Path) -> Target:
     if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():  # <trial>/model
         return Target(_config_of(path.parent, path), path, None, path.parent)
     if (path / CONFIG_FILE).is_file():
-        from sweep_sft.trial import MODEL_DIR
+        from sweep_sft.trial.run import MODEL_DIR
 
         if (path / MODEL_DIR / "config.json").is_file():
             return Target(path / CONFIG_FILE, path / MODEL_DIR, None, path)
@@ -60,7 +60,7 @@ def _from_path(path: Path) -> Target:
 def _why_no_model(config_file: Path) -> str:
     from omegaconf import OmegaConf
 
-    from sweep_sft.trial import MODEL_DIR
+    from sweep_sft.trial.run import MODEL_DIR
 
     config = OmegaConf.load(config_file)
     if OmegaConf.select(config, "deepspeed.zero_stage") == 3:
@@ -78,7 +78,7 @@ def _config_of(trial: Path, asked: Path) -> Path:
 
 def _from_run(run_id: str, tracking_uri: str | None) -> Target:
     """The run's trial folder when it is reachable here; else its logged model (tracking.log_model)."""
-    from sweep_sft.tracking import find_run
+    from sweep_sft.tracking.runs import find_run
 
     client, run = find_run(run_id, tracking_uri, "a folder")
     folder = run.data.tags.get(OUTPUT_DIR_TAG)
@@ -87,7 +87,7 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
             return _from_path(Path(folder))
         except UserInputError:
             pass  # the folder is here but lacks the model: the run may have logged it
-    from sweep_sft.trial import MODEL_DIR
+    from sweep_sft.trial.run import MODEL_DIR
 
     if not client.list_artifacts(run_id, MODEL_DIR):
         raise UserInputError(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sweep_sft.report_data import Sweep, Trial, is_finite_number, task_types
+from sweep_sft.report.data import Sweep, Trial, is_finite_number, task_types
 
 MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
 STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}

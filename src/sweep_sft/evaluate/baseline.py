@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from sweep_sft.compare import Comparison, Tolerances, compare_runs, load_metrics, table
-from sweep_sft.config import Config
+from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError, UserInputError
 
 COMPARISON_FILE = "comparison.txt"
@@ -20,7 +20,7 @@ def load_baseline(config: Config, store: str | None = None) -> dict[str, float] 
     ref = config.eval.baseline_run_id
     if ref is None:
         return None
-    from sweep_sft.tracking import tracking_uri
+    from sweep_sft.tracking.runs import tracking_uri
 
     try:
         return load_metrics(ref, store or tracking_uri(config.tracking))
