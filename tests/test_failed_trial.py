@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 
 from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.names import PARENT_FILE
 from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
-from sweep_sft.tracking.runs import PARENT_FILE, Run
+from sweep_sft.tracking.runs import Run
 
 
 def test_dead_trials_end_in_mlflow(tmp_path):

@@ -286,7 +286,8 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
     from mlflow.tracking import MlflowClient
 
     from sweep_sft.config.schema import compose
-    from sweep_sft.tracking.runs import UNDELIVERED_FILE, TrackingError
+    from sweep_sft.names import UNDELIVERED_FILE
+    from sweep_sft.tracking.runs import TrackingError
     from sweep_sft.trial.run import run_trial
 
     outage: dict = {}

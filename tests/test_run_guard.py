@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.tracking.requeue import RESUMES_TAG, RUN_FILE
-from sweep_sft.tracking.runs import ERROR_TAG
+from sweep_sft.names import ERROR_TAG, RESUMES_TAG, RUN_FILE
 
 # A trial that trains far longer than the test waits: killed while it trains.
 LONG = [
@@ -219,7 +218,7 @@ def _killed_trial_run(tmp_path):
 
 
 def _assert_finished_clean(client, run, run_id: str) -> None:
-    from sweep_sft.tracking.run_guard import ENDED_BY_TAG
+    from sweep_sft.names import ENDED_BY_TAG
 
     run.finish("FINISHED")
     ended = client.get_run(run_id)
@@ -291,8 +290,9 @@ def test_a_guardian_ending_the_run_while_it_is_reopened_leaves_it_live(tmp_path,
 def test_a_reopened_run_drops_an_error_the_guardian_left_late_and_keeps_its_own(tmp_path):
     """The guardian's end landing on the live reopened run anyway (an HTTP request the server
     applied late): finishing removes the guardian's error; a trial's own error, set since, stays."""
+    from sweep_sft.names import ENDED_BY_TAG
     from sweep_sft.tracking.requeue import open_run
-    from sweep_sft.tracking.run_guard import ENDED_BY_TAG, end_dead_run
+    from sweep_sft.tracking.run_guard import end_dead_run
 
     cfg, client, run_id, watched = _killed_trial_run(tmp_path)
     for resumes, status in ((1, "FINISHED"), (2, "FAILED")):

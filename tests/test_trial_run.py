@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from sweep_sft.config.schema import TrackingConfig
-from sweep_sft.tracking.requeue import RUN_FILE, open_run
+from sweep_sft.names import RUN_FILE
+from sweep_sft.tracking.requeue import open_run
 
 
 def test_reopened_run_backfills_what_the_interrupted_attempt_lacked(tmp_path):

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from sweep_sft.config.schema import register_configs
 from sweep_sft.errors import UserInputError
+from sweep_sft.names import child_run_name
 
 register_configs()
 
@@ -18,7 +19,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweep_sft.tracking.runs import child_run_name, read_parent
+    from sweep_sft.tracking.runs import read_parent
     from sweep_sft.trial.run import run_trial
 
     hc = HydraConfig.get()
@@ -26,7 +27,7 @@ def main(cfg: DictConfig) -> float:
     parent = read_parent(hc.sweep.dir) if multirun else {}
     run_name = cfg.tracking.run_name
     if multirun and not run_name:
-        run_name = f"{hc.job.num}: {child_run_name(list(hc.overrides.task), parent.get('swept', []))}"
+        run_name = child_run_name(hc.job.num, list(hc.overrides.task), parent.get('swept', []))
     output_dir = cfg.output_dir or hc.runtime.output_dir
     try:
         result = run_trial(cfg, output_dir=output_dir, run_name=run_name, parent_run_id=parent.get("run_id"))
@@ -45,7 +46,7 @@ def _record_unopened(hc, output_dir: str, exc: Exception) -> None:
     data file) still gets a FAILED child run with its error, so MLflow counts every trial."""
     from pathlib import Path
 
-    from sweep_sft.tracking.requeue import RUN_FILE
+    from sweep_sft.names import RUN_FILE
 
     if (Path(output_dir) / RUN_FILE).exists():  # the trial's own run holds its error
         return

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
+from sweep_sft.names import METRICS_FILE
 
 EM, LOSS = "task/exact_match/", "val/loss/"
 
@@ -62,7 +63,7 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
     """The final metrics of a trial: a folder with metrics.json, or an MLflow run id."""
     path = Path(ref)
     if path.is_dir() or path.suffix == ".json":
-        file = path / "metrics.json" if path.is_dir() else path
+        file = path / METRICS_FILE if path.is_dir() else path
         if not file.exists():
             raise UserInputError(f"{file}: no metrics.json (expected a trial's output folder or an MLflow run id)")
         try:

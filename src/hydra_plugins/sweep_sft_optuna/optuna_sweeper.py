@@ -19,13 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.errors import ConfigError
+from sweep_sft.names import INTERRUPTED_TAG, OPTUNA_FILE
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs, task_overrides
 from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "optuna_result.json"
-INTERRUPTED = "sweep_sft.interrupted"
 
 
 class SweepFailed(RuntimeError):
@@ -129,7 +128,7 @@ class OptunaSweeper(Sweeper):
                 raise SweepFailed(
                     f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
                     f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
-                    f"{sweep_dir / RESULT_FILE}. Errors: "
+                    f"{sweep_dir / OPTUNA_FILE}. Errors: "
                     + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
                 )
         result = self._write_result(study, sweep_dir, storage_url, n_trials)
@@ -193,7 +192,7 @@ class OptunaSweeper(Sweeper):
     def _write_result(self, study, sweep_dir: Path, storage: str, n_trials: int) -> dict[str, Any]:
         result = summarize(study, n_trials)
         result["storage"] = storage
-        (sweep_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str))
+        (sweep_dir / OPTUNA_FILE).write_text(json.dumps(result, indent=1, default=str))
         return result
 
     def _log_parent(self, sweep_dir: Path, result: dict[str, Any]) -> None:
@@ -204,14 +203,14 @@ class OptunaSweeper(Sweeper):
             metrics["optuna/best_value"] = result["best"]["value"]
             tags = {f"optuna.best.{k}": str(v) for k, v in result["best"]["params"].items()}
             tags["optuna.best.trial"] = str(result["best"]["number"])
-        log_to_parent(sweep_dir, RESULT_FILE, result, metrics, tags)
+        log_to_parent(sweep_dir, OPTUNA_FILE, result, metrics, tags)
 
 
 def summarize(study, n_trials: int) -> dict[str, Any]:
     """The study as JSON: every trial, counts per state, trial-steps, the best or the Pareto front."""
     from optuna.trial import TrialState
 
-    trials = [t for t in study.trials if not t.user_attrs.get(INTERRUPTED)]
+    trials = [t for t in study.trials if not t.user_attrs.get(INTERRUPTED_TAG)]
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -259,7 +258,7 @@ def _finished(study) -> list:
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get(INTERRUPTED)]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get(INTERRUPTED_TAG)]
 
 
 def _failed(trial) -> bool:
@@ -276,7 +275,7 @@ def _requeue_interrupted(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         if t.state == TrialState.WAITING:
             continue  # already queued: the next ask() takes it
-        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_TAG, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params)
         log.info(f"trial {t.number} was cut off by the previous sweep; queued again")

@@ -16,6 +16,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.errors import ConfigError, UserInputError
+from sweep_sft.names import SANDWICH_FILE
 from sweep_sft.sweep.jobs import job_metrics, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs, refuse, task_overrides
 from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
@@ -28,7 +29,6 @@ class SandwichFailed(RuntimeError):
 
 
 STATE_FILE = "sandwich_state.json"
-RESULT_FILE = "sandwich_result.json"
 
 
 class SandwichSweeper(Sweeper):
@@ -93,11 +93,11 @@ class SandwichSweeper(Sweeper):
             "constraint": OmegaConf.to_container(OmegaConf.structured(self.constraint)),
             **search.result(),
         }
-        (sweep_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+        (sweep_dir / SANDWICH_FILE).write_text(json.dumps(result, indent=1))
         bracket = result["bracket"]
         log_to_parent(
             sweep_dir,
-            RESULT_FILE,
+            SANDWICH_FILE,
             result,
             {
                 "sandwich/passing": bracket["passing"],

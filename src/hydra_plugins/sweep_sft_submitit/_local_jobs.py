@@ -32,6 +32,8 @@ from typing import Any
 from submitit.core import utils
 from submitit.local import local
 
+from sweep_sft.names import JOB_STATE_TAG, job_id_tag
+
 LIFELINE_ENV = "SWEEP_SFT_LAUNCHER_FD"
 _LIFELINE: list[int] = []  # this process's pipe: [read end, write end]; the write end is never written
 TIMEOUT, CANCELLED, ORPHANED = "timeout", "cancelled", "launcher gone"
@@ -199,7 +201,7 @@ class Controller(local.Controller):
         from sweep_sft.tracking.dead_runs import end_running_trial
 
         error = f"local job {self.pid} stopped: the sweep that launched it was gone (killed)"
-        tags = {"sweep_sft.local_job_id": self.pid, "sweep_sft.job_state": "CANCELLED (its launcher was gone)"}
+        tags = {job_id_tag("local"): self.pid, JOB_STATE_TAG: "CANCELLED (its launcher was gone)"}
         try:
             run_id = end_running_trial(output_dir, error, tags)
         except Exception as exc:  # noqa: BLE001 - the store may be down; nothing else to do here

@@ -21,6 +21,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
+
 log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
 OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
@@ -210,9 +212,9 @@ class RetryingLauncher(BaseSubmititLauncher):
         output_dir = _job_output_dir(self, p, config)
         if not is_tracked(sweep_dir, output_dir):
             return
-        tags = {f"sweep_sft.{self._EXECUTOR}_job_id": str(p.job.job_id), "sweep_sft.job_state": error.state}
+        tags = {job_id_tag(self._EXECUTOR): str(p.job.job_id), JOB_STATE_TAG: error.state}
         if retried:
-            tags["sweep_sft.retried"] = f"attempt {p.attempt} of {self.retries + 1}"
+            tags[RETRIED_TAG] = f"attempt {p.attempt} of {self.retries + 1}"
         try:
             runs = end_dead_trial(
                 sweep_dir,

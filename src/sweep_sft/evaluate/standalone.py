@@ -17,6 +17,7 @@ from typing import Any
 
 from sweep_sft.config.schema import Config, StudyLinkConfig, validate
 from sweep_sft.evaluate.target import Target
+from sweep_sft.names import CHECKPOINT_WEIGHTS
 
 RESULT_FILE = "evaluation.json"
 
@@ -111,7 +112,7 @@ def load_trained(config: Config, target: Target, device):
         model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)
         return _pretrained(model_cfg, str(target.model_dir), device)
     tokenizer, model = _pretrained(config.model, modeling.resolve_model_path(config.model), device)
-    model.load_state_dict(load_file(target.checkpoint / "model.pt", key="checkpoint"))
+    model.load_state_dict(load_file(target.checkpoint / CHECKPOINT_WEIGHTS, key="checkpoint"))
     return tokenizer, model
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.tracking.runs import OUTPUT_DIR_TAG
+from sweep_sft.names import CHECKPOINT_WEIGHTS, OUTPUT_DIR_TAG
 
 CONFIG_FILE = "config.yaml"
 
@@ -40,17 +40,17 @@ def _from_path(path: Path) -> Target:
         why = problem(path)
         if why is not None:
             raise UserInputError(f"{path}: not a complete checkpoint: {why}")
-        if not (path / "model.pt").is_file():
+        if not (path / CHECKPOINT_WEIGHTS).is_file():
             raise UserInputError(f"{path}: a DeepSpeed checkpoint; evaluate the trial's saved model folder instead")
         return Target(_config_of(path.parent.parent, path), None, path, path.parent.parent)
     if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():  # <trial>/model
         return Target(_config_of(path.parent, path), path, None, path.parent)
     if (path / CONFIG_FILE).is_file():
-        from sweep_sft.trial.run import MODEL_DIR
+        from sweep_sft.names import MODEL_DIR
 
         if (path / MODEL_DIR / "config.json").is_file():
             return Target(path / CONFIG_FILE, path / MODEL_DIR, None, path)
-        found = [c for c in valid_checkpoints(path, warn=False) if (c / "model.pt").is_file()]
+        found = [c for c in valid_checkpoints(path, warn=False) if (c / CHECKPOINT_WEIGHTS).is_file()]
         if found:
             return Target(path / CONFIG_FILE, None, found[-1], path)
         raise UserInputError(f"{path}: no model to evaluate: {_why_no_model(path / CONFIG_FILE)}")
@@ -60,7 +60,7 @@ def _from_path(path: Path) -> Target:
 def _why_no_model(config_file: Path) -> str:
     from omegaconf import OmegaConf
 
-    from sweep_sft.trial.run import MODEL_DIR
+    from sweep_sft.names import MODEL_DIR
 
     config = OmegaConf.load(config_file)
     if OmegaConf.select(config, "deepspeed.zero_stage") == 3:
@@ -87,7 +87,7 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
             return _from_path(Path(folder))
         except UserInputError:
             pass  # the folder is here but lacks the model: the run may have logged it
-    from sweep_sft.trial.run import MODEL_DIR
+    from sweep_sft.names import MODEL_DIR
 
     if not client.list_artifacts(run_id, MODEL_DIR):
         raise UserInputError(

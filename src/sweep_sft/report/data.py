@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.tracking.runs import ERROR_TAG, PARENT_FILE
+from sweep_sft.names import (
+    ERROR_TAG,
+    KIND_TAG,
+    METRICS_FILE,
+    OPTUNA_FILE,
+    OVERRIDES_TAG,
+    PARENT_FILE,
+    RUN_NAME_TAG,
+    SANDWICH_FILE,
+    SUMMARY_FILE,
+    SWEEP_DIR_TAG,
+    TRIAL_STATE_TAG,
+    run_number,
+)
 
-SUMMARY_FILE = "sweep_summary.json"  # sweep_sft.sweep.summary (not imported: it pulls in Hydra)
-OPTUNA_FILE = "optuna_result.json"  # hydra_plugins.sweep_sft_optuna
-SANDWICH_FILE = "sandwich_result.json"  # hydra_plugins.sweep_sft_sandwich
 SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.yaml")
 # Objectives a lower value of which is better, when no sweeper recorded a direction.
 LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
@@ -168,7 +178,7 @@ def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
 
 def _trial_from_dir(job: Path) -> Trial:
     overrides = _overrides(job / ".hydra" / "overrides.yaml")
-    record = _read_json(job / "metrics.json")
+    record = _read_json(job / METRICS_FILE)
     if record is None:  # the trial died before writing its record (a sweeper's file may say why)
         return Trial(int(job.name), overrides, {}, "FAILED", error=NO_RECORD)
     return Trial(
@@ -301,9 +311,9 @@ def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
     except MlflowException as exc:
         raise ReportInputError(f"run {run_id} not found in --tracking-uri {tracking_uri}: {exc.message}") from exc
     tags = parent.data.tags
-    if tags.get("sweep_sft.kind") != "sweep":
+    if tags.get(KIND_TAG) != "sweep":
         raise ReportInputError(f"run {run_id} is not a sweep's parent run (no tag sweep_sft.kind=sweep)")
-    folder = tags.get("sweep_sft.sweep_dir")
+    folder = tags.get(SWEEP_DIR_TAG)
     if folder and is_sweep_dir(Path(folder)):
         sweep = load_sweep_dir(folder, source=f"run {run_id}")
         sweep.parent_run_id, sweep.tracking_uri = run_id, tracking_uri
@@ -327,7 +337,7 @@ def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
         optuna=results.get(OPTUNA_FILE),
         summary=results.get(SUMMARY_FILE),
     )
-    declared = _swept_from_tag(tags.get("sweep_sft.overrides", "")) + (
+    declared = _swept_from_tag(tags.get(OVERRIDES_TAG, "")) + (
         [sweep.sandwich["param"]] if sweep.sandwich else []
     )
     finish(sweep, declared, _optuna_direction({}, sweep.optuna))
@@ -346,14 +356,8 @@ def _trials_from_runs(client, children) -> dict[int, Trial]:
     return trials
 
 
-def _run_number(run) -> int:
-    """The job number the run's name starts with, -1 for none."""
-    head = run.data.tags.get("mlflow.runName", "").split(":", 1)[0]
-    return int(head) if head.isdigit() else -1
-
-
 def _run_order(run) -> tuple[int, int]:
-    number = _run_number(run)
+    number = run_number(run.data.tags.get(RUN_NAME_TAG, ""))
     return (number if number >= 0 else 1 << 30, run.info.start_time or 0)
 
 
@@ -369,9 +373,9 @@ def _swept_from_tag(overrides: str) -> list[str]:
 
 def _trial_from_run(client, run) -> Trial:
     tags, run_id = run.data.tags, run.info.run_id
-    _, _, rest = tags.get("mlflow.runName", "").partition(": ")
+    _, _, rest = tags.get(RUN_NAME_TAG, "").partition(": ")
     overrides = re.split(r",(?=[\w.+~/-]+=)", rest) if rest else []
-    state = tags.get("sweep_sft.trial_state") or {"FINISHED": "COMPLETE"}.get(run.info.status, "FAILED")
+    state = tags.get(TRIAL_STATE_TAG) or {"FINISHED": "COMPLETE"}.get(run.info.status, "FAILED")
     if run.info.status == "FAILED" or ERROR_TAG in tags:
         state = "FAILED"
     series = {
@@ -380,7 +384,7 @@ def _trial_from_run(client, run) -> Trial:
     }
     record = _run_artifact(client, run.info.run_id, "objective.json") or {}
     return Trial(
-        number=_run_number(run),
+        number=run_number(tags.get(RUN_NAME_TAG, "")),
         overrides=[o for o in overrides if "=" in o],
         params={},
         state=state if state != "REQUEUED" else "FAILED",

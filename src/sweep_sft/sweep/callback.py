@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.tracking.runs import PARENT_FILE
+from sweep_sft.names import KIND_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class MlflowParentRun(Callback):
             tracking,
             run_name=f"sweep {sweep_dir.name}",
             tags={
-                "sweep_sft.kind": "sweep",
-                "sweep_sft.sweep_dir": str(sweep_dir.resolve()),
-                "sweep_sft.overrides": " ".join(overrides),
+                KIND_TAG: "sweep",
+                SWEEP_DIR_TAG: str(sweep_dir.resolve()),
+                OVERRIDES_TAG: " ".join(overrides),
             },
         )
         parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
@@ -104,7 +104,7 @@ class MlflowParentRun(Callback):
             "sweep/trials": len(states),
             "sweep/finished": states.count("FINISHED"),
             "sweep/failed": states.count("FAILED"),
-            "sweep/pruned": sum(c.data.tags.get("sweep_sft.trial_state") == "PRUNED" for c in children),
+            "sweep/pruned": sum(c.data.tags.get(TRIAL_STATE_TAG) == "PRUNED" for c in children),
         }
 
 

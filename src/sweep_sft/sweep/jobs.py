@@ -12,12 +12,14 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from sweep_sft.names import METRICS_FILE
+
 
 def job_record(job: JobReturn) -> dict[str, Any] | None:
     """The trial's metrics.json (metrics, state, steps), or None for a failed trial."""
     if job.status != JobStatus.COMPLETED or job.hydra_cfg is None:
         return None
-    path = job_output_dir(job) / "metrics.json"
+    path = job_output_dir(job) / METRICS_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from sweep_sft.names import SUMMARY_FILE
 from sweep_sft.sweep.jobs import job_error, job_record
 
-SUMMARY_FILE = "sweep_summary.json"
 STATES = ("COMPLETE", "PRUNED", "FAILED")
 
 

@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 
 from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.names import ERROR_TAG, RESUMES_TAG, RUN_FILE
 from sweep_sft.tracking import run_guard
-from sweep_sft.tracking.runs import ERROR_TAG, Run, delete_tags, http_defaults, retry_until, tracking_uri
-
-RUN_FILE = "mlflow_run.json"
-RESUMES_TAG = "sweep_sft.resumes"
+from sweep_sft.tracking.runs import Run, delete_tags, http_defaults, retry_until, tracking_uri
 
 
 class ReopenedRun(Run):

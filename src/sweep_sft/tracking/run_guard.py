@@ -29,11 +29,12 @@ import subprocess
 import sys
 import threading
 
+from sweep_sft.names import ENDED_BY_TAG
+
 # How often the guardian checks that its parent is alive when the pipe stays quiet.
 POLL_S = 2.0
 # On a run the guardian ended (`sweep_sft.error` is also written by trials and the launcher): a
 # reopened attempt recognises the guardian's error as stale by it and by the error's last words.
-ENDED_BY_TAG = "sweep_sft.ended_by"
 GUARDIAN = "guardian"
 NOTE = "ended by its guardian"
 
@@ -147,7 +148,8 @@ def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
     """End the dead process's run KILLED unless it was ended or reopened since; whether it was."""
     import socket
 
-    from sweep_sft.tracking.runs import ERROR_TAG, delete_tags, retry_until
+    from sweep_sft.names import ERROR_TAG
+    from sweep_sft.tracking.runs import delete_tags, retry_until
 
     uri, timeout_s = watched["uri"], watched["timeout_s"]
     run = retry_until(lambda: client.get_run(run_id), timeout_s, f"read MLflow run {run_id}", uri)
@@ -174,7 +176,7 @@ def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
 
 def _unclaimed(run, watched: dict) -> bool:
     """Still RUNNING and not reopened by another process since the dead one registered it."""
-    from sweep_sft.tracking.requeue import RESUMES_TAG
+    from sweep_sft.names import RESUMES_TAG
 
     return run.info.status == "RUNNING" and int(run.data.tags.get(RESUMES_TAG, "0")) == watched["resumes"]
 
@@ -182,7 +184,8 @@ def _unclaimed(run, watched: dict) -> bool:
 def clear_stale_end(client, run_id: str) -> None:
     """On a reopened run about to end: the error of a dead attempt's guardian that ended it as it
     was reopened (a trial's own error, set since, stays)."""
-    from sweep_sft.tracking.runs import ERROR_TAG, delete_tags
+    from sweep_sft.names import ERROR_TAG
+    from sweep_sft.tracking.runs import delete_tags
 
     tags = client.get_run(run_id).data.tags
     if tags.get(ENDED_BY_TAG) == GUARDIAN:

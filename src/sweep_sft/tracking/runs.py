@@ -16,13 +16,10 @@ from typing import Any
 
 from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.errors import UserInputError
+from sweep_sft.names import OUTPUT_DIR_TAG, PARENT_FILE, SWEEP_DIR_TAG, UNDELIVERED_FILE
 
 # The tag a failed trial's run carries: the error, for the UI and for the launcher's bookkeeping.
-ERROR_TAG = "sweep_sft.error"
 # The trial's output folder on its run: where its files (metrics.json, model/) are.
-OUTPUT_DIR_TAG = "sweep_sft.output_dir"
-PARENT_FILE = "mlflow_parent_run.json"
-UNDELIVERED_FILE = "mlflow_undelivered.json"
 # MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
 # 120 s for an answer; our delivery thread retries instead, so it must see a failure at once.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -143,7 +140,7 @@ class Run:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         self.spill_dir = Path(
-            spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get("sweep_sft.sweep_dir") or "."
+            spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get(SWEEP_DIR_TAG) or "."
         )
 
         def create():
@@ -323,8 +320,4 @@ def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def child_run_name(job_overrides: list[str], swept: list[str]) -> str:
-    """The swept part of a job's overrides ("lr=0.001,grad_accum=2"), the rest being common."""
-    chosen = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
-    return ",".join(chosen or job_overrides)
 

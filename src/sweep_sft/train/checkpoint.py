@@ -39,9 +39,10 @@ from typing import Any
 
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
+from sweep_sft.names import CHECKPOINT_WEIGHTS
 
 STATE_FILE = "trainer_state.json"
-FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
+FILES = (CHECKPOINT_WEIGHTS, "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
 DS_TAG = "deepspeed"  # the engine's checkpoint tag: its subfolder in a DeepSpeed checkpoint
 DS_FILES = (DS_TAG, "rng.pt", STATE_FILE)
 PREFIX = "step-"
@@ -406,7 +407,7 @@ class Checkpoints:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        _write(tmp / "model.pt", model.state_dict())
+        _write(tmp / CHECKPOINT_WEIGHTS, model.state_dict())
         _write(tmp / "optimizer.pt", optimizer.state_dict())
         _write(tmp / "scheduler.pt", scheduler.state_dict())
         self._finish_folder(tmp, final, position, ranks)
@@ -467,7 +468,7 @@ class Checkpoints:
                 raise ConfigError(f"trainer.resume: DeepSpeed could not load {path / DS_TAG}")
         else:
             # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
-            model.load_state_dict(load_file(path / "model.pt"))
+            model.load_state_dict(load_file(path / CHECKPOINT_WEIGHTS))
             optimizer.load_state_dict(load_file(path / "optimizer.pt"))
             scheduler.load_state_dict(load_file(path / "scheduler.pt", None))
         rng = load_file(path / "rng.pt", None)

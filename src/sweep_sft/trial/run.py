@@ -16,12 +16,11 @@ from sweep_sft.config.schema import ALIASES, Config, EvalConfig, validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
-from sweep_sft.tracking.runs import ERROR_TAG, OUTPUT_DIR_TAG, TrackingError
+from sweep_sft.names import ERROR_TAG, METRICS_FILE, MODEL_DIR, OUTPUT_DIR_TAG, SAVE_ERROR_TAG, TRIAL_STATE_TAG
+from sweep_sft.tracking.runs import TrackingError
 
 # The trained model's folder inside the trial's output folder (trainer.save_model).
-MODEL_DIR = "model"
 # On a run whose model could not be saved (its results are recorded all the same).
-SAVE_ERROR_TAG = "sweep_sft.save_model_error"
 
 
 @dataclass
@@ -186,7 +185,7 @@ def _train_and_record(
             )
         except TrialPruned as pruned:
             # A pruned trial is a result, not an error: record it as such and skip the final evals.
-            run.set_tag("sweep_sft.trial_state", "PRUNED")
+            run.set_tag(TRIAL_STATE_TAG, "PRUNED")
             log({"time/total_s": time.perf_counter() - started}, pruned.step)
             result = _record(config, out, run, series, "PRUNED", pruned.step, dist_env.is_main)
             print(f"pruned by the study at step {pruned.step}: {config.study.metric} = {pruned.value:.4f}")
@@ -208,7 +207,7 @@ def _train_and_record(
                 baseline_comparison.record(config, baseline, final_values(series), out, run),
                 state.step,
             )
-        run.set_tag("sweep_sft.trial_state", "COMPLETE")
+        run.set_tag(TRIAL_STATE_TAG, "COMPLETE")
         findings = _diagnose(config, series, run) if dist_env.is_main else []
         result = _record(config, out, run, series, "COMPLETE", state.step, dist_env.is_main, findings)
         if config.trainer.save_model and dist_env.is_main:  # after the results are safe
@@ -291,7 +290,7 @@ def _save_model(config: Config, model, tokenizer, out: Path, run) -> None:
 def _leave_running(run) -> None:
     """Submitit requeued the job: the resumed trial continues this run, so it stays RUNNING."""
     try:
-        run.set_tag("sweep_sft.trial_state", "REQUEUED")
+        run.set_tag(TRIAL_STATE_TAG, "REQUEUED")
         if not run.flush():  # the server is down: the resumed attempt sends them from the checkpoint
             print(
                 "warning: MLflow server unreachable before the requeue; the resumed trial sends what it lacks",
@@ -330,7 +329,7 @@ def _record(
     value = objective_value(name, metrics)
     result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps, findings or [])
     if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
-        (out / "metrics.json").write_text(json.dumps(asdict(result), indent=1))
+        (out / METRICS_FILE).write_text(json.dumps(asdict(result), indent=1))
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
     return result
 

@@ -1,0 +1,54 @@
+"""Every file name, folder name, MLflow tag key and run-name format that more than one module reads or writes.
+
+They are the contract between a trial, its launcher, the sweepers, standalone evaluation and the
+report: a trial folder written by one version must read back in another, so each is spelled once.
+"""
+
+from __future__ import annotations
+
+# A trial's output folder.
+METRICS_FILE = "metrics.json"  # the trial's record: objective, final metrics, series (sweep_sft.trial)
+MODEL_DIR = "model"  # the saved model and tokenizer (trainer.save_model)
+CONFIG_FILE = "config.yaml"  # the trial's resolved config, in <output_dir>/.hydra
+RUN_FILE = "mlflow_run.json"  # the trial's MLflow run, reopened after a requeue
+UNDELIVERED_FILE = "mlflow_undelivered.json"  # records MLflow did not take, for `python -m sweep_sft.tracking`
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_WEIGHTS = "model.pt"  # a checkpoint's model weights (checkpoints/step-<N>/)
+
+# A sweep folder.
+PARENT_FILE = "mlflow_parent_run.json"
+SUMMARY_FILE = "sweep_summary.json"  # the grid sweeper's per-job states
+OPTUNA_FILE = "optuna_result.json"
+SANDWICH_FILE = "sandwich_result.json"
+
+# MLflow tags.
+ERROR_TAG = "sweep_sft.error"
+OUTPUT_DIR_TAG = "sweep_sft.output_dir"
+TRIAL_STATE_TAG = "sweep_sft.trial_state"  # COMPLETE, PRUNED or REQUEUED, set by the trial
+RESUMES_TAG = "sweep_sft.resumes"
+SAVE_ERROR_TAG = "sweep_sft.save_model_error"
+ENDED_BY_TAG = "sweep_sft.ended_by"
+KIND_TAG = "sweep_sft.kind"  # "sweep" on a parent run
+SWEEP_DIR_TAG = "sweep_sft.sweep_dir"
+OVERRIDES_TAG = "sweep_sft.overrides"
+JOB_STATE_TAG = "sweep_sft.job_state"
+RETRIED_TAG = "sweep_sft.retried"
+INTERRUPTED_TAG = "sweep_sft.interrupted"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+def job_id_tag(executor: str) -> str:
+    """The tag naming the scheduler's job id: sweep_sft.slurm_job_id, sweep_sft.local_job_id."""
+    return f"sweep_sft.{executor}_job_id"
+
+
+def child_run_name(job_num: int, job_overrides: list[str], swept: list[str]) -> str:
+    """A sweep job's run name, "3: lr=0.001,grad_accum=2": its number, then the swept part of its overrides."""
+    chosen = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return f"{job_num}: {','.join(chosen or job_overrides)}"
+
+
+def run_number(run_name: str) -> int:
+    """The job number a child run's name starts with (child_run_name), -1 for none."""
+    head = run_name.split(":", 1)[0]
+    return int(head) if head.isdigit() else -1
