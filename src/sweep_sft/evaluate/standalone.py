@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.config.schema import Config, StudyLinkConfig, validate
+from sweep_sft.config.schema import Config, StudyLinkConfig
+from sweep_sft.config.validate import validate
 from sweep_sft.evaluate.target import Target
 from sweep_sft.names import CHECKPOINT_WEIGHTS
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.config.schema import ALIASES, Config, EvalConfig, validate
+from sweep_sft.config.schema import ALIASES, Config, EvalConfig
+from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
