@@ -71,6 +71,8 @@ class DedupConfig:
 
 @dataclass
 class DataConfig:
+    """The `data` node: sources, mix, dedup, loss masking, length and packing."""
+
     # Sources, their weights and the per-task_type mix.
     mix: MixConfig = field(default_factory=MixConfig)
     # Duplicate removal before mixing; examples tagged "robustness" are never removed.

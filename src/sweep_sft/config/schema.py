@@ -40,6 +40,8 @@ ALIASES = {"lr": "optimizer.lr", "grad_accum": "trainer.grad_accum", "epochs": "
 
 @dataclass
 class ModelConfig:
+    """The `model` node: which model and tokenizer to load and how."""
+
     # A local folder or hub id given to AutoModelForCausalLM/AutoTokenizer.from_pretrained;
     # "embedded" builds (once, cached) the project's tiny pretrained Llama and uses its folder.
     name_or_path: str = "embedded"
@@ -88,6 +90,8 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """The `scheduler` node: warmup and the learning-rate schedule after it."""
+
     # Learning-rate schedule after warmup: linear decay, cosine decay, or constant.
     name: str = "cosine"
     # Warmup as a share of all optimizer steps (exclusive with warmup_steps).
@@ -177,6 +181,8 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
+    """The `eval` node: generation, pass@k, train recall and the baseline comparison."""
+
     # Greedy generation budget for exact match; generation stops earlier at end-of-turn.
     max_new_tokens: int = 64
     # Examples per forward pass during evaluation.
@@ -231,6 +237,8 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    """The `tracking` node: the MLflow server, experiment and run, and outage limits."""
+
     # Log to MLflow.
     enabled: bool = True
     # MLflow tracking URI; null: sqlite:///<working directory>/mlflow.db.
@@ -320,6 +328,8 @@ class StudyLinkConfig:
 
 @dataclass
 class Config:
+    """The root of every trial config (conf/config.yaml composes into it)."""
+
     # Short names for the most-swept knobs; the full paths interpolate them.
     lr: float = 1e-3
     grad_accum: int = 1

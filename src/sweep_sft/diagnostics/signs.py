@@ -51,6 +51,7 @@ def infer_steps_per_epoch(series: Series, cfg: DiagnosticsConfig | None = None) 
 
 
 def rising_train_loss(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
+    """The rising_train_loss finding, if train loss rises steadily after its low."""
     points = _points(series, cfg.train_loss, cfg.min_points)
     smooth = rolling_medians([v for _, v in points], cfg.smooth_points)
     if not smooth:
@@ -75,16 +76,19 @@ def rising_train_loss(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
 
 
 def loss_spikes(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
+    """A loss_spike finding per spike of the train loss."""
     points = _points(series, cfg.train_loss, cfg.min_points)
     return _spike_findings("loss_spike", cfg.train_loss, points, cfg.loss_spike_factor, cfg)
 
 
 def grad_norm_spikes(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
+    """A grad_norm_spike finding per spike of the gradient norm."""
     points = _points(series, cfg.grad_norm, cfg.min_points)
     return _spike_findings("grad_norm_spike", cfg.grad_norm, points, cfg.grad_spike_factor, cfg)
 
 
 def epoch_staircase(series: Series, steps_per_epoch: int | None, cfg: DiagnosticsConfig) -> list[Finding]:
+    """The epoch_staircase finding, if train loss drops sharply at epoch boundaries."""
     points = [(s, v) for s, v in _points(series, cfg.train_loss, cfg.min_points) if v > 0]
     if len(points) < cfg.min_points or not steps_per_epoch or steps_per_epoch <= 0:
         return []
@@ -119,6 +123,7 @@ def epoch_staircase(series: Series, steps_per_epoch: int | None, cfg: Diagnostic
 
 
 def below_floor(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
+    """The below_loss_floor finding, if the final train loss is under diagnostics.loss_floor."""
     points = _points(series, cfg.train_loss, cfg.min_points)
     if cfg.loss_floor is None or not points:
         return []
@@ -139,6 +144,7 @@ def below_floor(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
 
 
 def growing_gap(series: Series, cfg: DiagnosticsConfig) -> list[Finding]:
+    """The growing_train_val_gap finding, if val loss pulls away from train loss."""
     train = _points(series, cfg.train_loss, cfg.min_points)
     val = _points(series, cfg.val_loss, 1)
     if not train or not val:

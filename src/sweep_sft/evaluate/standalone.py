@@ -107,7 +107,7 @@ def _schema():
 def load_trained(config: Config, target: Target, device):
     """Tokenizer and model: a saved model folder as is, or a checkpoint's weights over the base model."""
     from sweep_sft import modeling
-    from sweep_sft.train.checkpoint import load_file
+    from sweep_sft.train.checkpoint_files import load_file
 
     if target.model_dir is not None:
         model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)

@@ -39,6 +39,8 @@ class ReportInputError(UserInputError):
 
 @dataclass
 class Trial:
+    """One trial of a sweep as the report shows it."""
+
     number: int  # the job number (= the trial folder's name and the MLflow child run's prefix)
     overrides: list[str]  # the job's Hydra overrides
     params: dict[str, Any]  # the swept keys' values in this trial (numbers where they parse)
@@ -60,6 +62,8 @@ class Trial:
 
 @dataclass
 class Sweep:
+    """A sweep as the report shows it: its trials, swept keys, objective and sweeper results."""
+
     source: str  # what the report was asked for: a folder or a run id
     sweep_dir: Path | None  # None when rebuilt from MLflow alone
     sweeper: str  # grid, optuna5, sandwich or the sweeper's class path
@@ -90,6 +94,7 @@ class Sweep:
 
 
 def is_finite_number(value: Any) -> bool:
+    """Whether value is a real, finite number (not a bool, nan or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -114,6 +119,7 @@ def parse_value(text: str) -> Any:
 
 
 def split_override(override: str) -> tuple[str, str] | None:
+    """(key, value) of a `key=value` override (+/~ prefixes dropped); None for a bare one."""
     if "=" not in override:
         return None
     key, value = override.split("=", 1)
@@ -124,6 +130,7 @@ def split_override(override: str) -> tuple[str, str] | None:
 
 
 def is_sweep_dir(path: Path) -> bool:
+    """Whether path looks like a sweep folder: a sweeper's file or trial job folders."""
     return path.is_dir() and (any((path / f).exists() for f in SWEEP_FILES) or bool(_job_dirs(path)))
 
 
