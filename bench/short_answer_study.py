@@ -21,7 +21,7 @@ TASK = "classification/sentiment"
 
 
 def run(overrides: list[str], steps: int) -> dict:
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
 
     base = [

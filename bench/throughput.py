@@ -60,7 +60,7 @@ def run_ours(name: str, args) -> dict:
     """
     import sweep_sft.evaluate.final as evaluate_mod
     import sweep_sft.train.loop as loop
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
 
     counts, marks, rss = new_counts(), [], []

@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from sweep_sft.config.schema import compose, validate
+from sweep_sft.config.compose import compose
+from sweep_sft.config.validate import validate
 from sweep_sft.errors import ConfigError
 from sweep_sft.trial.run import run_trial
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweep_sft.config.schema import Config, compose, config_dir, validate
+from sweep_sft.config.compose import compose, config_dir
+from sweep_sft.config.schema import Config
+from sweep_sft.config.validate import validate
 from sweep_sft.errors import ConfigError
 
 CONF = Path(config_dir())
@@ -120,7 +122,7 @@ def test_sweep_preset_configures_its_sweeper(path: Path) -> None:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sweep_sft.config.schema import register_configs
+    from sweep_sft.config.compose import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -151,7 +153,7 @@ def compose_with_hydra(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sweep_sft.config.schema import register_configs
+    from sweep_sft.config.compose import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

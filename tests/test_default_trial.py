@@ -40,7 +40,7 @@ def test_default_trial_learns_three_task_types(tmp_path):
 @pytest.mark.slow
 def test_general_drop_grows_with_learning_rate(tiny_overrides):
     """Forgetting grows with lr: the monotone prior the sandwich search relies on."""
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
 
     shared = [o for o in tiny_overrides if not o.startswith(("data.max_train_examples", "trainer.max_steps"))]

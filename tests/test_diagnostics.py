@@ -9,15 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sweep_sft.diagnostics.findings import (
-    SIGNS,
-    DiagnosticsConfig,
-    Finding,
-    as_tags,
-    diagnose,
-    format_findings,
-    infer_steps_per_epoch,
-)
+from sweep_sft.diagnostics.findings import SIGNS, DiagnosticsConfig, Finding, as_tags, format_findings
+from sweep_sft.diagnostics.signs import diagnose, infer_steps_per_epoch
 from sweep_sft.errors import ConfigError
 
 SPE = 500  # steps per epoch

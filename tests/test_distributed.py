@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.config.schema import compose, validate
+from sweep_sft.config.compose import compose
+from sweep_sft.config.validate import validate
 from sweep_sft.errors import ConfigError
 
 # 120 examples in micro-batches of 8 make 15 micro-batches: with 6 per step the third step's

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sweep_sft.config.schema import compose
+from sweep_sft.config.compose import compose
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
 from sweep_sft.data.tokenize import IGNORE, Tokenized
 from sweep_sft.errors import ConfigError
@@ -118,7 +118,7 @@ def test_trial_with_a_share_override_and_a_weighted_second_source(tmp_path, tiny
 
 
 def test_share_and_repeat_are_override_paths_without_plus():
-    from sweep_sft.config.schema import validate
+    from sweep_sft.config.validate import validate
 
     cfg = validate(compose(["data.mix.task_ratio.reasoning.addition=0.3", "data.mix.task_repeat.classification=2"]))
     assert cfg.data.mix.task_ratio == {"reasoning": {"addition": 0.3}}
@@ -146,7 +146,7 @@ def test_a_family_and_a_task_type_inside_it_in_two_overrides_is_an_error(overrid
 
 
 def test_a_mapping_for_a_family_merges_with_a_key_inside_it():
-    from sweep_sft.config.schema import validate
+    from sweep_sft.config.validate import validate
 
     cfg = validate(compose(["data.mix.task_ratio.reasoning={addition: 0.2}", "data.mix.task_ratio.reasoning.x=0.1"]))
     assert cfg.data.mix.task_ratio == {"reasoning": {"addition": 0.2, "x": 0.1}}

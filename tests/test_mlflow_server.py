@@ -133,7 +133,7 @@ def stop_when_training(server: Server, outage: dict, restart_after_s: float | No
 def test_trial_logs_to_a_tracking_server(mlflow_server, tiny_overrides):
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
 
     result = run_trial(compose(server_overrides(tiny_overrides, mlflow_server)))
@@ -230,7 +230,7 @@ def test_trial_rides_out_a_server_restart(server, mlflow_server, tiny_overrides,
     server once, with one warning for the outage and one for the recovery."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
 
     outage: dict = {}
@@ -285,7 +285,7 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
     server got is every point of metrics.json."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.config.schema import compose
+    from sweep_sft.config.compose import compose
     from sweep_sft.names import UNDELIVERED_FILE
     from sweep_sft.tracking.runs import TrackingError
     from sweep_sft.trial.run import run_trial

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sweep_sft.config.schema import compose
+from sweep_sft.config.compose import compose
 from sweep_sft.trial.run import run_trial
 
 STEPS = 200

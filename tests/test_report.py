@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sweep_sft.report.data import ReportInputError, load, load_parent_run
-from sweep_sft.report.html import SECTIONS, main, write_report
+from sweep_sft.report.__main__ import main
+from sweep_sft.report.data import ReportInputError
+from sweep_sft.report.from_mlflow import load_parent_run
+from sweep_sft.report.html import SECTIONS, write_report
+from sweep_sft.report.load import load
 
 TASKS = ("classification/sentiment", "format/json")
 EVIL = "<script>alert('x')</script>"

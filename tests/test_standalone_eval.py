@@ -10,7 +10,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep_sft.config.schema import compose
+from sweep_sft.config.compose import compose
 from sweep_sft.errors import ConfigError
 from sweep_sft.evaluate.final import main
 from sweep_sft.trial.run import run_trial

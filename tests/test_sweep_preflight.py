@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sweep_sft
-from sweep_sft.config.schema import register_configs
+from sweep_sft.config.compose import register_configs
 
 CONF = Path(sweep_sft.__file__).parent / "conf"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep_sft.config.schema import compose, validate
+from sweep_sft.config.compose import compose
+from sweep_sft.config.validate import validate
 from sweep_sft.data.batches import collate
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import tokenize

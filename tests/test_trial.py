@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sweep_sft.config.schema import compose
+from sweep_sft.config.compose import compose
 from sweep_sft.errors import ConfigError, DataError
 from sweep_sft.trial.run import run_trial
 
@@ -141,7 +141,7 @@ def test_added_pad_and_special_tokens_resize_embeddings(tmp_path, embedded_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sweep_sft import modeling
-    from sweep_sft.config.schema import validate
+    from sweep_sft.config.validate import validate
 
     base = AutoTokenizer.from_pretrained(embedded_model_path)
     base.pad_token = None

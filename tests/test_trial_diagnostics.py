@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sweep_sft.config.schema import compose
+from sweep_sft.config.compose import compose
 from sweep_sft.trial.run import run_trial
 
 

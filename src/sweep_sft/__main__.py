@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sweep_sft.config.schema import register_configs
+from sweep_sft.config.compose import register_configs
 from sweep_sft.errors import UserInputError
 from sweep_sft.names import child_run_name
 

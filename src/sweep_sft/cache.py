@@ -19,6 +19,7 @@ from typing import Any
 
 
 def cache_root() -> Path:
+    """The cache folder ($SWEEP_SFT_CACHE, else ~/.cache/sweep_sft)."""
     root = os.environ.get("SWEEP_SFT_CACHE") or Path.home() / ".cache" / "sweep_sft"
     return Path(root)
 

@@ -15,10 +15,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import SUMMARY_FILE
 from sweep_sft.sweep.jobs import log_to_parent
-from sweep_sft.sweep.preflight import check_jobs, task_overrides
+from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)

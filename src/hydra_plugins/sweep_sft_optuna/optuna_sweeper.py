@@ -18,10 +18,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
+from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import INTERRUPTED_TAG, OPTUNA_FILE
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
-from sweep_sft.sweep.preflight import check_jobs, task_overrides
+from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
 
 log = logging.getLogger(__name__)

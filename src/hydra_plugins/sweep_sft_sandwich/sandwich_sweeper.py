@@ -15,10 +15,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError, UserInputError
 from sweep_sft.names import SANDWICH_FILE
 from sweep_sft.sweep.jobs import job_metrics, log_to_parent
-from sweep_sft.sweep.preflight import check_jobs, refuse, task_overrides
+from sweep_sft.sweep.preflight import check_jobs, refuse
 from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
 
 log = logging.getLogger(__name__)

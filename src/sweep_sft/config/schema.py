@@ -1,28 +1,23 @@
 """Typed structured configs: the schema every composed config must satisfy.
 
 OmegaConf rejects unknown keys and wrong types when Hydra composes a config against
-these dataclasses; `validate` adds the value checks (lr >= 0, grad_accum >= 1, ...)
-that a type cannot express, and runs before any heavy import.
+these dataclasses; their __post_init__ checks add what a type cannot express
+(lr >= 0, grad_accum >= 1, ...). `sweep_sft.config.validate` turns a composed config into them,
+before any heavy import.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-
+from sweep_sft.config.checks import at_least, one_of, within
+from sweep_sft.config.data import DataConfig
 from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
 
-LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
-TRUNCATION = ("truncate", "drop")
-PACKING = ("none", "packed")
-RATIO_OF = ("examples", "supervised_tokens")
 LOSS_NORMS = ("token", "sequence", "task_balanced", "sum")
-FORMATS = ("auto", "messages", "alpaca", "sharegpt")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,6 +40,8 @@ ALIASES = {"lr": "optimizer.lr", "grad_accum": "trainer.grad_accum", "epochs": "
 
 @dataclass
 class ModelConfig:
+    """The `model` node: which model and tokenizer to load and how."""
+
     # A local folder or hub id given to AutoModelForCausalLM/AutoTokenizer.from_pretrained;
     # "embedded" builds (once, cached) the project's tiny pretrained Llama and uses its folder.
     name_or_path: str = "embedded"
@@ -70,92 +67,6 @@ class ModelConfig:
 
 
 @dataclass
-class SourceConfig:
-    # JSONL file of training examples; "embedded" generates the project's multi-task set.
-    train: str = MISSING
-    # JSONL file of validation examples ("embedded": the embedded split); null: none from this source
-    # (with none from any source, data.val_holdout of the training examples are held out instead).
-    val: str | None = None
-    # Record format: auto-detected per record, or declared (then every record must match).
-    format: str = "auto"
-    # task_type given to records without one (Alpaca/ShareGPT files); null: it is required.
-    default_task_type: str | None = None
-    # Multiplier of this source's training examples (2: each twice; 0.5: a seeded half).
-    weight: float = 1.0
-
-
-@dataclass
-class MixConfig:
-    # Named sources (fields of SourceConfig); add one: +data.mix.sources.NAME={train: a.jsonl}.
-    sources: dict[str, Any] = field(default_factory=lambda: {"embedded": {"train": "embedded", "val": "embedded"}})
-    # Multiplier per task_type, nested by level: task_repeat.classification.sentiment=3.
-    task_repeat: dict[str, Any] = field(default_factory=dict)
-    # Share of the mix per task_type or family, nested by level: task_ratio.reasoning.addition=0.3.
-    task_ratio: dict[str, Any] = field(default_factory=dict)
-    # Train on this task_type (or family) alone, e.g. reasoning/addition; null: every task.
-    # Validation still covers every task_type (what the others lose shows too).
-    only: str | None = None
-    # What a share counts: examples, or supervised (loss-bearing) tokens.
-    ratio_of: str = "examples"
-
-    def __post_init__(self) -> None:
-        _one_of("data.mix.ratio_of", self.ratio_of, RATIO_OF)
-        if not self.sources:
-            raise ConfigError("data.mix.sources: no data source; add one (see data=jsonl)")
-        self.sources = {name: _source(name, value) for name, value in self.sources.items()}
-
-
-@dataclass
-class DedupConfig:
-    # Remove exact duplicates (same task_type and messages); the first one is kept.
-    exact: bool = True
-    # Remove near-duplicate answers within a task_type at this word-shingle Jaccard; null: off.
-    near_threshold: float | None = None
-    # Only answers of at least this many words are near-deduplicated (labels repeat by design).
-    min_answer_words: int = 8
-
-    def __post_init__(self) -> None:
-        if self.near_threshold is not None:
-            _within("data.dedup.near_threshold", self.near_threshold, 0, 1)
-
-
-@dataclass
-class DataConfig:
-    # Sources, their weights and the per-task_type mix.
-    mix: MixConfig = field(default_factory=MixConfig)
-    # Duplicate removal before mixing; examples tagged "robustness" are never removed.
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    # Which tokens carry loss: every assistant turn, only the last one, or all tokens.
-    loss_on: str = "all_assistant"
-    # Longest tokenised example; longer ones are truncated or dropped (and counted).
-    max_seq_len: int = 256
-    # What to do with an example longer than max_seq_len.
-    truncation: str = "truncate"
-    # none: one example per padded row; packed: each micro-batch's examples bin-packed into rows
-    # of max_seq_len, position ids restarting and no attention across examples.
-    packing: str = "none"
-    # Use at most this many training examples (after shuffling by seed); null: all.
-    max_train_examples: int | None = None
-    # Use at most this many validation examples per task_type; null: all.
-    max_val_per_task: int | None = None
-    # With no val file in any source: this share of each task_type's training examples is held
-    # out (seeded) as the validation set.
-    val_holdout: float = 0.1
-
-    def __post_init__(self) -> None:
-        _one_of("data.loss_on", self.loss_on, LOSS_ON)
-        _one_of("data.truncation", self.truncation, TRUNCATION)
-        _one_of("data.packing", self.packing, PACKING)
-        _at_least("data.max_seq_len", self.max_seq_len, 8)
-        if self.max_train_examples is not None:
-            _at_least("data.max_train_examples", self.max_train_examples, 1)
-        if self.max_val_per_task is not None:
-            _at_least("data.max_val_per_task", self.max_val_per_task, 1)
-        if not 0 < self.val_holdout <= 0.5:
-            raise ConfigError(f"data.val_holdout must be in (0, 0.5], got {self.val_holdout}")
-
-
-@dataclass
 class OptimizerConfig:
     # Optimizer; AdamW is the one SFT recipes use.
     name: str = "adamw"
@@ -169,16 +80,18 @@ class OptimizerConfig:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        _one_of("optimizer.name", self.name, ("adamw",))
-        _at_least("optimizer.lr", self.lr, 0)
-        _at_least("optimizer.weight_decay", self.weight_decay, 0)
-        _within("optimizer.eps", self.eps, 0, math.inf, low_open=True)
+        one_of("optimizer.name", self.name, ("adamw",))
+        at_least("optimizer.lr", self.lr, 0)
+        at_least("optimizer.weight_decay", self.weight_decay, 0)
+        within("optimizer.eps", self.eps, 0, math.inf, low_open=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
 class SchedulerConfig:
+    """The `scheduler` node: warmup and the learning-rate schedule after it."""
+
     # Learning-rate schedule after warmup: linear decay, cosine decay, or constant.
     name: str = "cosine"
     # Warmup as a share of all optimizer steps (exclusive with warmup_steps).
@@ -189,7 +102,7 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _one_of("scheduler.name", self.name, SCHEDULERS)
+        one_of("scheduler.name", self.name, SCHEDULERS)
         if self.warmup_ratio is not None and self.warmup_steps is not None:
             raise ConfigError(
                 "scheduler.warmup_ratio and scheduler.warmup_steps are exclusive: set one "
@@ -198,7 +111,7 @@ class SchedulerConfig:
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"scheduler.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_steps is not None:
-            _at_least("scheduler.warmup_steps", self.warmup_steps, 0)
+            at_least("scheduler.warmup_steps", self.warmup_steps, 0)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"scheduler.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -250,24 +163,26 @@ class TrainerConfig:
         if self.grad_accum < 1:
             raise ConfigError(f"trainer.grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_steps is not None:
-            _at_least("trainer.max_steps", self.max_steps, 1)
-        _at_least("trainer.batch_size", self.batch_size, 1)
-        _at_least("trainer.log_every", self.log_every, 1)
-        _at_least("trainer.eval_every", self.eval_every, 0)
-        _at_least("trainer.grad_clip", self.grad_clip, 0)
-        _one_of("trainer.precision", self.precision, PRECISIONS)
-        _one_of("trainer.loss_norm", self.loss_norm, LOSS_NORMS)
-        _one_of("trainer.device", self.device, DEVICES)
-        _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
-        _at_least("trainer.save_total_limit", self.save_total_limit, 1)
+            at_least("trainer.max_steps", self.max_steps, 1)
+        at_least("trainer.batch_size", self.batch_size, 1)
+        at_least("trainer.log_every", self.log_every, 1)
+        at_least("trainer.eval_every", self.eval_every, 0)
+        at_least("trainer.grad_clip", self.grad_clip, 0)
+        one_of("trainer.precision", self.precision, PRECISIONS)
+        one_of("trainer.loss_norm", self.loss_norm, LOSS_NORMS)
+        one_of("trainer.device", self.device, DEVICES)
+        at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
+        at_least("trainer.save_total_limit", self.save_total_limit, 1)
         if self.num_threads is not None:
-            _at_least("trainer.num_threads", self.num_threads, 1)
+            at_least("trainer.num_threads", self.num_threads, 1)
         if not str(self.resume).strip():
             raise ConfigError("trainer.resume must be auto, never or a checkpoint path; got an empty string")
 
 
 @dataclass
 class EvalConfig:
+    """The `eval` node: generation, pass@k, train recall and the baseline comparison."""
+
     # Greedy generation budget for exact match; generation stops earlier at end-of-turn.
     max_new_tokens: int = 64
     # Examples per forward pass during evaluation.
@@ -301,17 +216,17 @@ class EvalConfig:
     general_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
-        _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
-        _at_least("eval.batch_size", self.batch_size, 1)
-        _at_least("eval.pass_k", self.pass_k, 0)
-        _at_least("eval.train_recall_examples", self.train_recall_examples, 0)
+        at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        at_least("eval.batch_size", self.batch_size, 1)
+        at_least("eval.pass_k", self.pass_k, 0)
+        at_least("eval.train_recall_examples", self.train_recall_examples, 0)
         if self.pass_k_examples is not None:
-            _at_least("eval.pass_k_examples", self.pass_k_examples, 1)
+            at_least("eval.pass_k_examples", self.pass_k_examples, 1)
         if self.samples is not None and self.samples < self.pass_k:
             raise ConfigError(f"eval.samples={self.samples} must be at least eval.pass_k={self.pass_k} (or null)")
-        _within("eval.temperature", self.temperature, 0, math.inf, low_open=True)
+        within("eval.temperature", self.temperature, 0, math.inf, low_open=True)
         for key in ("em_tolerance", "loss_tolerance", "general_tolerance"):
-            _at_least(f"eval.{key}", getattr(self, key), 0)
+            at_least(f"eval.{key}", getattr(self, key), 0)
         if self.baseline_run_id is not None and not str(self.baseline_run_id).strip():
             raise ConfigError("eval.baseline_run_id: expected an MLflow run id or a trial folder, or null")
 
@@ -322,6 +237,8 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    """The `tracking` node: the MLflow server, experiment and run, and outage limits."""
+
     # Log to MLflow.
     enabled: bool = True
     # MLflow tracking URI; null: sqlite:///<working directory>/mlflow.db.
@@ -340,10 +257,10 @@ class TrackingConfig:
     log_model: bool = False
 
     def __post_init__(self) -> None:
-        _at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)
+        at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)
         if not str(self.experiment).strip():
             raise ConfigError("tracking.experiment: expected an MLflow experiment name, got an empty string")
-        _at_least("tracking.max_buffered_points", self.max_buffered_points, 1000)  # one log_batch
+        at_least("tracking.max_buffered_points", self.max_buffered_points, 1000)  # one log_batch
 
 
 @dataclass
@@ -376,7 +293,7 @@ class DeepSpeedConfig:
             )
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1 (got 0)")
-        _at_least("deepspeed.bucket_size", self.bucket_size, 1)
+        at_least("deepspeed.bucket_size", self.bucket_size, 1)
         checkpoint = self.extra.get("checkpoint")
         if isinstance(checkpoint, dict) and checkpoint.get("load_universal"):
             # DeepSpeed loads a universal checkpoint's files itself, with weights_only=False.
@@ -411,6 +328,8 @@ class StudyLinkConfig:
 
 @dataclass
 class Config:
+    """The root of every trial config (conf/config.yaml composes into it)."""
+
     # Short names for the most-swept knobs; the full paths interpolate them.
     lr: float = 1e-3
     grad_accum: int = 1
@@ -432,134 +351,3 @@ class Config:
     deepspeed: DeepSpeedConfig | None = None
     # Loss-curve diagnostics run on every finished trial's series (e.g. diagnostics.loss_floor=0.2).
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-
-
-def register_configs() -> None:
-    """Register the schema so conf/config.yaml can name it in its defaults list."""
-    from hydra.core.config_store import ConfigStore
-
-    schema = OmegaConf.structured(Config)
-    # OmegaConf's merge keeps an existing value over a `???`, so a group file can only make
-    # these mandatory (model/local, tracking/server) if the schema leaves them unset.
-    for key in ("model.name_or_path", "tracking.uri"):
-        OmegaConf.update(schema, key, MISSING)
-    # Dict merges are unions: the data group file, not the schema, names the sources.
-    schema.data.mix.sources = {}
-    # Ratio and repeat trees and the source table take new keys without `+`
-    # (data.mix.task_ratio.reasoning.addition=0.3); everything else stays strict.
-    for node in (schema.data.mix.task_ratio, schema.data.mix.task_repeat, schema.data.mix.sources):
-        OmegaConf.set_struct(node, False)
-    ConfigStore.instance().store(name="config_schema", node=schema)
-
-
-def validate(cfg: DictConfig | Config) -> Config:
-    """Resolve a composed config into typed objects, running every value check."""
-    if isinstance(cfg, Config):
-        return cfg
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except Exception as exc:  # OmegaConf's own errors name the key; keep their text
-        raise ConfigError(str(exc)) from exc
-    if not isinstance(obj, Config):
-        raise ConfigError(f"expected a sweep_sft config, got {type(obj).__name__}")
-    _reject_unknown_keys(obj)
-    _check_aliases(cfg, obj)
-    _check_mix_overrides()
-    return obj
-
-
-def _check_mix_overrides() -> None:
-    # Two overrides of one mix key (a family and a task_type inside it) compose into one of them:
-    # only the command line still holds both.
-    from hydra.core.hydra_config import HydraConfig
-
-    from sweep_sft.data.mix import check_tree_overrides
-    from sweep_sft.sweep.preflight import task_overrides
-
-    if HydraConfig.initialized():  # set by the launcher, or by the sweep's preflight for each job
-        check_tree_overrides(task_overrides(HydraConfig.get()))
-
-
-def _reject_unknown_keys(obj: Any, prefix: str = "") -> None:
-    # `+key=value` adds keys even to a struct config; a typo must not be silently ignored.
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in vars(obj).items():
-        if key not in names:
-            raise ConfigError(f"unknown config key {prefix}{key}: {type(obj).__name__} has no such field")
-        if dataclasses.is_dataclass(value):
-            _reject_unknown_keys(value, f"{prefix}{key}.")
-
-
-def _check_aliases(cfg: DictConfig, obj: Config) -> None:
-    # A full-path override (optimizer.lr=...) wins over the short name; keep the short
-    # name equal to it so params logged and printed tell one story.
-    for short, full in ALIASES.items():
-        value = OmegaConf.select(cfg, full)
-        setattr(obj, short, value)
-
-
-def _source(name: str, value: Any) -> SourceConfig:
-    key = f"data.mix.sources.{name}"
-    if isinstance(value, SourceConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} must be a mapping with keys train, val, format, default_task_type, weight")
-    known = {f.name for f in dataclasses.fields(SourceConfig)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
-    if value.get("train") in (None, MISSING):
-        raise ConfigError(f"{key}.train: missing mandatory value (a JSONL file, or embedded)")
-    source = SourceConfig(**value)
-    _one_of(f"{key}.format", source.format, FORMATS)
-    if not isinstance(source.weight, (int, float)) or not 0 <= source.weight < math.inf:
-        raise ConfigError(f"{key}.weight must be a finite number >= 0, got {source.weight!r}")
-    return source
-
-
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if not math.isfinite(value):  # nan passes every comparison's negation; inf overflows later
-        raise ConfigError(f"{key} must be a finite number >= {low}, got {value}")
-    if value < low:
-        raise ConfigError(f"{key} must be >= {low}, got {value}")
-
-
-def _within(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
-    """A finite value in [low, high] (or (low, high] when low_open); the message names the range."""
-    above = value > low if low_open else value >= low
-    if math.isfinite(value) and above and value <= high:
-        return
-    if math.isfinite(high):
-        span = f"in {'(' if low_open else '['}{low}, {high}]"
-    else:
-        span = f"{'>' if low_open else '>='} {low}"
-    raise ConfigError(f"{key} must be a finite number {span}, got {value}")
-
-
-def config_dir() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).parents[1] / "conf")
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The root config with overrides, composed by Hydra as `python -m sweep_sft` would
-    (without the hydra node), for tests and scripts that call run_trial directly."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from sweep_sft.data.mix import check_tree_overrides
-
-    check_tree_overrides(list(overrides or []))
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))

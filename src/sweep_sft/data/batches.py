@@ -16,6 +16,8 @@ from sweep_sft.data.tokenize import IGNORE, Tokenized
 
 @dataclass
 class Batch:
+    """One micro-batch as tensors: padded or packed rows, labels and per-example indices."""
+
     input_ids: "torch.Tensor"  # noqa: F821  (B, T), right-padded
     labels: "torch.Tensor"  # noqa: F821  (B, T), IGNORE on padding, unsupervised tokens, example starts
     segments: "torch.Tensor"  # noqa: F821  (B, T), index of the example each token belongs to, -1 on padding
@@ -47,6 +49,7 @@ def collate(
     packing: str = "none",
     max_seq_len: int | None = None,
 ) -> Batch:
+    """One micro-batch of rows: one padded row per example, or bin-packed rows of max_seq_len."""
     import torch
 
     layout = (
@@ -127,5 +130,6 @@ def epoch_windows(n_examples: int, batch_size: int, grad_accum: int, seed: int, 
 
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch of n_examples."""
     micro = -(-n_examples // batch_size)
     return -(-micro // grad_accum)

@@ -172,6 +172,7 @@ def shingles(words: list[str], n: int) -> set[str]:
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
+    """Jaccard similarity of two shingle sets (1 for two empty sets)."""
     if not a and not b:
         return 1.0
     common = len(a & b)

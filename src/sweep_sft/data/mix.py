@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 from sweep_sft.data.tokenize import IGNORE, Tokenized
 from sweep_sft.errors import ConfigError
 
@@ -27,6 +29,7 @@ T = TypeVar("T")
 
 
 def scale(items: Sequence[T], multiplier: float, rng: random.Random) -> list[T]:
+    """items repeated `multiplier` times: whole copies plus a seeded sample for the fraction."""
     whole = math.floor(multiplier)
     extra = round((multiplier - whole) * len(items))
     picked = set(rng.sample(range(len(items)), extra)) if extra else set()
@@ -163,8 +166,6 @@ MIX_TREES = ("data.mix.task_ratio", "data.mix.task_repeat")
 def check_tree_overrides(overrides: list[str]) -> None:
     """A number for a family and a key inside it (task_ratio.math=0.3 task_ratio.math.add=0.2)
     cannot both hold: Hydra's merge keeps whichever comes last and drops the other in silence."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
     inside = [o for o in parsed if any(o.key_or_group.startswith(tree + ".") for tree in MIX_TREES)]
     for short in inside:

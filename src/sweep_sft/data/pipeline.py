@@ -14,6 +14,7 @@ from sweep_sft.data.dedup import deduplicate
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
 from sweep_sft.data.records import Example, first_per_task, load_jsonl
 from sweep_sft.data.tokenize import Tokenized, tokenize
+from sweep_sft.embedded.build import embedded_data
 
 
 @dataclass
@@ -42,6 +43,7 @@ def load_sources(config: Config) -> tuple[dict[str, list[Example]], list[Example
 def prepare(
     config: Config, tokenizer, end_of_turn_id: int, loaded: tuple[dict[str, list[Example]], list[Example]] | None = None
 ) -> PreparedData:
+    """Load, deduplicate, mix and tokenize the data a trial trains and validates on."""
     data = config.data
     rng = random.Random(config.trainer.seed)
     by_source, val = loaded or load_sources(config)
@@ -117,8 +119,6 @@ def _deduplicate(by_source: dict[str, list[Example]], config: Config):
 def _path(value: str, split: str) -> str:
     if value != "embedded":
         return value
-    from sweep_sft.embedded.build import embedded_data
-
     return str(embedded_data() / f"{split}.jsonl")
 
 

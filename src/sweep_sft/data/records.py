@@ -40,6 +40,8 @@ MAX_TASK_TYPE = 200  # MLflow's metric names hold at most 250 characters, prefix
 
 @dataclass(frozen=True)
 class Example:
+    """One training or validation example: its messages, task_type and source."""
+
     # {role, content}, and weight 0 on an assistant turn that is not trained.
     messages: tuple[dict[str, Any], ...]
     task_type: str

@@ -19,6 +19,8 @@ IGNORE = -100
 
 @dataclass
 class Tokenized:
+    """One example as token ids with its loss labels."""
+
     input_ids: list[int]
     labels: list[int]
     task_type: str

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.config.schema import Config, StudyLinkConfig, validate
+from sweep_sft.config.schema import Config, StudyLinkConfig
+from sweep_sft.config.validate import validate
 from sweep_sft.evaluate.target import Target
 from sweep_sft.names import CHECKPOINT_WEIGHTS
 
@@ -106,7 +107,7 @@ def _schema():
 def load_trained(config: Config, target: Target, device):
     """Tokenizer and model: a saved model folder as is, or a checkpoint's weights over the base model."""
     from sweep_sft import modeling
-    from sweep_sft.train.checkpoint import load_file
+    from sweep_sft.train.checkpoint_files import load_file
 
     if target.model_dir is not None:
         model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)

@@ -1,31 +1,25 @@
 """A finished (or interrupted) sweep as one typed model for the report: its trials with
 overrides, swept values, state, objective, final metrics, series and diagnostics, read from
-the sweep folder or rebuilt from the MLflow parent run and its child runs."""
+the sweep folder (here) or rebuilt from the MLflow parent run and its child runs (report/from_mlflow.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sweep_sft.errors import UserInputError
 from sweep_sft.names import (
-    ERROR_TAG,
-    KIND_TAG,
     METRICS_FILE,
     OPTUNA_FILE,
-    OVERRIDES_TAG,
     PARENT_FILE,
-    RUN_NAME_TAG,
     SANDWICH_FILE,
     SUMMARY_FILE,
-    SWEEP_DIR_TAG,
-    TRIAL_STATE_TAG,
-    run_number,
 )
 
 SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.yaml")
@@ -45,6 +39,8 @@ class ReportInputError(UserInputError):
 
 @dataclass
 class Trial:
+    """One trial of a sweep as the report shows it."""
+
     number: int  # the job number (= the trial folder's name and the MLflow child run's prefix)
     overrides: list[str]  # the job's Hydra overrides
     params: dict[str, Any]  # the swept keys' values in this trial (numbers where they parse)
@@ -66,6 +62,8 @@ class Trial:
 
 @dataclass
 class Sweep:
+    """A sweep as the report shows it: its trials, swept keys, objective and sweeper results."""
+
     source: str  # what the report was asked for: a folder or a run id
     sweep_dir: Path | None  # None when rebuilt from MLflow alone
     sweeper: str  # grid, optuna5, sandwich or the sweeper's class path
@@ -96,6 +94,7 @@ class Sweep:
 
 
 def is_finite_number(value: Any) -> bool:
+    """Whether value is a real, finite number (not a bool, nan or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -120,6 +119,7 @@ def parse_value(text: str) -> Any:
 
 
 def split_override(override: str) -> tuple[str, str] | None:
+    """(key, value) of a `key=value` override (+/~ prefixes dropped); None for a bare one."""
     if "=" not in override:
         return None
     key, value = override.split("=", 1)
@@ -130,6 +130,7 @@ def split_override(override: str) -> tuple[str, str] | None:
 
 
 def is_sweep_dir(path: Path) -> bool:
+    """Whether path looks like a sweep folder: a sweeper's file or trial job folders."""
     return path.is_dir() and (any((path / f).exists() for f in SWEEP_FILES) or bool(_job_dirs(path)))
 
 
@@ -162,7 +163,7 @@ def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
     sweep = Sweep(
         source=source or str(path),
         sweep_dir=path.resolve(),
-        sweeper=_sweeper_name(multirun, optuna, sandwich, summary),
+        sweeper=sweeper_name(multirun, optuna, sandwich, summary),
         swept=[],
         trials=trials,
         parent_run_id=parent.get("run_id"),
@@ -172,7 +173,7 @@ def load_sweep_dir(path: str | Path, source: str | None = None) -> Sweep:
         summary=summary,
     )
     declared = list(parent.get("swept") or []) + ([sandwich["param"]] if sandwich else [])
-    finish(sweep, declared, _optuna_direction(multirun, optuna))
+    finish(sweep, declared, optuna_direction(multirun, optuna))
     return sweep
 
 
@@ -198,8 +199,6 @@ def _trial_from_dir(job: Path) -> Trial:
 def _overrides(path: Path) -> list[str]:
     if not path.exists():
         return []
-    import yaml
-
     return [str(o) for o in yaml.safe_load(path.read_text()) or []]
 
 
@@ -234,15 +233,14 @@ def _multirun(path: Path) -> dict[str, Any]:
     file = path / "multirun.yaml"
     if not file.exists():
         return {}
-    import yaml
-
     try:
         return yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError:
         return {}
 
 
-def _sweeper_name(multirun: dict, optuna, sandwich, summary) -> str:
+def sweeper_name(multirun: dict, optuna, sandwich, summary) -> str:
+    """The sweeper's short name, from multirun.yaml or else from which result file it left."""
     target = ((multirun.get("hydra") or {}).get("sweeper") or {}).get("_target_", "")
     for name, hint in (("optuna5", "optuna"), ("sandwich", "sandwich"), ("grid", "grid"), ("basic", "BasicSweeper")):
         if hint in target:
@@ -256,7 +254,8 @@ def _sweeper_name(multirun: dict, optuna, sandwich, summary) -> str:
     return target or "unknown"
 
 
-def _optuna_direction(multirun: dict, optuna) -> str | None:
+def optuna_direction(multirun: dict, optuna) -> str | None:
+    """The Optuna study's direction (from its result file or multirun.yaml); None for other sweepers."""
     directions = (optuna or {}).get("directions")
     if directions:
         return directions[0]
@@ -280,149 +279,3 @@ def finish(sweep: Sweep, declared: list[str], direction: str | None) -> None:
     if direction is None and sweep.objective:
         lower = any(word in sweep.objective for word in LOWER_IS_BETTER)
         sweep.direction = "minimize" if lower else "maximize"
-
-
-def load(target: str, tracking_uri: str | None = None) -> Sweep:
-    """A sweep folder, or (when `target` is no folder) an MLflow parent run id."""
-    path = Path(target)
-    if path.exists():
-        return load_sweep_dir(path)
-    if re.fullmatch(r"[0-9a-f]{32}", target):
-        from sweep_sft.tracking.runs import default_uri
-
-        return load_parent_run(target, tracking_uri or default_uri())
-    raise ReportInputError(
-        f"{target}: neither a folder nor an MLflow run id (expected a sweep folder or the sweep's parent run id)"
-    )
-
-
-# -- from MLflow ----------------------------------------------------------------------------------
-
-
-def load_parent_run(run_id: str, tracking_uri: str) -> Sweep:
-    """The parent run's sweep folder if it still exists, else the sweep rebuilt from its child
-    runs (params, metric histories, tags) and the sweeper's result the parent run holds."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        parent = client.get_run(run_id)
-    except MlflowException as exc:
-        raise ReportInputError(f"run {run_id} not found in --tracking-uri {tracking_uri}: {exc.message}") from exc
-    tags = parent.data.tags
-    if tags.get(KIND_TAG) != "sweep":
-        raise ReportInputError(f"run {run_id} is not a sweep's parent run (no tag sweep_sft.kind=sweep)")
-    folder = tags.get(SWEEP_DIR_TAG)
-    if folder and is_sweep_dir(Path(folder)):
-        sweep = load_sweep_dir(folder, source=f"run {run_id}")
-        sweep.parent_run_id, sweep.tracking_uri = run_id, tracking_uri
-        return sweep
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=10000
-    )
-    results = _parent_artifacts(client, run_id)
-    trials = merge_sweeper_records(
-        _trials_from_runs(client, children), results.get(SUMMARY_FILE), results.get(OPTUNA_FILE)
-    )
-    sweep = Sweep(
-        source=f"run {run_id}",
-        sweep_dir=None,
-        sweeper=_sweeper_name({}, results.get(OPTUNA_FILE), results.get(SANDWICH_FILE), results.get(SUMMARY_FILE)),
-        swept=[],
-        trials=trials,
-        parent_run_id=run_id,
-        tracking_uri=tracking_uri,
-        sandwich=results.get(SANDWICH_FILE),
-        optuna=results.get(OPTUNA_FILE),
-        summary=results.get(SUMMARY_FILE),
-    )
-    declared = _swept_from_tag(tags.get(OVERRIDES_TAG, "")) + (
-        [sweep.sandwich["param"]] if sweep.sandwich else []
-    )
-    finish(sweep, declared, _optuna_direction({}, sweep.optuna))
-    return sweep
-
-
-def _trials_from_runs(client, children) -> dict[int, Trial]:
-    """The child runs as trials by job number (from the run name `3: lr=0.001`); a run named
-    otherwise takes the next free number. Of two runs with one number the later one counts."""
-    trials: dict[int, Trial] = {}
-    for child in sorted(children, key=_run_order):
-        trial = _trial_from_run(client, child)
-        if trial.number < 0:
-            trial.number = max(trials, default=-1) + 1
-        trials[trial.number] = trial
-    return trials
-
-
-def _run_order(run) -> tuple[int, int]:
-    number = run_number(run.data.tags.get(RUN_NAME_TAG, ""))
-    return (number if number >= 0 else 1 << 30, run.info.start_time or 0)
-
-
-def _swept_from_tag(overrides: str) -> list[str]:
-    """Command-line sweeps (`lr=1e-4,1e-3`) in the parent's sweep_sft.overrides tag."""
-    keys = []
-    for item in overrides.split():
-        pair = split_override(item)
-        if pair and ("," in pair[1] or pair[1].startswith(("range(", "choice(", "interval("))):
-            keys.append(pair[0])
-    return keys
-
-
-def _trial_from_run(client, run) -> Trial:
-    tags, run_id = run.data.tags, run.info.run_id
-    _, _, rest = tags.get(RUN_NAME_TAG, "").partition(": ")
-    overrides = re.split(r",(?=[\w.+~/-]+=)", rest) if rest else []
-    state = tags.get(TRIAL_STATE_TAG) or {"FINISHED": "COMPLETE"}.get(run.info.status, "FAILED")
-    if run.info.status == "FAILED" or ERROR_TAG in tags:
-        state = "FAILED"
-    series = {
-        key: [(float(m.step), float(m.value)) for m in sorted(client.get_metric_history(run_id, key), key=_step)]
-        for key in run.data.metrics
-    }
-    record = _run_artifact(client, run.info.run_id, "objective.json") or {}
-    return Trial(
-        number=run_number(tags.get(RUN_NAME_TAG, "")),
-        overrides=[o for o in overrides if "=" in o],
-        params={},
-        state=state if state != "REQUEUED" else "FAILED",
-        value=record.get("value"),
-        objective=record.get("objective"),
-        metrics=dict(run.data.metrics),
-        series=series,
-        diagnostics=_findings_from_tags(tags),
-        error=tags.get(ERROR_TAG),
-        steps=record.get("steps"),
-    )
-
-
-def _step(metric) -> tuple[int, int]:
-    return (metric.step, metric.timestamp)
-
-
-def _findings_from_tags(tags: dict[str, str]) -> list[dict[str, Any]]:
-    """`diagnostics.<sign>` tags ("step 12: evidence (+1 more at steps 40)") as findings."""
-    out = []
-    for key, text in sorted(tags.items()):
-        if not key.startswith("diagnostics.") or key == "diagnostics.count":
-            continue
-        match = re.match(r"step (\d+): (.*)", text, re.S)
-        step, evidence = (int(match.group(1)), match.group(2)) if match else (None, text)
-        out.append({"sign": key.split(".", 1)[1], "step": step, "evidence": evidence, "severity": ""})
-    return out
-
-
-def _parent_artifacts(client, run_id: str) -> dict[str, Any]:
-    names = {a.path for a in client.list_artifacts(run_id)}
-    return {f: _run_artifact(client, run_id, f) for f in (SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE) if f in names}
-
-
-def _run_artifact(client, run_id: str, name: str) -> dict[str, Any] | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, name, tmp)
-        except Exception:  # absent (an old run, a trial that died first): the report goes on without it
-            return None
-        return json.loads(Path(local).read_text())

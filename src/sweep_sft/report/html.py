@@ -7,14 +7,14 @@ from elsewhere) of a sweep folder or an MLflow parent run.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import sys
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from sweep_sft.report.data import ReportInputError, Sweep, load, task_types
+from sweep_sft.report import plots
+from sweep_sft.report.data import Sweep, task_types
+from sweep_sft.report.load import load
 from sweep_sft.report.plots import Missing
 
 REPORT_FILE = "report.html"
@@ -172,8 +172,7 @@ def per_task_tables(sweep: Sweep) -> str:
 
 
 def render(sweep: Sweep) -> str:
-    from sweep_sft.report import plots
-
+    """The whole report page: every section, plots inlined as PNG."""
     loss = plots.loss_curves(sweep)
     body = {
         "summary": summary_section(sweep),
@@ -210,21 +209,3 @@ def write_report(target: str | Path, out: str | Path | None = None, tracking_uri
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(sweep), encoding="utf-8")
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep_sft.report", description="Write a sweep's report as one self-contained HTML file."
-    )
-    parser.add_argument("sweep", help="a sweep folder (hydra.sweep.dir) or the MLflow run id of a sweep's parent run")
-    parser.add_argument("--tracking-uri", help="where the parent run is (default: sqlite:///./mlflow.db)")
-    parser.add_argument("--out", help="the HTML file to write (default: report.html in the sweep folder)")
-    args = parser.parse_args(argv)
-    try:
-        path = write_report(args.sweep, args.out, args.tracking_uri)
-    except ReportInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-

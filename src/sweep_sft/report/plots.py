@@ -18,6 +18,8 @@ STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}
 
 @dataclass
 class Missing:
+    """A plot that could not be drawn, and why (shown in its place)."""
+
     note: str  # one line: why the plot is not there
 
 

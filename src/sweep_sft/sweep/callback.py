@@ -21,7 +21,7 @@ def swept_keys(config: DictConfig) -> list[str]:
     """Config keys the sweep varies: command-line sweeps (lr=1e-4,1e-3) and preset params."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sweep_sft.sweep.preflight import task_overrides
+    from sweep_sft.config.compose import task_overrides
     parsed = OverridesParser.create().parse_overrides(task_overrides(config.hydra))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -39,8 +39,8 @@ class MlflowParentRun(Callback):
         return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweep_sft.config.compose import task_overrides
         from sweep_sft.config.schema import TrackingConfig
-        from sweep_sft.sweep.preflight import task_overrides
         from sweep_sft.tracking.runs import Run
 
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))

@@ -4,7 +4,7 @@ instead of failing that trial only when its turn comes (or after the others have
 
 Cheap by design: Hydra's config loader composes each job as the launcher will, and with Hydra's
 job values set for it as its launcher sets them (`${hydra:job.num}`, `${hydra:runtime.output_dir}`
-in output_dir resolve), `sweep_sft.config.schema.validate` runs; no torch, no data. The model's files
+in output_dir resolve), `sweep_sft.config.validate.validate` runs; no torch, no data. The model's files
 are looked for only when the jobs run on this machine (Hydra's basic launcher, local_jobs): a
 Slurm job may read a path that only its compute node has, and checks it itself when it starts.
 
@@ -39,13 +39,6 @@ LOCAL_LAUNCHERS = (
 )
 
 
-def task_overrides(hydra: DictConfig) -> list[str]:
-    """The command line's overrides (`hydra.overrides.task`, given the hydra node) as Hydra hands
-    them to the sweeper: unresolved, so that a `${hydra:job.num}` in one resolves in each job's
-    config, not in the sweep's (where no job is set and the resolver fails)."""
-    return list(OmegaConf.to_container(hydra.overrides.task, resolve=False))
-
-
 def check_jobs(
     config_loader, config: DictConfig, jobs: Sequence[Sequence[str]], names: Sequence[str] | None = None
 ) -> None:
@@ -69,7 +62,8 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweep_sft.config.schema import Config, validate
+    from sweep_sft.config.schema import Config
+    from sweep_sft.config.validate import validate
     from sweep_sft.modeling import check_model
 
     try:

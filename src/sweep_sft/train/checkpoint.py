@@ -17,29 +17,29 @@ With DeepSpeed (ZeRO stages 0-2) the weights, optimizer and scheduler are writte
 own collective `save_checkpoint` into `deepspeed/` of the same temporary folder (each rank its
 optimizer partition); rank 0 adds `rng.pt` and `trainer_state.json` and renames it into place.
 
-A checkpoint folder is data, never code: every file is unpickled with `weights_only=True`
-(tensors, plain containers, and the few DeepSpeed classes of DEEPSPEED_TYPES), DeepSpeed's own
-files included (train/engine.py gives the engine our loader), and the pickles are scanned before
-training starts, so a file that would call anything else is refused, named, and never run.
+A checkpoint folder is data, never code: train/checkpoint_files.py loads every file as tensors and
+plain data and refuses, before training starts, a file that would call anything else.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
-import re
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import CHECKPOINT_WEIGHTS
+from sweep_sft.tracking.runs import flatten
+from sweep_sft.train.checkpoint_files import check_pickles, fsync_dir, load_file, write_file
+from sweep_sft.train.distributed import DistEnv
 
 STATE_FILE = "trainer_state.json"
 FILES = (CHECKPOINT_WEIGHTS, "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE)
@@ -57,14 +57,6 @@ MAY_CHANGE = {
     "trainer.device",
 }
 COMPARED = ("model", "data", "optimizer", "scheduler", "trainer")
-# What DeepSpeed's ZeRO-1/2 optimizer states pickle besides tensors and plain containers (found
-# by saving real checkpoints: fp32 and bf16, stages 0-2, with and without optimizer offload):
-# plain data holders, rebuilt from their fields. Nothing else is unpickled from a checkpoint.
-DEEPSPEED_TYPES = (
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-)
 
 
 @dataclass
@@ -81,10 +73,12 @@ class Position:
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
+    """The folder a trial's checkpoints live in."""
     return Path(output_dir) / "checkpoints"
 
 
 def step_of(path: Path) -> int | None:
+    """The step of a `step-<N>` checkpoint folder; None for any other name."""
     name = path.name
     if not name.startswith(PREFIX) or not name[len(PREFIX) :].isdigit():
         return None
@@ -154,10 +148,6 @@ def find_resume(resume: str, output_dir: str | Path) -> Path | None:
 
 def training_config(config: Config) -> dict[str, Any]:
     """The part of the config that determines the weights and the data order, flattened."""
-    from omegaconf import OmegaConf
-
-    from sweep_sft.tracking.runs import flatten
-
     tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     flat = flatten({k: tree[k] for k in COMPARED})
     return {k: v for k, v in flat.items() if k not in MAY_CHANGE}
@@ -170,59 +160,6 @@ def check_resume(path: Path, config: Config) -> None:
     check_compatible(path, state["config"], config)
     check_deepspeed(path, state.get("deepspeed"), config)
     check_pickles(path)
-
-
-def check_pickles(path: Path) -> None:
-    """Every torch.save file of the checkpoint names only globals `load_file` allows (its pickle
-    is read as opcodes, not run). torch and DeepSpeed write zip archives; a file in torch's
-    legacy format cannot be scanned, and a loader outside ours (DeepSpeed's universal checkpoint
-    reads its own files with weights_only=False) would run it, so it is refused here."""
-    import torch
-
-    for file in sorted(path.rglob("*.pt")):
-        if not zipfile.is_zipfile(file):
-            raise ConfigError(_refusal(file, "not a torch.save zip archive, so it cannot be checked before loading"))
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
-        except Exception as exc:  # a damaged archive: torch's message says what is wrong
-            raise ConfigError(f"trainer.resume: {file} is unreadable ({str(exc)[:300]})") from exc
-        unsafe = [n for n in names if n not in DEEPSPEED_TYPES]
-        if unsafe:
-            raise ConfigError(_refusal(file, f"it would call {', '.join(unsafe[:3])}"))
-
-
-def load_file(
-    path: Path | str, map_location: Any = "cpu", allow: tuple[str, ...] = (), key: str = "trainer.resume"
-) -> Any:
-    """torch.load with weights_only=True, the DeepSpeed classes named in `allow` added: a file
-    that would unpickle anything else is refused (a ConfigError naming it), never run."""
-    import torch
-
-    try:
-        with torch.serialization.safe_globals([_class(name) for name in allow]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"WeightsUnpickler error: *\n*(.+)", str(exc))
-        why = found.group(1).split(" was not an allowed")[0].strip() if found else str(exc).splitlines()[0]
-        raise ConfigError(_refusal(path, f"weights_only unpickling stopped: {why}", key)) from None
-    except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch.save file
-        raise ConfigError(f"{key}: {path} is unreadable ({str(exc).splitlines()[0][:300]})") from exc
-
-
-def _refusal(file: Path | str, why: str, key: str = "trainer.resume") -> str:
-    kinds = ", ".join(n.rsplit(".", 1)[1] for n in DEEPSPEED_TYPES)
-    text = f"{key}: {file} is refused ({why}): a checkpoint is loaded as tensors and plain data only"
-    text += f" (and DeepSpeed's {kinds}), never run"
-    if key == "trainer.resume":
-        text += "; delete that checkpoint folder, or start afresh with trainer.resume=never or another output_dir"
-    return text
-
-
-def _class(name: str):
-    import importlib
-
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
 
 
 def check_deepspeed(path: Path, saved: dict | None, config: Config) -> None:
@@ -246,18 +183,6 @@ def check_compatible(path: Path, saved: dict[str, str], config: Config) -> None:
         )
 
 
-def accumulator_state(acc) -> dict[str, list[float]]:
-    """A train/loss.py TaskAccumulator's running sums (float64: exact through JSON)."""
-    return {name: getattr(acc, name).tolist() for name in ("sums", "counts", "weight")}
-
-
-def load_accumulator(acc, state: dict[str, list[float]]) -> None:
-    import torch
-
-    for name, values in state.items():
-        setattr(acc, name, torch.tensor(values, dtype=torch.float64))
-
-
 def rng_state() -> dict[str, Any]:
     import torch
 
@@ -276,23 +201,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write(path: Path, obj: Any) -> None:
-    import torch
-
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpoints:
     """Saves, rotates and restores a trial's checkpoints; owns the metric series it carries."""
 
@@ -305,8 +213,6 @@ class Checkpoints:
         preemption=None,
         dist_env=None,
     ):
-        from sweep_sft.train.distributed import DistEnv
-
         self.config = config
         self.preemption = preemption  # a train.preemption.Preemption, or None
         self.dist_env = dist_env or DistEnv()
@@ -407,9 +313,9 @@ class Checkpoints:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        _write(tmp / CHECKPOINT_WEIGHTS, model.state_dict())
-        _write(tmp / "optimizer.pt", optimizer.state_dict())
-        _write(tmp / "scheduler.pt", scheduler.state_dict())
+        write_file(tmp / CHECKPOINT_WEIGHTS, model.state_dict())
+        write_file(tmp / "optimizer.pt", optimizer.state_dict())
+        write_file(tmp / "scheduler.pt", scheduler.state_dict())
         self._finish_folder(tmp, final, position, ranks)
 
     def _finish_folder(self, tmp: Path, final: Path, position: Position, ranks) -> None:
@@ -417,7 +323,7 @@ class Checkpoints:
         rng = rng_state()
         if ranks is not None:
             rng["ranks"] = ranks
-        _write(tmp / "rng.pt", rng)
+        write_file(tmp / "rng.pt", rng)
         state = {
             "position": position.__dict__,
             "series": self.series,
@@ -433,7 +339,7 @@ class Checkpoints:
         if final.exists():  # a leftover that was skipped as incomplete: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._rotate()
 
     def _rotate(self) -> None:

@@ -19,9 +19,14 @@ import os
 import socket
 from dataclasses import dataclass
 
+from sweep_sft.sweep.study import TrialPruned
+from sweep_sft.sweep.study import reporter as study_reporter
+
 
 @dataclass
 class DistEnv:
+    """This process's rank and the number of training ranks (rank 0 of 1 when not distributed)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -89,12 +94,14 @@ def single_process_env() -> None:
 
 
 def free_port() -> int:
+    """A TCP port free on this machine, for a process group's rendezvous."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def teardown(env: DistEnv) -> None:
+    """Destroy the process group if this module created it."""
     import torch.distributed as dist
 
     if env.owns_group and dist.is_initialized():
@@ -152,8 +159,6 @@ class RankZeroReporter:
     def report(self, step: int, metrics: dict[str, float]) -> None:
         import torch.distributed as dist
 
-        from sweep_sft.sweep.study import TrialPruned
-
         decision: list = [None]
         if self.inner is not None:
             try:
@@ -168,8 +173,6 @@ class RankZeroReporter:
 
 def reporter(link, env: DistEnv):
     """The trial's study reporter (None when it reports nowhere), rank 0 reporting for all."""
-    from sweep_sft.sweep.study import reporter as study_reporter
-
     if link is None or link.metric is None:
         return None
     inner = study_reporter(link) if env.is_main else None

@@ -21,8 +21,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from sweep_sft.cache import cache_root
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
+from sweep_sft.train.checkpoint_files import DEEPSPEED_TYPES, load_file
 from sweep_sft.train.distributed import DistEnv, all_reduce_grads, all_reduce_sum
 
 
@@ -166,8 +168,6 @@ def _weights_only_checkpoints(ds_engine):
     weights_only=False, so a poisoned file of a checkpoint folder would run on automatic resume."""
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-    from sweep_sft.train.checkpoint import DEEPSPEED_TYPES, load_file
-
     if type(ds_engine.checkpoint_engine) is not TorchCheckpointEngine:
         raise ConfigError(
             f"deepspeed.extra: checkpoint engine {type(ds_engine.checkpoint_engine).__name__} is not supported; "
@@ -194,12 +194,11 @@ def _cpu_adam(optimizer):
 
 def extensions_dir() -> None:
     """Compiled DeepSpeed ops go under our cache (built once, reused by every trial)."""
-    from sweep_sft.cache import cache_root
-
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
 
 
 def build_engine(model, optimizer, scheduler, cfg: Config, env: DistEnv) -> Engine:
+    """The engine that steps the model: ours, or DeepSpeed's when cfg.deepspeed is set."""
     if cfg.trainer.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs and with ZeRO-3's parameter hooks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

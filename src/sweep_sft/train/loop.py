@@ -9,15 +9,17 @@ loss and the same gradients.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sweep_sft.config.schema import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
-from sweep_sft.train.checkpoint import Checkpoints, Position, accumulator_state, load_accumulator
+from sweep_sft.train.checkpoint import Checkpoints, Position
 from sweep_sft.train.distributed import DistEnv
 from sweep_sft.train.engine import Micro, build_engine
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums, example_weights
@@ -34,6 +36,8 @@ class TrainingDiverged(UserInputError):
 
 @dataclass
 class TrainState:
+    """Where training ended: optimizer steps, epochs, tokens and seconds trained."""
+
     step: int = 0
     epoch: float = 0.0
     tokens_seen: int = 0
@@ -41,6 +45,7 @@ class TrainState:
 
 
 def total_steps(cfg: Config, n_examples: int, world_size: int = 1) -> int:
+    """Optimizer steps the trial trains: its epochs, or trainer.max_steps if fewer."""
     per_epoch = steps_per_epoch(n_examples, cfg.trainer.batch_size, cfg.trainer.grad_accum * world_size)
     steps = per_epoch * cfg.trainer.epochs
     return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps else steps
@@ -99,6 +104,43 @@ def backward_window(
     return total
 
 
+@dataclass
+class _Since:
+    """What the next log line covers: the loss sums, token counts and training time since the last one."""
+
+    acc: TaskAccumulator
+    tokens: int = 0
+    computed: int = 0
+    supervised: int = 0
+    clock: float = 0.0  # perf_counter of the last log line, moved on by the evaluations' time
+
+
+@dataclass
+class _Loop:
+    """One call of `train`: its inputs, the engine, and where training stands."""
+
+    model: Any
+    rows: list[Tokenized]
+    tasks: list[str]
+    cfg: Config
+    device: Any
+    pad_id: int
+    log: LogFn
+    evaluate: Callable[[int], dict[str, float]]
+    dist_env: DistEnv
+    checkpoints: Checkpoints | None
+    engine: Any
+    n_steps: int
+    n_per_epoch: int
+    since: _Since
+    state: TrainState = field(default_factory=TrainState)
+    epoch: int = 0
+    skip: int = 0  # windows of this epoch done before the checkpoint this trial resumed from
+    prior_seconds: float = 0.0  # training time of the attempts before this one
+    started: float = 0.0
+    progress: Any = None
+
+
 def train(
     model,
     rows: list[Tokenized],
@@ -117,112 +159,167 @@ def train(
     With `checkpoints`, training continues from its resume checkpoint (if any) and saves at
     optimizer-step boundaries (see train/checkpoint.py).
     """
+    loop = _start(model, rows, tasks, cfg, device, pad_id, log, evaluate, dist_env or DistEnv(), checkpoints)
+    resumed = _resume(loop)
+    loop.progress = _progress_bar(loop.n_steps, cfg.trainer.progress)
+    loop.progress.update(loop.state.step)
+    if not resumed:
+        evaluate(0)
+    model.train()
+    while loop.state.step < loop.n_steps:
+        _run_epoch(loop)
+        loop.epoch, loop.skip = loop.epoch + 1, 0
+    loop.progress.close()
+    loop.state.seconds = loop.prior_seconds + time.perf_counter() - loop.started
+    evaluate(loop.state.step)
+    return loop.state
+
+
+def _start(model, rows, tasks, cfg: Config, device, pad_id, log, evaluate, dist_env: DistEnv, checkpoints) -> _Loop:
+    """Optimizer, schedule and engine built; nothing trained yet."""
     import torch
 
     tc = cfg.trainer
-    dist_env = dist_env or DistEnv()
     n_steps = total_steps(cfg, len(rows), dist_env.world_size)
     n_per_epoch = steps_per_epoch(len(rows), tc.batch_size, tc.grad_accum * dist_env.world_size)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.scheduler, s, n_steps))
     engine = build_engine(model, optimizer, scheduler, cfg, dist_env)
-    task_index = {t: i for i, t in enumerate(tasks)}
-    state = TrainState()
-    window_acc = TaskAccumulator(tasks)
-    tokens_since, computed_since, supervised_since, clock = 0, 0, 0, time.perf_counter()
-    started = clock
-    epoch, skip, prior_seconds = 0, 0, 0.0
+    clock = time.perf_counter()
+    since = _Since(TaskAccumulator(tasks), clock=clock)
+    loop = _Loop(
+        model,
+        rows,
+        tasks,
+        cfg,
+        device,
+        pad_id,
+        log,
+        evaluate,
+        dist_env,
+        checkpoints,
+        engine,
+        n_steps,
+        n_per_epoch,
+        since,
+    )
+    loop.started = clock
+    return loop
+
+
+def _resume(loop: _Loop) -> bool:
+    """Continue from the resume checkpoint, if any: weights, optimizer, position and what was not logged."""
+    engine = loop.engine
     # The engine's objects: with DeepSpeed, its engine saves and loads model, optimizer and scheduler.
-    resumed = checkpoints.restore(engine.model, engine.optimizer, engine.scheduler) if checkpoints else None
-    if resumed is not None:
-        epoch, skip, prior_seconds = resumed.epoch, resumed.window, resumed.seconds
-        state = TrainState(resumed.step, epoch + skip / n_per_epoch, resumed.tokens_seen)
-        load_accumulator(window_acc, resumed.acc)
-        tokens_since, computed_since, supervised_since = (resumed.since[k] for k in _SINCE)
-        # Training time since the last log line, so the first tokens/s after a resume counts
-        # the tokens and the time of the same steps (the requeue's idle time is neither).
-        clock = time.perf_counter() - resumed.since.get("seconds", 0.0)
-    progress = _progress_bar(n_steps, tc.progress)
-    progress.update(state.step)
+    resumed = loop.checkpoints.restore(engine.model, engine.optimizer, engine.scheduler) if loop.checkpoints else None
     if resumed is None:
-        evaluate(0)
-    model.train()
-    while state.step < n_steps:
-        windows = epoch_windows(len(rows), tc.batch_size, tc.grad_accum * dist_env.world_size, tc.seed, epoch)
-        for i, window in enumerate(windows):
-            if i < skip:  # done before the checkpoint this trial resumed from
-                continue
-            batches = [
-                collate([rows[j] for j in micro], task_index, pad_id, cfg.data.packing, cfg.data.max_seq_len)
-                for micro in window
-            ]
-            backward_window(engine.model, batches, device, tc.precision, window_acc, tc.loss_norm, len(tasks), engine)
-            tokens_since += sum(b.n_tokens for b in batches)
-            computed_since += sum(b.n_computed for b in batches)
-            supervised_since += sum(b.n_supervised for b in batches)
-            grad_norm = engine.step()
-            state.step += 1
-            state.epoch = epoch + (i + 1) / len(windows)
-            global_acc = engine.reduce(window_acc)  # every rank's share of the logged loss
-            metrics = global_acc.means("train/loss")
-            if not math.isfinite(metrics["train/loss"]):
-                raise TrainingDiverged(
-                    f"training diverged at step {state.step}: train loss {metrics['train/loss']} "
-                    f"(optimizer.lr={cfg.optimizer.lr}); lower the learning rate"
-                )
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
-            if state.step % tc.log_every == 0 or state.step == n_steps:
-                now = time.perf_counter()
-                state.tokens_seen += tokens_since
-                elapsed = max(now - clock, 1e-9)
-                metrics.update(global_acc.weight_shares("train/loss_weight_share"))
-                metrics.update(
-                    {
-                        "train/grad_norm": float(grad_norm),
-                        "train/lr": engine.lr(),
-                        "train/tokens_per_s": tokens_since / elapsed,
-                        "train/supervised_tokens_per_s": supervised_since / elapsed,
-                        # real (non-padding) tokens per token computed; 1 - padding waste
-                        "train/packing_efficiency": tokens_since / max(computed_since, 1),
-                        # loss-bearing tokens per token computed (prompts never bear loss)
-                        "train/supervised_fraction": supervised_since / max(computed_since, 1),
-                        "train/epoch": state.epoch,
-                    }
-                )
-                log(metrics, state.step)
-                window_acc = TaskAccumulator(tasks)
-                tokens_since, computed_since, supervised_since, clock = 0, 0, 0, now
-            if tc.eval_every and state.step % tc.eval_every == 0 and state.step < n_steps:
-                eval_started = time.perf_counter()
-                evaluate(state.step)
-                clock += time.perf_counter() - eval_started  # keep eval time out of tokens/s
-                model.train()
-            if checkpoints is not None:
-                position = Position(
-                    state.step,
-                    *((epoch, i + 1) if i + 1 < len(windows) else (epoch + 1, 0)),
-                    state.tokens_seen,
-                    prior_seconds + time.perf_counter() - started,
-                    accumulator_state(window_acc),
-                    {
-                        **dict(zip(_SINCE, (tokens_since, computed_since, supervised_since), strict=True)),
-                        "seconds": time.perf_counter() - clock,
-                    },
-                )
-                checkpoints.after_step(engine.model, engine.optimizer, engine.scheduler, position)
-            if state.step >= n_steps:
-                break
-        epoch, skip = epoch + 1, 0
-    progress.close()
-    state.seconds = prior_seconds + time.perf_counter() - started
-    evaluate(state.step)
-    return state
+        return False
+    loop.epoch, loop.skip, loop.prior_seconds = resumed.epoch, resumed.window, resumed.seconds
+    loop.state = TrainState(resumed.step, loop.epoch + loop.skip / loop.n_per_epoch, resumed.tokens_seen)
+    since = loop.since
+    since.acc.load_state(resumed.acc)
+    since.tokens, since.computed, since.supervised = (resumed.since[k] for k in _SINCE)
+    # Training time since the last log line, so the first tokens/s after a resume counts
+    # the tokens and the time of the same steps (the requeue's idle time is neither).
+    since.clock = time.perf_counter() - resumed.since.get("seconds", 0.0)
+    return True
+
+
+def _run_epoch(loop: _Loop) -> None:
+    """The optimizer steps of one epoch (from the resumed window on), until the last step."""
+    tc = loop.cfg.trainer
+    windows = epoch_windows(
+        len(loop.rows), tc.batch_size, tc.grad_accum * loop.dist_env.world_size, tc.seed, loop.epoch
+    )
+    for i, window in enumerate(windows):
+        if i < loop.skip:  # done before the checkpoint this trial resumed from
+            continue
+        metrics, grad_norm, global_acc = _step(loop, window, (i + 1) / len(windows))
+        step = loop.state.step
+        if step % tc.log_every == 0 or step == loop.n_steps:
+            _log_line(loop, metrics, grad_norm, global_acc)
+        if tc.eval_every and step % tc.eval_every == 0 and step < loop.n_steps:
+            eval_started = time.perf_counter()
+            loop.evaluate(step)
+            loop.since.clock += time.perf_counter() - eval_started  # keep eval time out of tokens/s
+            loop.model.train()
+        if loop.checkpoints is not None:
+            next_window = (loop.epoch, i + 1) if i + 1 < len(windows) else (loop.epoch + 1, 0)
+            engine = loop.engine
+            loop.checkpoints.after_step(engine.model, engine.optimizer, engine.scheduler, _position(loop, next_window))
+        if step >= loop.n_steps:
+            break
+
+
+def _step(loop: _Loop, window, epoch_done: float):
+    """One optimizer step on one window: its train metrics, gradient norm and every rank's loss sums."""
+    cfg, tc, since = loop.cfg, loop.cfg.trainer, loop.since
+    task_index = {t: i for i, t in enumerate(loop.tasks)}
+    batches = [
+        collate([loop.rows[j] for j in micro], task_index, loop.pad_id, cfg.data.packing, cfg.data.max_seq_len)
+        for micro in window
+    ]
+    engine = loop.engine
+    backward_window(engine.model, batches, loop.device, tc.precision, since.acc, tc.loss_norm, len(loop.tasks), engine)
+    since.tokens += sum(b.n_tokens for b in batches)
+    since.computed += sum(b.n_computed for b in batches)
+    since.supervised += sum(b.n_supervised for b in batches)
+    grad_norm = engine.step()
+    loop.state.step += 1
+    loop.state.epoch = loop.epoch + epoch_done
+    global_acc = engine.reduce(since.acc)  # every rank's share of the logged loss
+    metrics = global_acc.means("train/loss")
+    if not math.isfinite(metrics["train/loss"]):
+        raise TrainingDiverged(
+            f"training diverged at step {loop.state.step}: train loss {metrics['train/loss']} "
+            f"(optimizer.lr={cfg.optimizer.lr}); lower the learning rate"
+        )
+    loop.progress.update(1)
+    loop.progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+    return metrics, grad_norm, global_acc
+
+
+def _log_line(loop: _Loop, metrics: dict[str, float], grad_norm, global_acc: TaskAccumulator) -> None:
+    """Log the train metrics of the steps since the last line, and start counting afresh."""
+    since, state = loop.since, loop.state
+    now = time.perf_counter()
+    state.tokens_seen += since.tokens
+    elapsed = max(now - since.clock, 1e-9)
+    metrics.update(global_acc.weight_shares("train/loss_weight_share"))
+    metrics.update(
+        {
+            "train/grad_norm": float(grad_norm),
+            "train/lr": loop.engine.lr(),
+            "train/tokens_per_s": since.tokens / elapsed,
+            "train/supervised_tokens_per_s": since.supervised / elapsed,
+            # real (non-padding) tokens per token computed; 1 - padding waste
+            "train/packing_efficiency": since.tokens / max(since.computed, 1),
+            # loss-bearing tokens per token computed (prompts never bear loss)
+            "train/supervised_fraction": since.supervised / max(since.computed, 1),
+            "train/epoch": state.epoch,
+        }
+    )
+    loop.log(metrics, state.step)
+    loop.since = _Since(TaskAccumulator(loop.tasks), clock=now)
+
+
+def _position(loop: _Loop, next_window: tuple[int, int]) -> Position:
+    """Where training stands after this step, for a checkpoint: the next window and what is not logged."""
+    since = loop.since
+    return Position(
+        loop.state.step,
+        *next_window,
+        loop.state.tokens_seen,
+        loop.prior_seconds + time.perf_counter() - loop.started,
+        since.acc.state(),
+        {
+            **dict(zip(_SINCE, (since.tokens, since.computed, since.supervised), strict=True)),
+            "seconds": time.perf_counter() - since.clock,
+        },
+    )
 
 
 def _progress_bar(total: int, enabled: bool):
-    import sys
-
     from tqdm.auto import tqdm
 
     # In a log file (Slurm, CI) a bar redrawn ten times a second is noise: redraw rarely.

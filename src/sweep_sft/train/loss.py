@@ -82,6 +82,17 @@ class TaskAccumulator:
         if weights is not None:
             self.weight.index_add_(0, task_ids, (weights * counts.double().cpu()))
 
+    def state(self) -> dict[str, list[float]]:
+        """The running sums as lists, for a checkpoint (float64: exact through JSON)."""
+        return {name: getattr(self, name).tolist() for name in ("sums", "counts", "weight")}
+
+    def load_state(self, state: dict[str, list[float]]) -> None:
+        """Restore the sums `state()` gave."""
+        import torch
+
+        for name, values in state.items():
+            setattr(self, name, torch.tensor(values, dtype=torch.float64))
+
     def means(self, prefix: str) -> dict[str, float]:
         out = {prefix: float(self.sums.sum() / self.counts.sum().clamp(min=1))}
         for i, task in enumerate(self.tasks):

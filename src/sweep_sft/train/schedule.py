@@ -8,6 +8,7 @@ from sweep_sft.config.schema import SchedulerConfig
 
 
 def warmup_steps(cfg: SchedulerConfig, total_steps: int) -> int:
+    """Optimizer steps of warmup, from warmup_steps or warmup_ratio of total_steps."""
     if cfg.warmup_steps is not None:
         return cfg.warmup_steps
     if cfg.warmup_ratio is not None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft.config.schema import ALIASES, Config, EvalConfig, validate
+from sweep_sft.config.schema import ALIASES, Config, EvalConfig
+from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
@@ -303,7 +304,8 @@ def _leave_running(run) -> None:
 def _diagnose(config: Config, series: dict, run) -> list[dict]:
     """Loss-curve signs of the finished trial: printed, and tags on its run (`diagnostics.<sign>`,
     `diagnostics.count`) so runs can be filtered on them in the MLflow UI."""
-    from sweep_sft.diagnostics.findings import as_tags, diagnose, format_findings
+    from sweep_sft.diagnostics.findings import as_tags, format_findings
+    from sweep_sft.diagnostics.signs import diagnose
 
     findings = diagnose(series, config=config.diagnostics)
     print(format_findings(findings))
