@@ -288,7 +288,7 @@ def load(target: str, tracking_uri: str | None = None) -> Sweep:
     if path.exists():
         return load_sweep_dir(path)
     if re.fullmatch(r"[0-9a-f]{32}", target):
-        from sweep_sft.tracking.runs import default_uri
+        from sweep_sft.tracking.client import default_uri
 
         return load_parent_run(target, tracking_uri or default_uri())
     raise ReportInputError(

@@ -156,7 +156,7 @@ def training_config(config: Config) -> dict[str, Any]:
     """The part of the config that determines the weights and the data order, flattened."""
     from omegaconf import OmegaConf
 
-    from sweep_sft.tracking.runs import flatten
+    from sweep_sft.tracking.client import flatten
 
     tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     flat = flatten({k: tree[k] for k in COMPARED})
