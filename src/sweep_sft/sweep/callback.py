@@ -44,6 +44,7 @@ class MlflowParentRun(Callback):
         return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the parent run (tracking on) and name it in the sweep folder; report at exit either way."""
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
         # A sweep that raises never reaches on_multirun_end: report it, and mark the parent

@@ -125,6 +125,7 @@ class SweepPreflight(Callback):
     """Hydra callback (conf/config.yaml): every job of a sweep checked before the parent run opens."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Refuse the sweep (exit 1, one line) if a sweeper key or any job's config is wrong."""
         try:  # any sweeper's, ours or not: Hydra would fail on it only after the parent run opened
             check_sweeper_keys(config)
         except UserInputError as exc:
