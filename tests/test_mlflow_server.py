@@ -188,7 +188,7 @@ def test_sixteen_slurm_trials_log_every_point_to_one_server(server, mlflow_serve
     trial's metrics.json on the server."""
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.tracking.runs import read_parent
+    from sweep_sft.tracking.client import read_parent
 
     sweep_dir, name = tmp_path / "sweep", f"mlflow16-{server.port}"
     overrides = [o for o in server_overrides(tiny_overrides, mlflow_server) if not o.startswith("output_dir=")]
@@ -255,7 +255,7 @@ def test_sweep_end_rides_out_a_server_restart(server, mlflow_server, tmp_path, c
     from omegaconf import OmegaConf
 
     from sweep_sft.sweep.callback import MlflowParentRun
-    from sweep_sft.tracking.runs import read_parent
+    from sweep_sft.tracking.client import read_parent
 
     sweep_dir = tmp_path / "sweep"
     config = OmegaConf.create(
@@ -287,7 +287,7 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
 
     from sweep_sft.config.compose import compose
     from sweep_sft.names import UNDELIVERED_FILE
-    from sweep_sft.tracking.runs import TrackingError
+    from sweep_sft.tracking.client import TrackingError
     from sweep_sft.trial.run import run_trial
 
     outage: dict = {}
@@ -346,8 +346,8 @@ def test_buffer_is_bounded_while_the_server_is_down(monkeypatch, caplog):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from sweep_sft.tracking.client import HTTP_ENV
     from sweep_sft.tracking.delivery import Delivery
-    from sweep_sft.tracking.runs import HTTP_ENV
 
     for key, value in HTTP_ENV.items():
         monkeypatch.setenv(key, value)

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweep_sft.config.compose import register_configs
 from sweep_sft.errors import UserInputError
-from sweep_sft.names import child_run_name
+from sweep_sft.names import RUN_FILE, child_run_name
+from sweep_sft.tracking.client import read_parent
+from sweep_sft.tracking.dead_runs import end_dead_trial
+from sweep_sft.trial.run import run_trial
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from sweep_sft.tracking.runs import read_parent
-    from sweep_sft.trial.run import run_trial
-
+    """One trial of the composed config (a sweep's job under -m); its objective value for the sweeper."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     parent = read_parent(hc.sweep.dir) if multirun else {}
     run_name = cfg.tracking.run_name
     if multirun and not run_name:
-        run_name = child_run_name(hc.job.num, list(hc.overrides.task), parent.get('swept', []))
+        run_name = child_run_name(hc.job.num, list(hc.overrides.task), parent.get("swept", []))
     output_dir = cfg.output_dir or hc.runtime.output_dir
     try:
         result = run_trial(cfg, output_dir=output_dir, run_name=run_name, parent_run_id=parent.get("run_id"))
@@ -44,15 +45,9 @@ def main(cfg: DictConfig) -> float:
 def _record_unopened(hc, output_dir: str, exc: Exception) -> None:
     """A trial of a sweep that failed before it opened its MLflow run (a bad value, a missing
     data file) still gets a FAILED child run with its error, so MLflow counts every trial."""
-    from pathlib import Path
-
-    from sweep_sft.names import RUN_FILE
-
     if (Path(output_dir) / RUN_FILE).exists():  # the trial's own run holds its error
         return
     try:
-        from sweep_sft.tracking.dead_runs import end_dead_trial
-
         end_dead_trial(
             hc.sweep.dir,
             output_dir,

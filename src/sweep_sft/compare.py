@@ -70,7 +70,7 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
             return dict(json.loads(file.read_text())["metrics"])
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{file}: not a metrics file with a 'metrics' mapping ({exc})") from exc
-    from sweep_sft.tracking.runs import find_run
+    from sweep_sft.tracking.client import find_run
 
     return dict(find_run(ref, tracking_uri, "a trial folder")[1].data.metrics)
 

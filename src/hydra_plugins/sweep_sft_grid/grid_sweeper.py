@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class SweepFailed(RuntimeError):
-    pass
+    """More of the grid's jobs failed than hydra.sweeper.max_failure_rate allows."""
 
 
 class GridSweeper(BasicSweeper):
+    """hydra/sweeper=grid: Hydra's basic grid, each job recorded and a failed one no end of the sweep."""
+
     def __init__(
         self, max_batch_size: int | None = None, params: dict[str, str] | None = None, max_failure_rate: float = 0.5
     ) -> None:
@@ -45,6 +47,7 @@ class GridSweeper(BasicSweeper):
         check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])
 
     def sweep(self, arguments: list[str]) -> Any:
+        """Launch the grid batch by batch, writing the summary after each; stop once too many failed."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class SweepFailed(RuntimeError):
-    pass
+    """More of the study's trials failed than hydra.sweeper.max_failure_rate allows."""
 
 
 class OptunaSweeper(Sweeper):
+    """hydra/sweeper=optuna5: an Optuna study whose trials are the sweep's jobs, resumable from its storage."""
+
     def __init__(self, **conf: Any) -> None:
         self.conf = OmegaConf.create(conf)
         directions = conf["direction"]
@@ -53,8 +56,7 @@ class OptunaSweeper(Sweeper):
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
+        """Keep the sweep's config and build its launcher (as Hydra's sweepers do)."""
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -73,6 +75,7 @@ class OptunaSweeper(Sweeper):
         check_jobs(config_loader, config, jobs, names)
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        """Ask the study for trials, launch them in batches of n_jobs and tell it their outcomes."""
         import optuna
 
         assert self.config is not None and self.launcher is not None
@@ -83,6 +86,37 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         space, fixed = parse(arguments, dict(c.params))
         storage_url = c.storage or str((sweep_dir / "optuna.journal").resolve())
+        study, n_trials = self._open_study(space, storage_url)
+        prune_metric = self._prune_metric()
+        returns: list[list[JobReturn]] = []
+        while (left := n_trials - len(_finished(study))) > 0:
+            trials = [study.ask({p.key: p.distribution for p in space}) for _ in range(min(c.n_jobs, left))]
+            batch = [self._overrides(t, space, fixed, storage_url, prune_metric) for t in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            returns.append(list(results))
+            for trial, job in zip(trials, results, strict=True):
+                self._tell_job(study, trial, job)
+            result = self._write_result(study, sweep_dir, storage_url, n_trials)
+            failed = result["states"].get("FAIL", 0)
+            # With nothing to search the sweep is one plain run: its job's outcome is recorded, as
+            # Hydra's basic sweeper would run it, without a failure-rate verdict.
+            if space and failed > c.max_failure_rate * n_trials:
+                raise SweepFailed(
+                    f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
+                    f"{sweep_dir / OPTUNA_FILE}. Errors: "
+                    + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
+                )
+        result = self._write_result(study, sweep_dir, storage_url, n_trials)
+        self._log_parent(sweep_dir, result)
+        return returns
+
+    def _open_study(self, space: list[Param], storage_url: str):
+        """The study (created, or continued from its storage) and how many trials it is to finish."""
+        import optuna
+
+        c = self.conf
         grid = {p.key: p.grid for p in space} if all(p.grid is not None for p in space) else None
         n_trials = c.n_trials
         if not space:
@@ -111,30 +145,7 @@ class OptunaSweeper(Sweeper):
         # Trials rebuild this pruner from the study: one source of truth across processes.
         study.set_user_attr(PRUNER_ATTR, pruner)
         _requeue_interrupted(study)
-        prune_metric = self._prune_metric()
-        returns: list[list[JobReturn]] = []
-        while (left := n_trials - len(_finished(study))) > 0:
-            trials = [study.ask({p.key: p.distribution for p in space}) for _ in range(min(c.n_jobs, left))]
-            batch = [self._overrides(t, space, fixed, storage_url, prune_metric) for t in trials]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            returns.append(list(results))
-            for trial, job in zip(trials, results, strict=True):
-                self._tell_job(study, trial, job)
-            result = self._write_result(study, sweep_dir, storage_url, n_trials)
-            failed = result["states"].get("FAIL", 0)
-            # With nothing to search the sweep is one plain run: its job's outcome is recorded, as
-            # Hydra's basic sweeper would run it, without a failure-rate verdict.
-            if space and failed > c.max_failure_rate * n_trials:
-                raise SweepFailed(
-                    f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
-                    f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
-                    f"{sweep_dir / OPTUNA_FILE}. Errors: "
-                    + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
-                )
-        result = self._write_result(study, sweep_dir, storage_url, n_trials)
-        self._log_parent(sweep_dir, result)
-        return returns
+        return study, n_trials
 
     def _prune_metric(self) -> str | None:
         if not self.pruning:

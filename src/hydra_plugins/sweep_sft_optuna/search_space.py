@@ -15,12 +15,15 @@ from sweep_sft.errors import ConfigError
 
 @dataclass
 class Param:
+    """One searched parameter: its key, Optuna distribution and, when discrete, its values."""
+
     key: str
     distribution: Any  # an optuna distribution
     grid: list | None  # the values, when discrete
     strings: dict | None = None  # categorical value -> its text in the override
 
     def override(self, value: Any) -> str:
+        """The override that sets the parameter to `value`, spelled as the command line spelled it."""
         if self.strings is not None:
             return f"{self.key}={self.strings[value]}"
         return f"{self.key}={value!r}"

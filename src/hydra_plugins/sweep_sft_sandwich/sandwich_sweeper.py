@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -26,13 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class SandwichFailed(RuntimeError):
-    pass
+    """The passing side, run first (verify_passing), failed the constraint: nothing to bracket."""
 
 
 STATE_FILE = "sandwich_state.json"
 
 
 class SandwichSweeper(Sweeper):
+    """hydra/sweeper=sandwich: bisect one parameter for the last value whose trials meet the constraint."""
+
     def __init__(
         self,
         param: str,
@@ -53,8 +56,7 @@ class SandwichSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
+        """Keep the sweep's config and build its launcher (as Hydra's sweepers do)."""
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -62,6 +64,7 @@ class SandwichSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        """Run the search round by round (resuming a saved state), then write and log its result."""
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:

@@ -32,11 +32,19 @@ from typing import Any
 from submitit.core import utils
 from submitit.local import local
 
+from hydra_plugins.sweep_sft_submitit.local_job_state import (
+    CANCELLED,
+    ORPHANED,
+    TIMEOUT,
+    exit_file,
+    trial_file,
+    write_atomic,
+)
 from sweep_sft.names import JOB_STATE_TAG, job_id_tag
+from sweep_sft.tracking.dead_runs import end_running_trial
 
 LIFELINE_ENV = "SWEEP_SFT_LAUNCHER_FD"
 _LIFELINE: list[int] = []  # this process's pipe: [read end, write end]; the write end is never written
-TIMEOUT, CANCELLED, ORPHANED = "timeout", "cancelled", "launcher gone"
 GRACE_ENV = "SWEEP_SFT_STOP_GRACE_S"
 # Seconds a task has from SIGINT to SIGKILL (hydra.launcher.stop_grace_s): a trial ends its MLflow
 # run on SIGINT, which can take seconds (a long torch op, records still being delivered, a busy
@@ -49,24 +57,6 @@ def lifeline() -> int:
     if not _LIFELINE:
         _LIFELINE.extend(os.pipe())  # not inheritable: only the controllers get the read end
     return _LIFELINE[0]
-
-
-def exit_file(folder: str | Path, job_id: str) -> Path:
-    return utils.JobPaths(folder, job_id).folder / f"{job_id}_exit.json"
-
-
-def trial_file(folder: str | Path, job_id: str) -> Path:
-    """`{"output_dir"}` of the job's trial, written by the launcher once it has the job id: the
-    controller of an orphaned job ends the trial's MLflow run from it."""
-    return utils.JobPaths(folder, job_id).folder / f"{job_id}_trial.json"
-
-
-def write_trial_file(folder: str | Path, job_id: str, output_dir: str) -> None:
-    path = trial_file(folder, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"output_dir": output_dir}))
-    tmp.replace(path)
 
 
 class LocalExecutor(local.LocalExecutor):
@@ -150,6 +140,7 @@ class Controller(local.Controller):
         os.kill(os.getpid(), signal.SIGINT)  # as job.cancel(): the main thread stops the tasks
 
     def wait(self, freq: int = 24):
+        """As submitit's, noting a return with tasks still running as the time limit's stop."""
         codes = super().wait(freq)
         if any(code is None for code in codes):
             self.stopped = TIMEOUT  # submitit's wait returns with tasks running only at the time limit
@@ -167,16 +158,17 @@ class Controller(local.Controller):
             self._stop(tasks)
             if tasks:
                 record = {"exit_codes": [_exit_code(t) for t in tasks], "stopped": self.stopped}
-                path = exit_file(self.folder, self.pid)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record))
-                tmp.replace(path)
+                write_atomic(exit_file(self._job_folder(), self.pid), record)
                 if self.stopped == ORPHANED:
                     self._end_trial_run()
         finally:
             signal.signal(signal.SIGINT, previous)
         if interrupted and self.stopped != CANCELLED:
             raise KeyboardInterrupt  # cancelled while stopping: no requeued attempt starts
+
+    def _job_folder(self) -> Path:
+        """This job's own folder (the executor's folder with its `%j` filled in)."""
+        return utils.JobPaths(self.folder, self.pid).folder
 
     def _stop(self, tasks: list[subprocess.Popen]) -> None:
         if any(t.poll() is None for t in tasks):
@@ -195,11 +187,9 @@ class Controller(local.Controller):
         """The launcher is gone, so nothing else ends a run the trial left RUNNING (it was
         SIGKILLed, or died of the SIGINT before ending it)."""
         try:
-            output_dir = json.loads(trial_file(self.folder, self.pid).read_text())["output_dir"]
+            output_dir = json.loads(trial_file(self._job_folder(), self.pid).read_text())["output_dir"]
         except (OSError, ValueError, KeyError):
             return  # the launcher died before writing it
-        from sweep_sft.tracking.dead_runs import end_running_trial
-
         error = f"local job {self.pid} stopped: the sweep that launched it was gone (killed)"
         tags = {job_id_tag("local"): self.pid, JOB_STATE_TAG: "CANCELLED (its launcher was gone)"}
         try:
@@ -218,66 +208,8 @@ def _exit_code(task: subprocess.Popen) -> int | None:
         return None
 
 
-def ended(job: Any) -> str:
-    """How a local job that left no result ended, for its error and the sweep_sft.job_state tag."""
-    try:
-        record = json.loads(exit_file(job.paths.folder, str(job.job_id)).read_text())
-    except (OSError, ValueError):
-        record = None
-    code = job._process.poll() if getattr(job, "_process", None) is not None else None
-    if record is None:
-        # no record: the controller itself died (or predates this module)
-        return f"{_signalled(-code)} (its controller)" if code is not None and code < 0 else "UNKNOWN"
-    if record["stopped"] == TIMEOUT:
-        return "TIMEOUT (stopped at hydra.launcher.timeout_min)"
-    if record["stopped"] == CANCELLED:
-        return "CANCELLED"
-    if record["stopped"] == ORPHANED:
-        return "CANCELLED (its launcher was gone)"
-    codes = [c for c in record["exit_codes"] if c]
-    if not codes:
-        return "COMPLETED (exit code 0)"
-    return _signalled(-codes[0]) if codes[0] < 0 else f"FAILED (exit code {codes[0]})"
-
-
-def _signalled(number: int) -> str:
-    try:
-        return f"KILLED by {signal.Signals(number).name} (signal {number})"
-    except ValueError:
-        return f"KILLED by signal {number}"
-
-
-def kill_job(job_id: str, timeout_s: float = 10.0) -> None:
-    """SIGKILL the job's process group (its controller started one: the group's id is the job
-    id) and wait until none of it runs: a trial left by a controller that was killed must not
-    run on beside a retry in its folder. (A group's id is not given to another process while a
-    member lives.)"""
-    pgid = int(job_id)
-    if not _group_members(pgid):
-        return  # empty: its id may be free for another process to take
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and fields[2] == str(pgid):
-            found.append(int(stat.parent.name))
-    return found
-
-
 def main() -> None:
+    """`python -m hydra_plugins.sweep_sft_submitit._local_jobs FOLDER`: one local job's controller."""
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m {__name__} <submitit folder>")
     # a sweep started in the background of a script has SIGINT ignored, which its children

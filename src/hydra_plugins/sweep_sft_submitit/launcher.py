@@ -21,7 +21,10 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.sweep_sft_submitit.local_job_state import ended, kill_job, write_trial_file
 from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
+from sweep_sft.sweep.jobs import hydra_values
+from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
 
 log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
@@ -58,6 +61,8 @@ class _Pending:
 
 
 class RetryingLauncher(BaseSubmititLauncher):
+    """hydra-submitit-launcher's launcher waiting on each job, a dead one resubmitted up to `retries` times."""
+
     def __init__(self, **params: Any) -> None:
         own = {key: params.pop(key) for key in OWN_KEYS if key in params}
         super().__init__(**params)
@@ -69,6 +74,7 @@ class RetryingLauncher(BaseSubmititLauncher):
             raise ValueError(f"hydra.launcher.retries: expected an integer >= 0, got {self.retries}")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Submit the batch and wait for every job; a job dead for good becomes a FAILED JobReturn."""
         assert self.config is not None
         assert len(job_overrides) > 0
         executor = self._executor()
@@ -205,8 +211,6 @@ class RetryingLauncher(BaseSubmititLauncher):
         self, p: _Pending, error: JobDied, status: str, retried: bool, config: DictConfig | None = None
     ) -> None:
         """End the attempt's MLflow run (sweep_sft apps): KILLED when it runs again, else FAILED."""
-        from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
-
         assert self.config is not None
         sweep_dir = str(self.config.hydra.sweep.dir)
         output_dir = _job_output_dir(self, p, config)
@@ -238,8 +242,6 @@ def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig 
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.num = p.num
-    from sweep_sft.sweep.jobs import hydra_values
-
     with hydra_values(config):  # `${hydra:...}` in output_dir resolves for this job
         job_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
         own = OmegaConf.select(config, "output_dir", default=None)
@@ -265,6 +267,8 @@ class LocalLauncher(RetryingLauncher):
         super().__init__(**params)
 
     def _executor(self):
+        # Here, not at the top: _local_jobs subclasses submitit's classes, and Hydra's plugin scan
+        # imports this module at every start.
         from hydra_plugins.sweep_sft_submitit import _local_jobs
 
         executor = super()._executor()
@@ -278,29 +282,21 @@ class LocalLauncher(RetryingLauncher):
     def _submitted(self, p: _Pending) -> None:
         """Tell the job's controller where its trial writes: if this process dies, the controller
         ends the run the trial leaves RUNNING."""
-        from hydra_plugins.sweep_sft_submitit._local_jobs import write_trial_file
-
         try:
             write_trial_file(p.job.paths.folder, str(p.job.job_id), _job_output_dir(self, p, None))
         except Exception as exc:  # noqa: BLE001 - bookkeeping for a crash; the sweep goes on without it
             log.warning(f"#{p.num}: could not name its folder to job {p.job.job_id}: {type(exc).__name__}: {exc}")
 
     def _ended_state(self, job) -> str:
-        from hydra_plugins.sweep_sft_submitit._local_jobs import ended
-
         return ended(job)
 
     def _wait_until_gone(self, job) -> None:
         """Its controller has exited; a controller killed outright left its trial running."""
-        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_job
-
         kill_job(str(job.job_id))
 
     def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
         """Stop the jobs still running (their controllers stop their trials: SIGINT, then SIGKILL
         after stop_grace_s) and end their MLflow runs KILLED, before the exception ends the sweep."""
-        from hydra_plugins.sweep_sft_submitit._local_jobs import kill_job
-
         live = [p for p in submitted if p.job._process is not None and not _done(p.job)]
         for p in live:
             p.job.cancel(check=False)
@@ -327,6 +323,8 @@ def _done(job) -> bool:
 
 
 class SlurmLauncher(RetryingLauncher):
+    """Slurm jobs (hydra/launcher=sweep_sft_slurm): states from sacct, a dead job awaited until squeue drops it."""
+
     _EXECUTOR = "slurm"
 
     def _refresh(self, pending: list[_Pending]) -> None:

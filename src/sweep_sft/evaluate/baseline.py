@@ -20,7 +20,7 @@ def load_baseline(config: Config, store: str | None = None) -> dict[str, float] 
     ref = config.eval.baseline_run_id
     if ref is None:
         return None
-    from sweep_sft.tracking.runs import tracking_uri
+    from sweep_sft.tracking.client import tracking_uri
 
     try:
         return load_metrics(ref, store or tracking_uri(config.tracking))

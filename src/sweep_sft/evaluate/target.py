@@ -78,7 +78,7 @@ def _config_of(trial: Path, asked: Path) -> Path:
 
 def _from_run(run_id: str, tracking_uri: str | None) -> Target:
     """The run's trial folder when it is reachable here; else its logged model (tracking.log_model)."""
-    from sweep_sft.tracking.runs import find_run
+    from sweep_sft.tracking.client import find_run
 
     client, run = find_run(run_id, tracking_uri, "a folder")
     folder = run.data.tags.get(OUTPUT_DIR_TAG)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sweep_sft.report.data import ReportInputError, Sweep, load_sweep_dir
 from sweep_sft.report.from_mlflow import load_parent_run
-from sweep_sft.tracking.runs import default_uri
+from sweep_sft.tracking.client import default_uri
 
 
 def load(target: str, tracking_uri: str | None = None) -> Sweep:

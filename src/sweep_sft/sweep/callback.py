@@ -9,19 +9,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.config.compose import task_overrides
+from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import KIND_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.report.html import write_report as write_html
+from sweep_sft.tracking.client import TrackingError, retry_until
+from sweep_sft.tracking.runs import Run
 
 log = logging.getLogger(__name__)
 
 
 def swept_keys(config: DictConfig) -> list[str]:
     """Config keys the sweep varies: command-line sweeps (lr=1e-4,1e-3) and preset params."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from sweep_sft.config.compose import task_overrides
     parsed = OverridesParser.create().parse_overrides(task_overrides(config.hydra))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -29,6 +32,8 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 
 class MlflowParentRun(Callback):
+    """Hydra callback (conf/config.yaml): the sweep's MLflow parent run, its child counts and its report."""
+
     def __init__(self) -> None:
         self.run = None
         self.sweep_dir: Path | None = None  # set while a sweep is open: its report is still to write
@@ -39,10 +44,7 @@ class MlflowParentRun(Callback):
         return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweep_sft.config.compose import task_overrides
-        from sweep_sft.config.schema import TrackingConfig
-        from sweep_sft.tracking.runs import Run
-
+        """Open the parent run (tracking on) and name it in the sweep folder; report at exit either way."""
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
         # A sweep that raises never reaches on_multirun_end: report it, and mark the parent
@@ -74,8 +76,6 @@ class MlflowParentRun(Callback):
         report = write_report(sweep_dir) if sweep_dir is not None else None
         if run is None:
             return
-        from sweep_sft.tracking.runs import TrackingError, retry_until
-
         # The trials are recorded already: a server that is down now must not fail the sweep.
         try:
             run.log_metrics(retry_until(lambda: self._counts(run), run.timeout_s, "count child runs", run.uri), 0)
@@ -114,9 +114,7 @@ def write_report(sweep_dir: Path) -> Path | None:
     if not sweep_dir.is_dir():  # the sweep died before launching anything
         return None
     try:
-        from sweep_sft.report.html import write_report as write
-
-        path = write(sweep_dir)
+        path = write_html(sweep_dir)
     except Exception as exc:
         log.warning("sweep report: could not write %s/report.html: %s: %s", sweep_dir, type(exc).__name__, exc)
         return None

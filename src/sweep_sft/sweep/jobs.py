@@ -4,15 +4,21 @@ onto the sweep's MLflow parent run. Shared by the sandwich and Optuna sweepers."
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 
+from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import METRICS_FILE
+from sweep_sft.tracking.client import TrackingError, read_parent, retry_until
+
+log = logging.getLogger(__name__)
 
 
 def job_record(job: JobReturn) -> dict[str, Any] | None:
@@ -36,8 +42,6 @@ def hydra_values(config) -> Iterator[None]:
     """HydraConfig set to one job's config (its `hydra` node), so `${hydra:...}` resolves as in that
     job, and put back as it was after: a sweeper, its launcher and the preflight read jobs'
     configs outside the jobs, where Hydra has set none or the sweep's own."""
-    from hydra.core.hydra_config import HydraConfig
-
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     try:
@@ -48,6 +52,7 @@ def hydra_values(config) -> Iterator[None]:
 
 
 def job_metrics(job: JobReturn) -> dict[str, float] | None:
+    """The trial's final metrics from its metrics.json, or None for a failed trial."""
     record = job_record(job)
     return record["metrics"] if record else None
 
@@ -70,11 +75,6 @@ def log_to_parent(
 
     The result is already in the sweep folder: a tracking server down for longer than the
     default outage timeout costs a warning, not the sweep."""
-    import logging
-
-    from sweep_sft.config.schema import TrackingConfig
-    from sweep_sft.tracking.runs import TrackingError, read_parent, retry_until
-
     parent = read_parent(sweep_dir)
     if not parent:
         return
@@ -96,4 +96,4 @@ def log_to_parent(
     try:
         retry_until(deliver, TrackingConfig.outage_timeout_s, f"log {artifact} onto the parent run", uri)
     except TrackingError as exc:
-        logging.getLogger(__name__).warning(f"{exc}; the result stays in {Path(sweep_dir) / artifact}")
+        log.warning(f"{exc}; the result stays in {Path(sweep_dir) / artifact}")

@@ -24,10 +24,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
+from sweep_sft.config.schema import Config
+from sweep_sft.config.validate import validate
 from sweep_sft.errors import ConfigError, UserInputError
+from sweep_sft.modeling import check_model
+from sweep_sft.sweep.jobs import hydra_values
+from sweep_sft.sweep.sweeper_keys import check_sweeper_keys
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +68,6 @@ def check_jobs(
 
 def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: int = 0, files: bool = True) -> None:
     """Job `num`'s config validated as the trial will see it; its model's files too if `files`."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sweep_sft.config.schema import Config
-    from sweep_sft.config.validate import validate
-    from sweep_sft.modeling import check_model
-
     try:
         job = config_loader.load_sweep_config(config, list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
@@ -86,8 +88,6 @@ def check_job(config_loader, config: DictConfig, overrides: Sequence[str], num: 
 def as_job(job: DictConfig, num: int) -> Iterator[None]:
     """HydraConfig set to job `num`'s config as its launcher sets it (Hydra's basic launcher and
     hydra.core.utils.run_job: job.num, job.id, runtime.output_dir), and put back as it was after."""
-    from sweep_sft.sweep.jobs import hydra_values
-
     with open_dict(job):
         job.hydra.job.num = num
         job.hydra.job.id = num  # a Slurm job's id is known only once it is submitted
@@ -101,8 +101,6 @@ def as_job(job: DictConfig, num: int) -> Iterator[None]:
 
 def runs_here(config: DictConfig) -> bool:
     """Whether the sweep's launcher runs its jobs on this machine (else their files are theirs to check)."""
-    from hydra.utils import get_class
-
     target = OmegaConf.select(config, "hydra.launcher._target_")
     try:
         launcher = get_class(target)
@@ -118,13 +116,10 @@ def refuse(exc: UserInputError) -> NoReturn:
 
 
 class SweepPreflight(Callback):
+    """Hydra callback (conf/config.yaml): every job of a sweep checked before the parent run opens."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-        from hydra.errors import InstantiationException
-        from hydra.utils import get_class, instantiate
-
-        from sweep_sft.sweep.sweeper_keys import check_sweeper_keys
-
+        """Refuse the sweep (exit 1, one line) if a sweeper key or any job's config is wrong."""
         try:  # any sweeper's, ours or not: Hydra would fail on it only after the parent run opened
             check_sweeper_keys(config)
         except UserInputError as exc:

@@ -26,6 +26,8 @@ OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 @dataclass
 class Constraint:
+    """What a probe's trials must meet: `metric op threshold`, for all seeds or their mean."""
+
     metric: str  # e.g. "general_drop" or "task/exact_match/classification/sentiment"
     op: str  # one of <=, >=, <, >
     threshold: float
@@ -49,6 +51,8 @@ class Constraint:
 
 @dataclass
 class SandwichSpec:
+    """The search: the bracket's two sides, its scale and precision, probes a round, seeds a probe."""
+
     passing: float  # the side known (or assumed) to pass: the anchor, e.g. a tiny lr or the full ratio
     failing: float  # the far side, assumed to fail: a harmful lr, a ratio of 0
     scale: str = "log"  # "log": geometric splits, precision is a ratio > 1; "linear": precision is a step
@@ -73,9 +77,11 @@ class SandwichSpec:
             raise ConfigError("sweep.probes_per_round and sweep.seeds must be >= 1")
 
     def width(self, a: float, b: float) -> float:
+        """The distance between two values on the spec's scale (log: of their ratio)."""
         return abs(math.log(b / a)) if self.scale == "log" else abs(b - a)
 
     def goal(self) -> float:
+        """The bracket width at which the search is done, on the spec's scale."""
         return math.log(self.precision) if self.scale == "log" else self.precision
 
     def max_rounds(self) -> int:
@@ -85,6 +91,8 @@ class SandwichSpec:
 
 @dataclass
 class Probe:
+    """One probed value: its round, one metrics dict a seed (None: failed) and whether it passed."""
+
     value: float
     round: int
     results: list[dict[str, float] | None]
@@ -93,6 +101,8 @@ class Probe:
 
 @dataclass
 class Sandwich:
+    """The search's state: the bracket [passing, failing], the rounds run and every probe."""
+
     spec: SandwichSpec
     constraint: Constraint
     passing: float = field(init=False)
@@ -107,10 +117,12 @@ class Sandwich:
 
     @property
     def verifying(self) -> bool:
+        """The passing side is still to be run (spec.verify_passing)."""
         return self.spec.verify_passing and self.passing_verified is None
 
     @property
     def done(self) -> bool:
+        """The bracket is within the precision, or the passing side failed (nothing to bracket)."""
         if self.passing_verified is False:  # nothing to bracket
             return True
         return self.spec.width(self.passing, self.failing) <= self.spec.goal() * (1 + 1e-9)
@@ -147,6 +159,7 @@ class Sandwich:
                 break
 
     def result(self) -> dict[str, Any]:
+        """The outcome as JSON: the bracket, rounds, trials and every probe."""
         return {
             "bracket": {"passing": self.passing, "failing": self.failing},
             "done": self.done,
@@ -157,10 +170,12 @@ class Sandwich:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything from_state needs to resume the search exactly, as JSON."""
         return {"spec": asdict(self.spec), "constraint": asdict(self.constraint), **self.result()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Sandwich:
+        """The search a state_dict() describes."""
         search = cls(SandwichSpec(**state["spec"]), Constraint(**state["constraint"]))
         search.passing, search.failing = state["bracket"]["passing"], state["bracket"]["failing"]
         search.rounds = state["rounds"]

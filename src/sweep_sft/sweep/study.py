@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
+
 from sweep_sft.errors import ConfigError
 
 PRUNER_ATTR = "sweep_sft.pruner"
@@ -55,8 +57,6 @@ def open_storage(url: str):
 
 def build(kind: str, spec: dict[str, Any], **extra: Any):
     """A sampler from the sweeper's own config (`_target_` and arguments): config, never storage."""
-    from hydra.utils import instantiate
-
     try:
         return instantiate(spec, **extra)
     except Exception as exc:  # Hydra wraps the constructor's TypeError/ValueError
@@ -129,6 +129,7 @@ class Reporter:
         self.metric = metric
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
+        """The metric at `step` told to the study; TrialPruned if its pruner says stop."""
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
             return

@@ -27,8 +27,13 @@ def job_entry(number: int, job: JobReturn) -> dict[str, Any]:
     value = job.return_value
     value = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     if value is not None and not math.isfinite(value):
-        return {"number": number, "overrides": overrides, "state": "FAILED", "value": value,
-                "error": f"non-finite objective {value}"}
+        return {
+            "number": number,
+            "overrides": overrides,
+            "state": "FAILED",
+            "value": value,
+            "error": f"non-finite objective {value}",
+        }
     entry = {"number": number, "overrides": overrides, "state": state, "value": value, "error": None}
     if record.get("objective"):
         entry["objective"] = record["objective"]
@@ -36,6 +41,7 @@ def job_entry(number: int, job: JobReturn) -> dict[str, Any]:
 
 
 def summarize(entries: list[dict[str, Any]], n_jobs: int, max_failure_rate: float) -> dict[str, Any]:
+    """The summary: the jobs' entries, counts per state and the failure-rate verdict."""
     states = {s: sum(e["state"] == s for e in entries) for s in STATES}
     return {
         "n_jobs": n_jobs,
@@ -54,6 +60,7 @@ def too_many_failed(failed: int, n_jobs: int, max_failure_rate: float) -> bool:
 
 
 def write(sweep_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """The summary written to the sweep folder's sweep_summary.json; its path."""
     path = Path(sweep_dir) / SUMMARY_FILE
     path.write_text(json.dumps(summary, indent=1, default=str))
     return path

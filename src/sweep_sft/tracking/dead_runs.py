@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from sweep_sft.names import ERROR_TAG, OUTPUT_DIR_TAG, PARENT_FILE, RUN_FILE, child_run_name
-from sweep_sft.tracking.runs import read_parent
+from sweep_sft.tracking.client import read_parent
 
 
 def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:
@@ -47,7 +47,7 @@ def end_dead_trial(
     experiment = client.get_run(parent["run_id"]).info.experiment_id
     run = client.create_run(
         experiment,
-        run_name=child_run_name(job_num, overrides, parent.get('swept', [])),
+        run_name=child_run_name(job_num, overrides, parent.get("swept", [])),
         tags={"mlflow.parentRunId": parent["run_id"], OUTPUT_DIR_TAG: output_dir, **all_tags},
     )
     client.set_terminated(run.info.run_id, status="FAILED")

@@ -45,6 +45,8 @@ class Op:
 
 
 class Delivery:
+    """One run's records: buffered by the caller, sent by a background thread, retried through outages."""
+
     def __init__(self, client, run_id: str, uri: str, max_points: int):
         self.client, self.run_id, self.uri, self.max_points = client, run_id, uri, max_points
         self._cond = threading.Condition()
@@ -63,6 +65,7 @@ class Delivery:
     # The training side: never touches the network.
 
     def add_points(self, points: list, wait_s: float) -> None:
+        """Buffer metric points; TimeoutError when the buffer stays full for `wait_s` (a long outage)."""
         with self._cond:
             if len(self._points) + len(points) > self.max_points:
                 self._cond.notify_all()
@@ -73,6 +76,7 @@ class Delivery:
                 self._cond.notify_all()
 
     def add_op(self, describe: str, send: Callable[[Any], Any], payload: Any = None) -> None:
+        """Queue a record other than a metric point: `send(payload)` later, with a copy of the payload taken now."""
         with self._cond:
             self._ops.append(Op(describe, send, copy.deepcopy(payload)))
             self._cond.notify_all()
@@ -102,6 +106,7 @@ class Delivery:
         self._thread.join(timeout=30)
 
     def undelivered(self) -> dict[str, Any]:
+        """What is left to send, and what the server refused, as JSON for the spill file."""
         with self._cond:
             return {
                 "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._rejected_points + self._points],
@@ -110,6 +115,7 @@ class Delivery:
             }
 
     def rejected(self) -> list[tuple[str, str]]:
+        """(what, the server's refusal) for each record refused with a 4xx."""
         with self._cond:
             return list(self._rejected)
 

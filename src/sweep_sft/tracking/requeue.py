@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from sweep_sft.config.schema import TrackingConfig
-from sweep_sft.names import ERROR_TAG, RESUMES_TAG, RUN_FILE
+from sweep_sft.names import ENDED_BY_TAG, ERROR_TAG, RESUMES_TAG, RUN_FILE
 from sweep_sft.tracking import run_guard
-from sweep_sft.tracking.runs import Run, delete_tags, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking.client import delete_tags, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking.runs import Run
 
 
 class ReopenedRun(Run):
@@ -29,11 +30,13 @@ class ReopenedRun(Run):
         self.has_params = has_params
 
     def finish(self, status: str = "FINISHED") -> None:
+        """As Run.finish, after removing a stale guardian's error from the reopened run."""
         if self.open:  # a guardian that ended the run as it was reopened left its error: stale now
             self.delivery.add_op("stale guardian error", lambda _: run_guard.clear_stale_end(self.client, self.run_id))
         super().finish(status)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """As Run.log_metrics, leaving out the points the run already holds."""
         fresh = {k: v for k, v in metrics.items() if step > self._logged.get(k, -1)}
         if fresh:
             super().log_metrics(fresh, step)
@@ -112,7 +115,7 @@ def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
         client.update_run(run_id, status="RUNNING")
         # The dead attempt's error (its launcher's or guardian's) even if `previous` lacked it: a
         # guardian may have ended the run since it was read.
-        delete_tags(client, run_id, [ERROR_TAG, run_guard.ENDED_BY_TAG])
+        delete_tags(client, run_id, [ERROR_TAG, ENDED_BY_TAG])
         return {key: max(m.step for m in points) for key, points in history.items() if points}
 
     logged = retry_until(reopen, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)

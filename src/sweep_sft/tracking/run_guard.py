@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import threading
 
-from sweep_sft.names import ENDED_BY_TAG
+from sweep_sft.names import ENDED_BY_TAG, ERROR_TAG, RESUMES_TAG
+from sweep_sft.tracking.client import delete_tags, http_defaults, retry_until
 
 # How often the guardian checks that its parent is alive when the pipe stays quiet.
 POLL_S = 2.0
@@ -116,6 +118,7 @@ def guard(fd: int, parent: int) -> dict[str, dict]:
 
 
 def end_runs(runs: dict[str, dict], pid: int) -> None:
+    """End each run the dead process `pid` left (end_dead_run), noting each on the terminal."""
     for run_id, watched in runs.items():
         try:
             ended = _end(run_id, watched, pid)
@@ -138,19 +141,12 @@ def _say(text: str) -> None:
 def _end(run_id: str, watched: dict, pid: int) -> bool:
     from mlflow.tracking import MlflowClient
 
-    from sweep_sft.tracking.runs import http_defaults
-
     http_defaults(watched["uri"])
     return end_dead_run(MlflowClient(tracking_uri=watched["uri"]), run_id, watched, pid)
 
 
 def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
     """End the dead process's run KILLED unless it was ended or reopened since; whether it was."""
-    import socket
-
-    from sweep_sft.names import ERROR_TAG
-    from sweep_sft.tracking.runs import delete_tags, retry_until
-
     uri, timeout_s = watched["uri"], watched["timeout_s"]
     run = retry_until(lambda: client.get_run(run_id), timeout_s, f"read MLflow run {run_id}", uri)
     if not _unclaimed(run, watched):
@@ -176,17 +172,12 @@ def end_dead_run(client, run_id: str, watched: dict, pid: int) -> bool:
 
 def _unclaimed(run, watched: dict) -> bool:
     """Still RUNNING and not reopened by another process since the dead one registered it."""
-    from sweep_sft.names import RESUMES_TAG
-
     return run.info.status == "RUNNING" and int(run.data.tags.get(RESUMES_TAG, "0")) == watched["resumes"]
 
 
 def clear_stale_end(client, run_id: str) -> None:
     """On a reopened run about to end: the error of a dead attempt's guardian that ended it as it
     was reopened (a trial's own error, set since, stays)."""
-    from sweep_sft.names import ERROR_TAG
-    from sweep_sft.tracking.runs import delete_tags
-
     tags = client.get_run(run_id).data.tags
     if tags.get(ENDED_BY_TAG) == GUARDIAN:
         delete_tags(client, run_id, [ENDED_BY_TAG] + ([ERROR_TAG] if tags.get(ERROR_TAG, "").endswith(NOTE) else []))

@@ -9,98 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from sweep_sft.config.schema import TrackingConfig
-from sweep_sft.errors import UserInputError
-from sweep_sft.names import OUTPUT_DIR_TAG, PARENT_FILE, SWEEP_DIR_TAG, UNDELIVERED_FILE
-
-# The tag a failed trial's run carries: the error, for the UI and for the launcher's bookkeeping.
-# The trial's output folder on its run: where its files (metrics.json, model/) are.
-# MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
-# 120 s for an answer; our delivery thread retries instead, so it must see a failure at once.
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+from sweep_sft.names import OUTPUT_DIR_TAG, SWEEP_DIR_TAG, UNDELIVERED_FILE
+from sweep_sft.tracking import run_guard
+from sweep_sft.tracking.client import TrackingError, experiment_id, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking.delivery import Delivery
 
 log = logging.getLogger(__name__)
-
-
-class TrackingError(UserInputError):
-    """The tracking server did not take a run's records within tracking.outage_timeout_s."""
-
-
-def default_uri() -> str:
-    """The local store a trial uses without tracking.uri, and the tools' --tracking-uri default."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def tracking_uri(cfg: TrackingConfig) -> str:
-    return cfg.uri or default_uri()
-
-
-def experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # another trial created it between our two calls
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(tree, dict):
-        out: dict[str, str] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree)}
-
-
-def http_defaults(uri: str) -> None:
-    """Fail fast on an HTTP tracking server so our own retries decide (a user's setting wins):
-    MLflow's defaults retry for minutes inside one call."""
-    if uri.startswith(("http://", "https://")):
-        for key, value in HTTP_ENV.items():
-            os.environ.setdefault(key, value)
-
-
-def retry_until(call, timeout_s: float, what: str, uri: str):
-    """`call()` retried with backoff while the server is unreachable, for up to `timeout_s`."""
-    from sweep_sft.tracking.delivery import BACKOFF_S, transient
-
-    deadline, pause, warned = time.monotonic() + timeout_s, BACKOFF_S[0], False
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not transient(exc) or time.monotonic() + pause > deadline:
-                raise TrackingError(
-                    f"tracking.uri {uri}: could not {what} within tracking.outage_timeout_s={timeout_s:g} s: "
-                    f"{type(exc).__name__}: {exc}"[:3000]
-                ) from exc
-            if not warned:
-                log.warning("MLflow server %s unreachable (%s); retrying to %s", uri, type(exc).__name__, what)
-                warned = True
-            time.sleep(pause)
-            pause = min(2 * pause, BACKOFF_S[1])
-
-
-def delete_tags(client, run_id: str, keys: list[str]) -> None:
-    """The tags removed; one absent (never set, or removed by another process meanwhile) is no error."""
-    from mlflow.exceptions import MlflowException
-
-    for key in keys:
-        try:
-            client.delete_tag(run_id, key)
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
-                raise
 
 
 class Run:
@@ -132,16 +51,12 @@ class Run:
         http_defaults(self.uri)
         from mlflow.tracking import MlflowClient
 
-        from sweep_sft.tracking.delivery import Delivery
-
         self.timeout_s = cfg.outage_timeout_s
         self.client = MlflowClient(tracking_uri=self.uri)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        self.spill_dir = Path(
-            spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get(SWEEP_DIR_TAG) or "."
-        )
+        self.spill_dir = Path(spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get(SWEEP_DIR_TAG) or ".")
 
         def create():
             experiment = experiment_id(self.client, cfg.experiment)
@@ -149,8 +64,6 @@ class Run:
 
         self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
         self.delivery = Delivery(self.client, self.run_id, self.uri, cfg.max_buffered_points)
-        from sweep_sft.tracking import run_guard
-
         # A process killed outright (SIGKILL, out of memory) cannot end its run: the guardian does.
         run_guard.watch(self.uri, self.run_id, resumes, self.timeout_s)
 
@@ -161,6 +74,7 @@ class Run:
         return self.enabled and self.delivery is not None
 
     def log_params(self, params: dict[str, str]) -> None:
+        """The params queued for delivery, in batches of MLflow's 100 at most (values cut to 6000 chars)."""
         if not self.open:
             return
         from mlflow.entities import Param
@@ -175,6 +89,7 @@ class Run:
             )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Metric points at `step` buffered for delivery; waits while the buffer is full (an outage)."""
         if not self.open:
             return
         from mlflow.entities import Metric
@@ -191,14 +106,17 @@ class Run:
         return not self.open or self.delivery.drain(0.0)
 
     def log_json(self, obj: Any, name: str) -> None:
+        """`obj` queued as the JSON artifact `name`."""
         if self.open:
             self.delivery.add_op(f"artifact {name}", lambda obj: self.client.log_dict(self.run_id, obj, name), obj)
 
     def log_text(self, text: str, name: str) -> None:
+        """`text` queued as the artifact `name`."""
         if self.open:
             self.delivery.add_op(f"artifact {name}", lambda text: self.client.log_text(self.run_id, text, name), text)
 
     def log_artifacts(self, folder: str | Path, name: str) -> None:
+        """The files of `folder` queued as the artifact folder `name` (read when sent)."""
         if self.open:
             folder = str(folder)
             self.delivery.add_op(
@@ -206,6 +124,7 @@ class Run:
             )
 
     def set_tag(self, key: str, value: str) -> None:
+        """The tag queued for delivery."""
         if self.open:
             self.delivery.add_op(f"tag {key}", lambda value: self.client.set_tag(self.run_id, key, value), value)
 
@@ -226,8 +145,6 @@ class Run:
             self._spill(delivery, status)
             raise
         delivery.stop()
-        from sweep_sft.tracking import run_guard
-
         # Ended, or its undelivered records (status included) are in the spill file for replay.
         # Interrupted above, it stays guarded: ended KILLED when this process is gone.
         run_guard.release(self.run_id)
@@ -296,28 +213,3 @@ def replay(path: str | Path, uri: str | None = None) -> int:
             (client.log_text if isinstance(payload, str) else client.log_dict)(run_id, payload, name)
     client.set_terminated(run_id, status=left["status"])
     return len(points)
-
-
-def find_run(ref: str, uri: str | None, expected: str):
-    """(client, run) for a run id given on a command line where `expected` (a folder) was the
-    other choice; not found: a UserInputError naming both and the store."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    uri = uri or default_uri()
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        return client, client.get_run(ref)
-    except MlflowException as exc:
-        raise UserInputError(
-            f"{ref}: neither {expected} nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
-        ) from exc
-
-
-def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
-    """What the sweep callback left in the sweep folder: parent run id and swept keys."""
-    path = Path(sweep_dir) / PARENT_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import CHECKPOINT_WEIGHTS
-from sweep_sft.tracking.runs import flatten
+from sweep_sft.tracking.client import flatten
 from sweep_sft.train.checkpoint_files import check_pickles, fsync_dir, load_file, write_file
 from sweep_sft.train.distributed import DistEnv
 

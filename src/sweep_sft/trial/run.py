@@ -18,7 +18,7 @@ from sweep_sft.data.pipeline import load_sources
 from sweep_sft.data.records import task_types
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import ERROR_TAG, METRICS_FILE, MODEL_DIR, OUTPUT_DIR_TAG, SAVE_ERROR_TAG, TRIAL_STATE_TAG
-from sweep_sft.tracking.runs import TrackingError
+from sweep_sft.tracking.client import TrackingError
 
 # The trained model's folder inside the trial's output folder (trainer.save_model).
 # On a run whose model could not be saved (its results are recorded all the same).
@@ -110,8 +110,8 @@ def _train_and_record(
     from sweep_sft.evaluate import general_probe
     from sweep_sft.evaluate.final import final_evaluation, validation_loss
     from sweep_sft.sweep.study import TrialPruned
+    from sweep_sft.tracking.client import flatten
     from sweep_sft.tracking.requeue import open_run
-    from sweep_sft.tracking.runs import flatten
     from sweep_sft.train import distributed
     from sweep_sft.train.checkpoint import Checkpoints
     from sweep_sft.train.loop import train

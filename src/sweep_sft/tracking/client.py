@@ -1,0 +1,127 @@
+"""The low-level MLflow helpers every tracking module shares: which store, failing fast on an HTTP
+server and retrying through its outages, finding runs and experiments, and the sweep's parent record.
+
+Nothing here holds a run open (sweep_sft.tracking.runs does); mlflow is imported only where it is called,
+so the guardian process (sweep_sft.tracking.run_guard) and `--cfg job` start without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweep_sft.errors import UserInputError
+from sweep_sft.names import PARENT_FILE
+from sweep_sft.tracking.delivery import BACKOFF_S, transient
+
+if TYPE_CHECKING:
+    from sweep_sft.config.schema import TrackingConfig
+
+# MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
+# 120 s for an answer; our delivery thread retries instead, so it must see a failure at once.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(UserInputError):
+    """The tracking server did not take a run's records within tracking.outage_timeout_s."""
+
+
+def default_uri() -> str:
+    """The local store a trial uses without tracking.uri, and the tools' --tracking-uri default."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """The store a tracking config names: tracking.uri, else the local default."""
+    return cfg.uri or default_uri()
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created if it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another trial created it between our two calls
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys, string values (lists as JSON)."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree)}
+
+
+def http_defaults(uri: str) -> None:
+    """Fail fast on an HTTP tracking server so our own retries decide (a user's setting wins):
+    MLflow's defaults retry for minutes inside one call."""
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def retry_until(call, timeout_s: float, what: str, uri: str):
+    """`call()` retried with backoff while the server is unreachable, for up to `timeout_s`."""
+    deadline, pause, warned = time.monotonic() + timeout_s, BACKOFF_S[0], False
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() + pause > deadline:
+                raise TrackingError(
+                    f"tracking.uri {uri}: could not {what} within tracking.outage_timeout_s={timeout_s:g} s: "
+                    f"{type(exc).__name__}: {exc}"[:3000]
+                ) from exc
+            if not warned:
+                log.warning("MLflow server %s unreachable (%s); retrying to %s", uri, type(exc).__name__, what)
+                warned = True
+            time.sleep(pause)
+            pause = min(2 * pause, BACKOFF_S[1])
+
+
+def delete_tags(client, run_id: str, keys: list[str]) -> None:
+    """The tags removed; one absent (never set, or removed by another process meanwhile) is no error."""
+    from mlflow.exceptions import MlflowException
+
+    for key in keys:
+        try:
+            client.delete_tag(run_id, key)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
+                raise
+
+
+def find_run(ref: str, uri: str | None, expected: str):
+    """(client, run) for a run id given on a command line where `expected` (a folder) was the
+    other choice; not found: a UserInputError naming both and the store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        return client, client.get_run(ref)
+    except MlflowException as exc:
+        raise UserInputError(
+            f"{ref}: neither {expected} nor a run in {uri} ({exc.message}); pass --tracking-uri for another store"
+        ) from exc
+
+
+def read_parent(sweep_dir: str | Path) -> dict[str, Any]:
+    """What the sweep callback left in the sweep folder: parent run id and swept keys."""
+    path = Path(sweep_dir) / PARENT_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
