@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
+from sweep_sft.metrics import pass_ks
 from sweep_sft.names import METRICS_FILE
+from sweep_sft.tracking.runs import find_run
 
 EM, LOSS = "task/exact_match/", "val/loss/"
 
@@ -43,6 +44,8 @@ class Row:
 
 @dataclass
 class Tolerances:
+    """How far B may fall behind A before a drop counts as a regression."""
+
     em: float = 0.05
     loss: float = 0.05
     general: float = 0.02
@@ -50,6 +53,8 @@ class Tolerances:
 
 @dataclass
 class Comparison:
+    """Per-task_type rows, the general-ability verdict, and the k of pass@k both runs report."""
+
     rows: list[Row]
     general: str | None
     k: int | None
@@ -70,14 +75,7 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
             return dict(json.loads(file.read_text())["metrics"])
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{file}: not a metrics file with a 'metrics' mapping ({exc})") from exc
-    from sweep_sft.tracking.runs import find_run
-
     return dict(find_run(ref, tracking_uri, "a trial folder")[1].data.metrics)
-
-
-def pass_ks(metrics: dict[str, float]) -> set[int]:
-    """The k of every pass@k a run reports (`task/pass_at_<k>[/<task>]`)."""
-    return {int(m.group(1)) for key in metrics if (m := re.match(r"task/pass_at_(\d+)(/|$)", key))}
 
 
 def common_k(a: dict[str, float], b: dict[str, float]) -> int | None:
@@ -123,6 +121,7 @@ def drop_verdict(
 
 
 def compare_runs(a: dict[str, float], b: dict[str, float], tolerances: Tolerances) -> Comparison:
+    """B against A, per task_type and in general ability."""
     return Comparison(
         compare(a, b, tolerances.em, tolerances.loss), general_regression(a, b, tolerances.general), common_k(a, b)
     )
@@ -141,6 +140,7 @@ def general_regression(a: dict[str, float], b: dict[str, float], tolerance: floa
 
 
 def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], names: tuple[str, str]) -> str:
+    """The comparison as the terminal table `python -m sweep_sft.compare` prints."""
     k = comparison.k
     pass_head = f"{f'pass@{k} A':>10}{'B':>6}" if k else ""
     head = (
@@ -168,6 +168,7 @@ def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], name
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m sweep_sft.compare A B`: the table; exit 1 on a regression, 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m sweep_sft.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="trial output folder or MLflow run id (A)")
     parser.add_argument("candidate", help="trial output folder or MLflow run id (B)")
