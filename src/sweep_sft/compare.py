@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.metrics import pass_ks
+from sweep_sft.metrics import pass_at, pass_ks
 from sweep_sft.names import METRICS_FILE
 from sweep_sft.tracking.runs import find_run
 
@@ -30,6 +30,8 @@ EM, LOSS = "task/exact_match/", "val/loss/"
 
 @dataclass
 class Row:
+    """One task_type of A and B: val loss, exact match, pass@k, and what regressed."""
+
     task: str
     loss_a: float
     loss_b: float
@@ -61,6 +63,7 @@ class Comparison:
 
     @property
     def regressions(self) -> list[str]:
+        """The task_types that regressed, and general ability when it did."""
         return [r.task for r in self.rows if r.regressed] + (["general ability"] if self.general else [])
 
 
@@ -90,7 +93,7 @@ def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_
     rows = []
     for task in tasks:
         loss_a, loss_b, em_a, em_b = (m.get(f"{p}{task}", math.nan) for p in (LOSS, EM) for m in (a, b))
-        pass_a, pass_b = (m.get(f"task/pass_at_{k}/{task}", math.nan) for m in (a, b))
+        pass_a, pass_b = (m.get(f"{pass_at(k)}/{task}", math.nan) for m in (a, b))
         row = Row(task, loss_a, loss_b, em_a, em_b, [], pass_a, pass_b)
         if row.em_a - row.em_b > em_tolerance:
             text, real = drop_verdict(task, a, b, k, row.em_a - row.em_b, em_tolerance)
@@ -110,7 +113,7 @@ def drop_verdict(
     alone saturates (near 1 for any answer the model still gives sometimes); the sample share
     does not. Without pass@k in both runs, every drop counts."""
     text = f"exact match -{drop:.2f}"
-    keys = {f"pass@{k}": f"task/pass_at_{k}/{task}", "sample match": f"task/sample_match/{task}"}
+    keys = {f"pass@{k}": f"{pass_at(k)}/{task}", "sample match": f"task/sample_match/{task}"}
     measured = {name: (a[key], b[key]) for name, key in keys.items() if key in a and key in b}
     if k is None or f"pass@{k}" not in measured:
         return text, True

@@ -78,18 +78,18 @@ def _prepare(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialState
     # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
     dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
     return TrialState(
-        cfg,
-        config,
-        out,
-        run_name,
-        parent_run_id,
-        preemption,
-        started,
-        can_checkpoint,
-        resume_from,
-        sources,
-        baseline,
-        dist_env,
+        cfg=cfg,
+        config=config,
+        out=out,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        preemption=preemption,
+        started=started,
+        checkpointable=can_checkpoint,
+        resume_from=resume_from,
+        sources=sources,
+        baseline=baseline,
+        dist_env=dist_env,
     )
 
 
