@@ -59,16 +59,17 @@ def _prepare(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialState
     started = time.perf_counter()
     config = validate(cfg)
     out = Path(output_dir or config.output_dir or "outputs/trial")
+    trial = TrialState(cfg, config, out, run_name, parent_run_id, preemption, started)
     check_early(config, out)
-    can_checkpoint = checkpointable(config)
-    if not can_checkpoint:
+    trial.checkpointable = checkpointable(config)
+    if not trial.checkpointable:
         preemption.release()  # no checkpoint to write: submitit requeues at once
-    resume_from = find_resume(config.trainer.resume, out) if can_checkpoint else None
-    if resume_from is not None:
-        check_resume(resume_from, config)
-    sources = Sources(*load_sources(config))
-    check_objective(config.objective, sources.task_types(), config.eval)
-    baseline = baseline_comparison.load_baseline(config)
+    trial.resume_from = find_resume(config.trainer.resume, out) if trial.checkpointable else None
+    if trial.resume_from is not None:
+        check_resume(trial.resume_from, config)
+    trial.sources = Sources(*load_sources(config))
+    check_objective(config.objective, trial.sources.task_types(), config.eval)
+    trial.baseline = baseline_comparison.load_baseline(config)
 
     import torch
 
@@ -76,21 +77,8 @@ def _prepare(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialState
         torch.set_num_threads(config.trainer.num_threads)
     modeling.seed_everything(config.trainer.seed)
     # Several ranks (torchrun, or submitit tasks_per_node>1): rank 0 alone records.
-    dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
-    return TrialState(
-        cfg=cfg,
-        config=config,
-        out=out,
-        run_name=run_name,
-        parent_run_id=parent_run_id,
-        preemption=preemption,
-        started=started,
-        checkpointable=can_checkpoint,
-        resume_from=resume_from,
-        sources=sources,
-        baseline=baseline,
-        dist_env=dist_env,
-    )
+    trial.dist_env = distributed.setup(config.trainer.device, need_group=config.deepspeed is not None)
+    return trial
 
 
 def _recipe(trial: TrialState) -> TrialResult:

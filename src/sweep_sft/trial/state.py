@@ -48,8 +48,9 @@ class Sources(NamedTuple):
 
 @dataclass
 class TrialState:
-    """One trial as its phases see it: what it was given and checked up front, then what each phase
-    sets (model and data, the run and checkpoints, the base probe) and the series it logs."""
+    """One trial as its phases see it: what it was given, what the checks before the model loads
+    found, then what each phase sets (model and data, the run and checkpoints, the base probe) and
+    the series it logs."""
 
     cfg: DictConfig | Config  # as given: its resolved form is what the run records
     config: Config
@@ -58,11 +59,13 @@ class TrialState:
     parent_run_id: str | None
     preemption: Any  # a train.preemption.Preemption
     started: float  # time.perf_counter() at the start
-    checkpointable: bool
-    resume_from: Path | None
-    sources: Sources
-    baseline: dict[str, float] | None
-    dist_env: DistEnv
+    # Set by the checks before the model loads.
+    checkpointable: bool = True
+    resume_from: Path | None = None
+    sources: Sources | None = None
+    baseline: dict[str, float] | None = None
+    dist_env: DistEnv | None = None
+    # Set by the phases, in order.
     evaluator: Evaluator | None = None
     data: PreparedData | None = None
     resolved: dict[str, Any] | None = None  # the config as recorded (record.resolved)
