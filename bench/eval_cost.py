@@ -24,34 +24,29 @@ def main() -> None:
 
     import torch
 
-    from sweep_sft import modeling
     from sweep_sft.data.pipeline import prepare
     from sweep_sft.data.records import first_per_task
     from sweep_sft.evaluate import standalone as standalone_eval
     from sweep_sft.evaluate import target as eval_target
-    from sweep_sft.evaluate.final import exact_match, sampled_pass_at_k, trained_sample, validation_loss
+    from sweep_sft.evaluate.evaluator import Evaluator
+    from sweep_sft.evaluate.generation import trained_sample
 
     torch.set_num_threads(args.threads)
     target = eval_target.resolve(args.trial)
     config = standalone_eval.load_config(target, args.overrides)
     ev, cpu = config.eval, torch.device("cpu")
     tokenizer, model = standalone_eval.load_trained(config, target, cpu)
-    eot = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
-    data = prepare(config, tokenizer, eot)
+    evaluator = Evaluator.for_trial(model, tokenizer, cpu, config)
+    data = prepare(config, tokenizer, evaluator.end_of_turn_id)
     sampled = first_per_task(data.val_examples, ev.pass_k_examples)
     recalled = trained_sample(data.train_rows, ev.train_recall_examples, config.trainer.seed)
-    gen = (cpu, ev.max_new_tokens, ev.batch_size, eot)
     parts = {
-        f"validation loss ({len(data.val_rows)} examples)": lambda: validation_loss(
-            model, data.val_rows, data.tasks, cpu, ev.batch_size, tokenizer.pad_token_id
+        f"validation loss ({len(data.val_rows)} examples)": lambda: evaluator.validation_loss(
+            data.val_rows, data.tasks
         ),
-        f"exact match, greedy ({len(data.val_examples)} prompts)": lambda: exact_match(
-            model, tokenizer, data.val_examples, *gen
-        ),
-        f"pass@{ev.pass_k}, {ev.num_samples} samples x {len(sampled)} prompts": lambda: sampled_pass_at_k(
-            model, tokenizer, sampled, cpu, ev, eot, config.trainer.seed
-        ),
-        f"train recall, greedy ({len(recalled)} prompts)": lambda: exact_match(model, tokenizer, recalled, *gen),
+        f"exact match, greedy ({len(data.val_examples)} prompts)": lambda: evaluator.exact_match(data.val_examples),
+        f"pass@{ev.pass_k}, {ev.num_samples} samples x {len(sampled)} prompts": lambda: evaluator.pass_at_k(sampled),
+        f"train recall, greedy ({len(recalled)} prompts)": lambda: evaluator.exact_match(recalled),
     }
     print(f"| part | median s of {args.repeat} | min s |\n|---|---|---|")
     for name, run in parts.items():

@@ -58,7 +58,7 @@ def run_ours(name: str, args) -> dict:
     With eval_every=0 the loop sits between the step-0 and the final validation_loss call, so
     its wall time is (start of the 2nd call) - (end of the 1st): training only, no eval.
     """
-    import sweep_sft.evaluate.final as evaluate_mod
+    import sweep_sft.evaluate.evaluator as evaluate_mod
     import sweep_sft.train.loop as loop
     from sweep_sft.config.compose import compose
     from sweep_sft.trial.run import run_trial
@@ -121,16 +121,16 @@ def run_ours(name: str, args) -> dict:
 
 def run_trl(name: str, args) -> dict:
     import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from sweep_sft import modeling
+    from sweep_sft.config.schema import ModelConfig
     from sweep_sft.data.batches import epoch_windows
-    from sweep_sft.embedded.build import embedded_data, embedded_model
+    from sweep_sft.embedded.build import embedded_data
 
-    path = str(embedded_model())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    # The trial's own loading (fp32, sdpa): the embedded tokenizer already has its pad token.
+    tokenizer, model = modeling.load(ModelConfig(attn_implementation="sdpa"), "cpu")
     records = [json.loads(line) for line in open(embedded_data() / "train.jsonl")]
     dataset = datasets.Dataset.from_list([{"messages": r["messages"]} for r in records])
     packed = name != "trl-padded"

@@ -8,7 +8,7 @@ import torch
 
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import tokenize
-from sweep_sft.evaluate.final import validation_loss
+from sweep_sft.evaluate.loss import validation_loss
 
 
 def test_answer_logprob_is_the_mean_log_probability_of_each_answer(tokenizer, embedded_model_path, embedded_data_path):

@@ -257,7 +257,7 @@ def test_checkpoint_settings_are_validated(override, key):
 
 
 def test_checkpoints_cover_several_ranks_and_zero2_and_are_refused_for_zero3(short, tmp_path):
-    from sweep_sft.trial.run import _checkpointable
+    from sweep_sft.trial.checks import checkpointable as _checkpointable
 
     # Plain data parallel (rank 0 writes) and ZeRO-2 are covered, whatever the number of ranks.
     assert _checkpointable(validate(compose([*short, "trainer.checkpoint_every=5"])))

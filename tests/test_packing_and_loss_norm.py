@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sweep_sft.config.schema import LOSS_NORMS
 from sweep_sft.data.batches import best_fit_decreasing, collate, pack_rows
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import tokenize
 from sweep_sft.train.loop import backward_window
-from sweep_sft.train.loss import LOSS_NORMS, example_loss_sums
+from sweep_sft.train.loss import example_loss_sums
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ import torch
 from sweep_sft.config.schema import EvalConfig
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import Tokenized
-from sweep_sft.evaluate.final import exact_match, generate_answers, pass_at_k, sampled_pass_at_k, trained_sample
+from sweep_sft.evaluate.generation import exact_match, generate_answers, pass_at_k, sampled_pass_at_k, trained_sample
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from sweep_sft.config.compose import compose
 from sweep_sft.errors import ConfigError
-from sweep_sft.evaluate.final import main
+from sweep_sft.evaluate.__main__ import main
 from sweep_sft.trial.run import run_trial
 
 PER_TASK = (
@@ -35,7 +35,7 @@ def greedy_data(tmp_path_factory, embedded_model_path, embedded_data_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sweep_sft.data.records import first_per_task, load_jsonl
-    from sweep_sft.evaluate.final import generate_answers
+    from sweep_sft.evaluate.generation import generate_answers
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path)

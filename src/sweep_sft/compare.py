@@ -16,19 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
+from sweep_sft.metrics import pass_at, pass_ks
 from sweep_sft.names import METRICS_FILE
+from sweep_sft.tracking.client import find_run
 
 EM, LOSS = "task/exact_match/", "val/loss/"
 
 
 @dataclass
 class Row:
+    """One task_type of A and B: val loss, exact match, pass@k, and what regressed."""
+
     task: str
     loss_a: float
     loss_b: float
@@ -43,6 +46,8 @@ class Row:
 
 @dataclass
 class Tolerances:
+    """How far B may fall behind A before a drop counts as a regression."""
+
     em: float = 0.05
     loss: float = 0.05
     general: float = 0.02
@@ -50,12 +55,15 @@ class Tolerances:
 
 @dataclass
 class Comparison:
+    """Per-task_type rows, the general-ability verdict, and the k of pass@k both runs report."""
+
     rows: list[Row]
     general: str | None
     k: int | None
 
     @property
     def regressions(self) -> list[str]:
+        """The task_types that regressed, and general ability when it did."""
         return [r.task for r in self.rows if r.regressed] + (["general ability"] if self.general else [])
 
 
@@ -70,14 +78,7 @@ def load_metrics(ref: str, tracking_uri: str | None = None) -> dict[str, float]:
             return dict(json.loads(file.read_text())["metrics"])
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{file}: not a metrics file with a 'metrics' mapping ({exc})") from exc
-    from sweep_sft.tracking.client import find_run
-
     return dict(find_run(ref, tracking_uri, "a trial folder")[1].data.metrics)
-
-
-def pass_ks(metrics: dict[str, float]) -> set[int]:
-    """The k of every pass@k a run reports (`task/pass_at_<k>[/<task>]`)."""
-    return {int(m.group(1)) for key in metrics if (m := re.match(r"task/pass_at_(\d+)(/|$)", key))}
 
 
 def common_k(a: dict[str, float], b: dict[str, float]) -> int | None:
@@ -92,7 +93,7 @@ def compare(a: dict[str, float], b: dict[str, float], em_tolerance: float, loss_
     rows = []
     for task in tasks:
         loss_a, loss_b, em_a, em_b = (m.get(f"{p}{task}", math.nan) for p in (LOSS, EM) for m in (a, b))
-        pass_a, pass_b = (m.get(f"task/pass_at_{k}/{task}", math.nan) for m in (a, b))
+        pass_a, pass_b = (m.get(f"{pass_at(k)}/{task}", math.nan) for m in (a, b))
         row = Row(task, loss_a, loss_b, em_a, em_b, [], pass_a, pass_b)
         if row.em_a - row.em_b > em_tolerance:
             text, real = drop_verdict(task, a, b, k, row.em_a - row.em_b, em_tolerance)
@@ -112,7 +113,7 @@ def drop_verdict(
     alone saturates (near 1 for any answer the model still gives sometimes); the sample share
     does not. Without pass@k in both runs, every drop counts."""
     text = f"exact match -{drop:.2f}"
-    keys = {f"pass@{k}": f"task/pass_at_{k}/{task}", "sample match": f"task/sample_match/{task}"}
+    keys = {f"pass@{k}": f"{pass_at(k)}/{task}", "sample match": f"task/sample_match/{task}"}
     measured = {name: (a[key], b[key]) for name, key in keys.items() if key in a and key in b}
     if k is None or f"pass@{k}" not in measured:
         return text, True
@@ -123,6 +124,7 @@ def drop_verdict(
 
 
 def compare_runs(a: dict[str, float], b: dict[str, float], tolerances: Tolerances) -> Comparison:
+    """B against A, per task_type and in general ability."""
     return Comparison(
         compare(a, b, tolerances.em, tolerances.loss), general_regression(a, b, tolerances.general), common_k(a, b)
     )
@@ -141,6 +143,7 @@ def general_regression(a: dict[str, float], b: dict[str, float], tolerance: floa
 
 
 def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], names: tuple[str, str]) -> str:
+    """The comparison as the terminal table `python -m sweep_sft.compare` prints."""
     k = comparison.k
     pass_head = f"{f'pass@{k} A':>10}{'B':>6}" if k else ""
     head = (
@@ -168,6 +171,7 @@ def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], name
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m sweep_sft.compare A B`: the table; exit 1 on a regression, 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m sweep_sft.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="trial output folder or MLflow run id (A)")
     parser.add_argument("candidate", help="trial output folder or MLflow run id (B)")

@@ -1,20 +1,51 @@
 """Load a model and tokenizer through from_pretrained, as a user's own would be, and
-prepare the tokenizer for SFT (pad token, chat template, special tokens)."""
+prepare the tokenizer for SFT (pad token, chat template, special tokens); the torch device and
+the seeding a trial runs with."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from sweep_sft.config.schema import ModelConfig
+from sweep_sft.embedded.build import embedded_model
 from sweep_sft.errors import ConfigError
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
+    """The folder or hub id from_pretrained loads: the embedded model's cached folder for "embedded"."""
     if cfg.name_or_path == "embedded":
-        from sweep_sft.embedded.build import embedded_model
-
         return str(embedded_model())
     return cfg.name_or_path
+
+
+def load(cfg: ModelConfig, device, path: str | None = None, tokenizer=None):
+    """(tokenizer, model) of `cfg` (from `path` when given, else its resolved model path) on
+    `device`: the one loading of trials, standalone evaluation and the benchmarks; a `tokenizer`
+    given (a trained one beside its base model) is used as is."""
+    path = path or resolve_model_path(cfg)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg, path)
+    return tokenizer, load_model(cfg, path, tokenizer, device)
+
+
+def torch_device(name: str):
+    """The torch device trainer.device names; auto: CUDA when torch sees it."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (trainer.seed)."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # What from_pretrained needs in a local model folder. Tokenizers come in many layouts (a fast
@@ -38,6 +69,7 @@ def check_model(cfg: ModelConfig) -> None:
 
 
 def check_model_folder(name_or_path: str) -> None:
+    """A local model folder holds a config, weights and tokenizer files (a hub id is left to from_pretrained)."""
     folder = Path(name_or_path)
     key = f"model.name_or_path={name_or_path}"
     if not folder.exists():
@@ -105,6 +137,7 @@ def _generation_tag():
 
 
 def load_tokenizer(cfg: ModelConfig, path: str):
+    """The tokenizer at `path`, with the chat template, special tokens and pad token `cfg` asks for."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -128,6 +161,7 @@ def load_tokenizer(cfg: ModelConfig, path: str):
 
 
 def end_of_turn(cfg: ModelConfig, tokenizer) -> str:
+    """The token that ends an assistant turn (model.end_of_turn_token, else the tokenizer's EOS)."""
     token = cfg.end_of_turn_token or tokenizer.eos_token
     if token is None:
         raise ConfigError("model.end_of_turn_token: the tokenizer has no eos_token; name the token that ends a turn")

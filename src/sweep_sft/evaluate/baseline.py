@@ -10,6 +10,7 @@ from pathlib import Path
 from sweep_sft.compare import Comparison, Tolerances, compare_runs, load_metrics, table
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError, UserInputError
+from sweep_sft.tracking.client import tracking_uri
 
 COMPARISON_FILE = "comparison.txt"
 
@@ -20,8 +21,6 @@ def load_baseline(config: Config, store: str | None = None) -> dict[str, float] 
     ref = config.eval.baseline_run_id
     if ref is None:
         return None
-    from sweep_sft.tracking.client import tracking_uri
-
     try:
         return load_metrics(ref, store or tracking_uri(config.tracking))
     except UserInputError as exc:
@@ -29,6 +28,7 @@ def load_baseline(config: Config, store: str | None = None) -> dict[str, float] 
 
 
 def compare_with_baseline(config: Config, baseline: dict[str, float], metrics: dict[str, float]) -> Comparison:
+    """`metrics` against the baseline's, with the trial's eval tolerances."""
     ev = config.eval
     return compare_runs(baseline, metrics, Tolerances(ev.em_tolerance, ev.loss_tolerance, ev.general_tolerance))
 

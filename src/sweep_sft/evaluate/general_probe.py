@@ -20,10 +20,12 @@ PROBE_SPEC = {"version": source_hash(general, sys.modules[__name__]), "n_items":
 
 
 def probe_items() -> list[tuple[str, str]]:
+    """The probe's (prompt, continuation) pairs."""
     return general.probe_items(PROBE_SPEC["n_items"], PROBE_SPEC["seed"])
 
 
 def score(model, tokenizer, device, batch_size: int = 128) -> dict[str, float]:
+    """The model's probe scores: general/score, general/loss, general/exact_match."""
     import torch
 
     items = probe_items()

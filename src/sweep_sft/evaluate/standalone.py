@@ -15,10 +15,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweep_sft import modeling
 from sweep_sft.config.schema import Config, StudyLinkConfig
 from sweep_sft.config.validate import validate
+from sweep_sft.data.pipeline import prepare
+from sweep_sft.errors import ConfigError, DataError
+from sweep_sft.evaluate import general_probe
+from sweep_sft.evaluate.evaluator import Evaluator
+from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.target import Target
 from sweep_sft.names import CHECKPOINT_WEIGHTS
+from sweep_sft.train.checkpoint_files import load_file
 
 RESULT_FILE = "evaluation.json"
 
@@ -30,10 +40,6 @@ ATTN_KEY = "model.attn_implementation"
 
 def load_config(target: Target, overrides: list[str]) -> Config:
     """The trial's own config, with `key=value` overrides (eval.* usually) applied."""
-    from omegaconf import OmegaConf
-
-    from sweep_sft.errors import ConfigError
-
     try:
         extra = OmegaConf.from_dotlist(overrides)
     except Exception as exc:
@@ -47,11 +53,6 @@ def load_config(target: Target, overrides: list[str]) -> Config:
 
 def _merged(base, more, where: str):
     """`more` merged into `base`; a key the schema lacks or a wrong type named with its full key."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sweep_sft.errors import ConfigError
-
     try:
         return OmegaConf.merge(base, more)
     except OmegaConfBaseException as exc:
@@ -65,10 +66,6 @@ def _merged(base, more, where: str):
 def _untrusted(trial, extra, target: Target) -> None:
     """Reset what only the person running this command may allow: the trial's config could come
     from anyone who can write a folder or log a run."""
-    from omegaconf import OmegaConf
-
-    from sweep_sft.errors import ConfigError
-
     if OmegaConf.select(extra, TRUST_KEY) is None:
         if OmegaConf.select(trial, TRUST_KEY):
             print(
@@ -88,7 +85,6 @@ def _untrusted(trial, extra, target: Target) -> None:
 def _schema():
     """The typed config with its mappings empty: merging would otherwise add the trial's data
     sources to the default's (the embedded one) instead of standing for them."""
-    from omegaconf import DictConfig, OmegaConf
 
     def empty_mappings(node: DictConfig) -> None:
         for key in list(node.keys()):
@@ -106,9 +102,6 @@ def _schema():
 
 def load_trained(config: Config, target: Target, device):
     """Tokenizer and model: a saved model folder as is, or a checkpoint's weights over the base model."""
-    from sweep_sft import modeling
-    from sweep_sft.train.checkpoint_files import load_file
-
     if target.model_dir is not None:
         model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)
         return _pretrained(model_cfg, str(target.model_dir), device)
@@ -120,13 +113,9 @@ def load_trained(config: Config, target: Target, device):
 def _pretrained(model_cfg, path: str, device):
     """from_pretrained of a tokenizer and model, after checking its weight files are whole; a
     model that needs its own code and was not trusted on this command line is named."""
-    from sweep_sft import modeling
-    from sweep_sft.errors import ConfigError
-
     check_safetensors(Path(path))
     try:
-        tokenizer = modeling.load_tokenizer(model_cfg, path)
-        return tokenizer, modeling.load_model(model_cfg, path, tokenizer, device)
+        return modeling.load(model_cfg, device, path)
     except ValueError as exc:
         if "trust_remote_code" not in str(exc) or model_cfg.trust_remote_code:
             raise
@@ -143,8 +132,6 @@ def check_safetensors(folder: Path) -> None:
         return
     from safetensors import SafetensorError, safe_open
 
-    from sweep_sft.errors import DataError
-
     for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt"):
@@ -159,43 +146,28 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     """Every final metric of the trial, recomputed for the target's weights."""
     import torch
 
-    from sweep_sft import modeling
-    from sweep_sft.data.pipeline import prepare
-    from sweep_sft.evaluate import general_probe
-    from sweep_sft.evaluate.final import final_evaluation, validation_loss
-    from sweep_sft.trial.run import torch_device
-
     started = time.perf_counter()
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
-    device = torch_device(config.trainer.device)
+    device = modeling.torch_device(config.trainer.device)
     tokenizer, model = load_trained(config, target, device)
-    eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
-    data = prepare(config, tokenizer, eot_id)
-    metrics = validation_loss(
-        model,
-        data.val_rows,
-        data.tasks,
-        device,
-        config.eval.batch_size,
-        tokenizer.pad_token_id,
-        config.trainer.precision,
-    )
+    evaluator = Evaluator.for_trial(model, tokenizer, device, config)
+    data = prepare(config, tokenizer, evaluator.end_of_turn_id)
+    metrics = evaluator.validation_loss(data.val_rows, data.tasks)
     base = None
     if config.eval.general_probe:
         base_path = modeling.resolve_model_path(config.model)
         base = general_probe.base_scores(
-            base_path, lambda: modeling.load_model(config.model, base_path, tokenizer, device), tokenizer, device
+            base_path, lambda: modeling.load(config.model, device, base_path, tokenizer)[1], tokenizer, device
         )
-    final, samples = final_evaluation(
-        model, tokenizer, data.val_examples, data.train_rows, config, device, eot_id, base
-    )
+    final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)
     metrics.update(final)
     metrics["time/eval_s"] = time.perf_counter() - started
     return {"tasks": data.tasks, "metrics": metrics, "samples": samples}
 
 
 def write(result: dict[str, Any], target: Target, ref: str, overrides: list[str], out: Path | None) -> Path:
+    """The evaluation's record (what was evaluated, with which overrides, and its results), as JSON."""
     path = out or target.trial_dir / RESULT_FILE
     weights = target.model_dir or target.checkpoint
     record = {"target": ref, "weights": str(weights), "overrides": overrides, **result}

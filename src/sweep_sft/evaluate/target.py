@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweep_sft.cache import build_once
 from sweep_sft.errors import UserInputError
-from sweep_sft.names import CHECKPOINT_WEIGHTS, OUTPUT_DIR_TAG
-
-CONFIG_FILE = "config.yaml"
+from sweep_sft.names import CHECKPOINT_WEIGHTS, CONFIG_FILE, MODEL_DIR, OUTPUT_DIR_TAG
+from sweep_sft.tracking.client import find_run
+from sweep_sft.train.checkpoint import problem, step_of, valid_checkpoints
 
 
 @dataclass
 class Target:
+    """What to evaluate: the trial's config, the weights (a model folder or a checkpoint), and the trial's folder."""
+
     # The trial's resolved config (written at its start).
     config_file: Path
     # A saved model folder (from_pretrained), or None when `checkpoint` holds the weights.
@@ -25,6 +28,7 @@ class Target:
 
 
 def resolve(ref: str, tracking_uri: str | None = None) -> Target:
+    """The target a command-line reference names: a folder here, else an MLflow run id."""
     path = Path(ref).expanduser()
     if path.exists():
         return _from_path(path)
@@ -32,8 +36,6 @@ def resolve(ref: str, tracking_uri: str | None = None) -> Target:
 
 
 def _from_path(path: Path) -> Target:
-    from sweep_sft.train.checkpoint import problem, step_of, valid_checkpoints
-
     if not path.is_dir():
         raise UserInputError(f"{path}: expected a trial folder, its model folder, a checkpoint folder or a run id")
     if step_of(path) is not None:  # <trial>/checkpoints/step-N
@@ -46,8 +48,6 @@ def _from_path(path: Path) -> Target:
     if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():  # <trial>/model
         return Target(_config_of(path.parent, path), path, None, path.parent)
     if (path / CONFIG_FILE).is_file():
-        from sweep_sft.names import MODEL_DIR
-
         if (path / MODEL_DIR / "config.json").is_file():
             return Target(path / CONFIG_FILE, path / MODEL_DIR, None, path)
         found = [c for c in valid_checkpoints(path, warn=False) if (c / CHECKPOINT_WEIGHTS).is_file()]
@@ -59,8 +59,6 @@ def _from_path(path: Path) -> Target:
 
 def _why_no_model(config_file: Path) -> str:
     from omegaconf import OmegaConf
-
-    from sweep_sft.names import MODEL_DIR
 
     config = OmegaConf.load(config_file)
     if OmegaConf.select(config, "deepspeed.zero_stage") == 3:
@@ -78,8 +76,6 @@ def _config_of(trial: Path, asked: Path) -> Path:
 
 def _from_run(run_id: str, tracking_uri: str | None) -> Target:
     """The run's trial folder when it is reachable here; else its logged model (tracking.log_model)."""
-    from sweep_sft.tracking.client import find_run
-
     client, run = find_run(run_id, tracking_uri, "a folder")
     folder = run.data.tags.get(OUTPUT_DIR_TAG)
     if folder and Path(folder).is_dir():
@@ -87,14 +83,11 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Target:
             return _from_path(Path(folder))
         except UserInputError:
             pass  # the folder is here but lacks the model: the run may have logged it
-    from sweep_sft.names import MODEL_DIR
-
     if not client.list_artifacts(run_id, MODEL_DIR):
         raise UserInputError(
             f"run {run_id}: its trial folder {folder} is not reachable here (or holds no model) and the run logged no "
             f"{MODEL_DIR} artifact (set tracking.log_model=true when training)"
         )
-    from sweep_sft.cache import build_once
 
     def download(folder: Path) -> None:
         client.download_artifacts(run_id, MODEL_DIR, str(folder))

@@ -1,0 +1,69 @@
+"""One model under evaluation with everything each evaluation needs beside it (tokenizer, device,
+end-of-turn id, the eval settings): built once by a trial or standalone evaluation, where the
+evaluation functions would otherwise take and be passed the same seven values each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sweep_sft import modeling
+from sweep_sft.config.schema import Config, EvalConfig
+from sweep_sft.data.records import Example
+from sweep_sft.data.tokenize import Tokenized
+from sweep_sft.evaluate import general_probe
+from sweep_sft.evaluate.generation import exact_match, sampled_pass_at_k
+from sweep_sft.evaluate.loss import validation_loss
+
+
+@dataclass
+class Evaluator:
+    """A model and what evaluating it takes: its tokenizer and device, the id that ends a turn,
+    the eval settings, the training precision and the seed of sampled evaluations."""
+
+    model: Any
+    tokenizer: Any
+    device: Any
+    end_of_turn_id: int
+    eval: EvalConfig
+    precision: str = "fp32"
+    seed: int = 0
+
+    @classmethod
+    def for_trial(cls, model, tokenizer, device, config: Config) -> Evaluator:
+        """The evaluator of a trial's (or a trained) model under the trial's config."""
+        eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
+        return cls(model, tokenizer, device, eot_id, config.eval, config.trainer.precision, config.trainer.seed)
+
+    def validation_loss(self, rows: list[Tokenized], tasks: list[str]) -> dict[str, float]:
+        """Validation loss and answer log-probability, overall and per task_type."""
+        ev = self.eval
+        return validation_loss(
+            self.model, rows, tasks, self.device, ev.batch_size, self.tokenizer.pad_token_id, self.precision
+        )
+
+    def exact_match(
+        self, examples: list[Example], prefix: str = "task/exact_match"
+    ) -> tuple[dict[str, float], list[dict[str, str]]]:
+        """Greedy exact match per task_type, and a few generations to read."""
+        ev = self.eval
+        return exact_match(
+            self.model,
+            self.tokenizer,
+            examples,
+            self.device,
+            ev.max_new_tokens,
+            ev.batch_size,
+            self.end_of_turn_id,
+            prefix,
+        )
+
+    def pass_at_k(self, examples: list[Example]) -> dict[str, float]:
+        """pass@k and the share of right samples per task_type, from seeded samples."""
+        return sampled_pass_at_k(
+            self.model, self.tokenizer, examples, self.device, self.eval, self.end_of_turn_id, self.seed
+        )
+
+    def general_probe(self) -> dict[str, float]:
+        """The general-ability probe's scores of this model."""
+        return general_probe.score(self.model, self.tokenizer, self.device)

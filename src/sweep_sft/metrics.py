@@ -1,0 +1,139 @@
+"""The metrics a trial reports, by family: their names, which of them an objective may name, and
+the final values a trial's series end on.
+
+One list serves the objective check before training and the trial's own records: a metric the
+trial writes to metrics.json is a metric `objective=` accepts."""
+
+from __future__ import annotations
+
+import re
+
+from sweep_sft.config.schema import EvalConfig
+from sweep_sft.errors import ConfigError
+
+# Per task_type (`<family>/<task>`) and over all task_types (`<family>`), at every eval.
+VAL_FAMILIES = ("val/loss", "val/answer_logprob")
+# Per task_type and overall at every logged training step (train/loss); per task_type only: the
+# share of the loss weight each task_type got.
+TRAIN_LOSS = "train/loss"
+TRAIN_WEIGHT_SHARE = "train/loss_weight_share"
+# Over all task_types, at every logged training step (train.loop).
+TRAIN_OVERALL = (
+    "train/grad_norm",
+    "train/lr",
+    "train/tokens_per_s",
+    "train/supervised_tokens_per_s",
+    "train/packing_efficiency",
+    "train/supervised_fraction",
+    "train/epoch",
+)
+# Per task_type only, logged once at step 0: the realised data mix.
+MIX_FAMILIES = ("data/examples", "data/example_share", "data/token_share")
+TIMES = ("time/train_s", "time/total_s")
+# The general-ability probe of the trained model, the base model's (`general/base_*`), and the drop.
+GENERAL_PROBE = ("general/score", "general/loss", "general/exact_match")
+GENERAL_DROP = "general_drop"
+# Against eval.baseline_run_id: deltas per task_type and the number of regressions.
+COMPARE_REGRESSIONS = "compare/regressions"
+COMPARE_DELTAS = ("compare/delta/exact_match", "compare/delta/val_loss")
+
+PASS_AT = re.compile(r"task/pass_at_(\d+)(/|$)")
+
+
+def pass_at(k: int) -> str:
+    """The pass@k family's name: task/pass_at_<k>."""
+    return f"task/pass_at_{k}"
+
+
+def base_name(probe_metric: str) -> str:
+    """The base model's probe metric beside the trained one's: general/score -> general/base_score."""
+    return f"general/base_{probe_metric.split('/')[1]}"
+
+
+def pass_ks(metrics: dict[str, float]) -> set[int]:
+    """The k of every pass@k a run reports (`task/pass_at_<k>[/<task>]`)."""
+    return {int(m.group(1)) for key in metrics if (m := PASS_AT.match(key))}
+
+
+def mix_metrics(report: dict[str, dict]) -> dict[str, float]:
+    """The realised mix as metrics, so runs can be compared on it in the MLflow UI."""
+    out: dict[str, float] = {}
+    for task, s in report.items():
+        for family, key in zip(MIX_FAMILIES, ("examples", "example_share", "token_share"), strict=True):
+            out[f"{family}/{task}"] = s[key]
+    return out
+
+
+def _eval_families(ev: EvalConfig) -> list[str]:
+    """The per-task_type families of the final evaluation, as eval settings switch them on."""
+    families = []
+    if ev.generate:
+        families.append("task/exact_match")
+        if ev.train_recall_examples:
+            families.append("task/train_recall")
+        if ev.pass_k:
+            families += [pass_at(ev.pass_k), "task/sample_match"]
+    return families
+
+
+def metric_names(tasks: list[str], ev: EvalConfig | None = None) -> list[str]:
+    """Every metric a trial with these eval settings reports at its end (objective checks
+    before training): every key of its metrics.json."""
+    ev = ev or EvalConfig()
+    per_task = [*VAL_FAMILIES, TRAIN_LOSS, *_eval_families(ev)]
+    overall = list(TIMES)
+    if ev.general_probe:
+        overall += [*GENERAL_PROBE, GENERAL_DROP]
+    names = per_task + overall + [f"{p}/{task}" for task in tasks for p in per_task]
+    names += TRAIN_OVERALL
+    names += [f"{p}/{task}" for task in tasks for p in (TRAIN_WEIGHT_SHARE, *MIX_FAMILIES)]
+    if ev.general_probe:
+        names += [base_name(m) for m in GENERAL_PROBE]
+    if ev.baseline_run_id is not None:
+        names += [COMPARE_REGRESSIONS] + [f"{p}/{task}" for task in tasks for p in COMPARE_DELTAS]
+    return names
+
+
+def _switched_off(name: str, ev: EvalConfig) -> str | None:
+    """The eval setting that keeps a known metric from being measured, if that is why it is missing."""
+    family = name if name.startswith("general") else "/".join(name.split("/")[:2])
+    if family == "task/exact_match" or family.startswith(("task/train_recall", "task/pass_at_", "task/sample_")):
+        if not ev.generate:
+            return "eval.generate=false"
+    if family == "task/train_recall" and not ev.train_recall_examples:
+        return "eval.train_recall_examples=0"
+    if family.startswith("task/pass_at_") or family == "task/sample_match":
+        if not ev.pass_k:
+            return "eval.pass_k=0"
+        if family.startswith("task/pass_at_") and family != pass_at(ev.pass_k):
+            return f"eval.pass_k={ev.pass_k} (it measures {pass_at(ev.pass_k)})"
+    if family.startswith("general") and not ev.general_probe:
+        return "eval.general_probe=false"
+    return None
+
+
+def check_objective(name: str, tasks: list[str], ev: EvalConfig | None = None) -> None:
+    """Fail before training when `objective=name` is no metric a trial with these settings reports."""
+    ev = ev or EvalConfig()
+    names = metric_names(tasks, ev)
+    if name in names:
+        return
+    off = _switched_off(name, ev)
+    if off:
+        raise ConfigError(f"objective={name}: not measured with {off}; measure it or choose another objective")
+    raise ConfigError(f"objective: unknown metric {name!r}; the metrics are: {', '.join(names)}")
+
+
+def objective_value(name: str, metrics: dict[str, float]) -> float:
+    """The objective's final value among a trial's metrics."""
+    if name not in metrics:
+        raise ConfigError(
+            f"objective: metric {name!r} was not produced by this trial (is its evaluation switched off?); "
+            f"produced: {', '.join(sorted(metrics))}"
+        )
+    return metrics[name]
+
+
+def final_values(series: dict[str, list[list[float]]]) -> dict[str, float]:
+    """The last logged value of every series: a trial's final metrics."""
+    return {key: values[-1][1] for key, values in series.items()}

@@ -1,0 +1,96 @@
+"""A trial's results kept: metrics.json and the run's objective, the loss-curve findings, the
+saved model, and the run left RUNNING for a requeued job."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep_sft.config.schema import ALIASES, Config
+from sweep_sft.diagnostics.findings import as_tags, format_findings
+from sweep_sft.diagnostics.signs import diagnose
+from sweep_sft.metrics import final_values, objective_value
+from sweep_sft.names import METRICS_FILE, MODEL_DIR, SAVE_ERROR_TAG, TRIAL_STATE_TAG
+from sweep_sft.trial.state import TrialResult
+
+
+def record(
+    config: Config,
+    out: Path,
+    run,
+    series: dict,
+    state: str,
+    steps: int,
+    write: bool = True,
+    findings: list[dict] | None = None,
+) -> TrialResult:
+    """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
+    metrics = final_values(series)
+    # A pruned trial reports the metric it was judged on; its final evals never ran.
+    name = config.study.metric if state == "PRUNED" else config.objective
+    value = objective_value(name, metrics)
+    result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps, findings or [])
+    if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
+        (out / METRICS_FILE).write_text(json.dumps(asdict(result), indent=1))
+    run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
+    return result
+
+
+def diagnose_series(config: Config, series: dict, run) -> list[dict]:
+    """Loss-curve signs of the finished trial: printed, and tags on its run (`diagnostics.<sign>`,
+    `diagnostics.count`) so runs can be filtered on them in the MLflow UI."""
+    findings = diagnose(series, config=config.diagnostics)
+    print(format_findings(findings))
+    for key, value in as_tags(findings).items():
+        run.set_tag(key, value)
+    return [asdict(f) for f in findings]
+
+
+def save_model(config: Config, model, tokenizer, out: Path, run) -> None:
+    """The trained weights and the tokenizer (with its added tokens and chat template), loadable
+    with from_pretrained like any model; logged to the run only when asked (tracking.log_model)."""
+    if config.deepspeed is not None and config.deepspeed.zero_stage == 3:
+        print("trainer.save_model: not saved under DeepSpeed ZeRO-3 (the weights are partitioned across ranks)")
+        return
+    from transformers.utils import logging as hf_logging
+
+    folder = out / MODEL_DIR
+    hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in the trial's log
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    except Exception as exc:  # a full disk must not turn a recorded trial into a failed one
+        message = f"trainer.save_model: could not save the model to {folder}: {type(exc).__name__}: {exc}"
+        print(f"warning: {message}", file=sys.stderr)
+        run.set_tag(SAVE_ERROR_TAG, message[:5000])
+        return
+    finally:
+        hf_logging.enable_progress_bar()
+    if config.tracking.log_model:
+        run.log_artifacts(folder, MODEL_DIR)
+
+
+def leave_running(run) -> None:
+    """Submitit requeued the job: the resumed trial continues this run, so it stays RUNNING."""
+    try:
+        run.set_tag(TRIAL_STATE_TAG, "REQUEUED")
+        if not run.flush():  # the server is down: the resumed attempt sends them from the checkpoint
+            print(
+                "warning: MLflow server unreachable before the requeue; the resumed trial sends what it lacks",
+                file=sys.stderr,
+            )
+    except Exception as exc:  # the job is requeued already: never turn the exit into a failure
+        print(f"warning: could not flush MLflow before the requeue: {exc}", file=sys.stderr)
+
+
+def resolved(cfg: DictConfig | Config, config: Config) -> dict:
+    """The trial's config as recorded (config.yaml, the run's params): resolved, each alias beside its full key."""
+    node = OmegaConf.structured(config) if isinstance(cfg, Config) else cfg
+    container = OmegaConf.to_container(node, resolve=True)
+    for short, full in ALIASES.items():  # a full-path override wins: show one value
+        container[short] = OmegaConf.select(OmegaConf.create(container), full)
+    return container
