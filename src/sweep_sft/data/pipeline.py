@@ -19,6 +19,7 @@ from sweep_sft.embedded.build import embedded_data
 
 @dataclass
 class PreparedData:
+    """The tokenised training mix and validation set, with what the trial prints and records about them."""
     train_rows: list[Tokenized]
     val_rows: list[Tokenized]
     val_examples: list[Example]
