@@ -56,7 +56,7 @@ def load_modules(src: Path = SRC) -> dict[str, Module]:
 
 
 def _guarded_top(tree: ast.Module) -> list[ast.stmt]:
-    """Statements inside module-level `if`/`try` blocks (TYPE_CHECKING, optional imports) count as top."""
+    """Statements inside module-level `if`/`try` blocks (optional imports) count as top."""
     out = []
     for node in tree.body:
         if isinstance(node, (ast.If, ast.Try)):
@@ -64,6 +64,16 @@ def _guarded_top(tree: ast.Module) -> list[ast.stmt]:
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     out.append(child)
     return out
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Imports under `if TYPE_CHECKING:`: for annotations, never run, so no edge of the import graph."""
+    return {
+        id(child)
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for child in ast.walk(node)
+    }
 
 
 def _targets(module: Module, node: ast.stmt, modules: dict[str, Module]) -> list[str]:
@@ -89,7 +99,10 @@ def import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
     """Module -> the modules of ours it imports, anywhere in the file."""
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for module in modules.values():
-        for _, targets, _ in module.imports:
+        annotations_only = _type_checking_only(module.tree)
+        for node, targets, _ in module.imports:
+            if id(node) in annotations_only:
+                continue
             for target in targets:
                 dep = _ours(target, modules)
                 if dep and dep != module.name and not module.name.startswith(dep + "."):
@@ -220,7 +233,7 @@ def used_names(module: Module, modules: dict[str, Module]) -> set[tuple[str, str
     used, aliases = set(), {}
     for node, targets, _ in module.imports:
         if isinstance(node, ast.ImportFrom) and not node.level:
-            for alias, target in zip(node.names, targets):
+            for alias, target in zip(node.names, targets, strict=True):
                 if target in modules and target != node.module:  # `from package import module`
                     aliases[alias.asname or alias.name] = target
                 elif node.module in modules:
@@ -246,23 +259,27 @@ def test_every_public_name_another_module_uses_says_what_it_is_for(modules: dict
 
 
 def _shared_names(modules: dict[str, Module]) -> dict[str, str]:
-    """value -> constant name, for names.py's file names (.json, .pt) and sweep_sft.* tag keys."""
+    """value -> its constant, for names.py's file names (.json, .pt) and sweep_sft.* tag keys, and every
+    metric name of metrics.py."""
     shared = {}
-    for node in modules["sweep_sft.names"].tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-            value = node.value.value
-            if value.endswith((".json", ".pt")) or value.startswith("sweep_sft."):
-                shared[value] = node.targets[0].id
+    for home in ("sweep_sft.names", "sweep_sft.metrics"):
+        for node in modules[home].tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                value = node.value.value
+                if not isinstance(value, str):
+                    continue
+                if home == "sweep_sft.metrics" or value.endswith((".json", ".pt")) or value.startswith("sweep_sft."):
+                    shared[value] = f"{home.rpartition('.')[2]}.{node.targets[0].id}"
     return shared
 
 
-def test_every_shared_file_name_and_tag_is_spelled_once(modules: dict[str, Module]) -> None:
+def test_every_shared_file_name_tag_and_metric_is_spelled_once(modules: dict[str, Module]) -> None:
     shared = _shared_names(modules)
-    assert {"metrics.json", "model.pt", "sweep_sft.trial_state", "sweep_summary.json"} <= set(shared)
+    assert {"metrics.json", "model.pt", "sweep_sft.trial_state", "sweep_summary.json", "val/loss"} <= set(shared)
     spelled = [
-        f"{m.path.relative_to(SRC)}:{node.lineno} {node.value!r} (use names.{shared[node.value]})"
+        f"{m.path.relative_to(SRC)}:{node.lineno} {node.value!r} (use {shared[node.value]})"
         for m in modules.values()
-        if m.name != "sweep_sft.names"
+        if m.name not in ("sweep_sft.names", "sweep_sft.metrics")
         for node in ast.walk(m.tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in shared
     ]

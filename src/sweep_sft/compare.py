@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.metrics import pass_at, pass_ks
+from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, VAL_LOSS, pass_at, pass_ks
 from sweep_sft.names import METRICS_FILE
 from sweep_sft.tracking.client import find_run
 
@@ -138,7 +138,7 @@ def _num(x: float, width: int, fmt: str) -> str:
 
 def general_regression(a: dict[str, float], b: dict[str, float], tolerance: float) -> str | None:
     """Forgetting: B's general-ability drop (against the base model) beyond A's by more than `tolerance`."""
-    rise = b.get("general_drop", math.nan) - a.get("general_drop", math.nan)
+    rise = b.get(GENERAL_DROP, math.nan) - a.get(GENERAL_DROP, math.nan)
     return f"general_drop +{rise:.3f}" if rise > tolerance else None
 
 
@@ -158,10 +158,10 @@ def table(comparison: Comparison, a: dict[str, float], b: dict[str, float], name
             f"{_num(r.em_a, 9, '.2f')}{_num(r.em_b, 6, '.2f')}{_num(r.em_b - r.em_a, 7, '+.2f')}{passes}"
             f"  {'; '.join(r.regressed + r.notes) or '-'}"
         )
-    for key in ("val/loss", "task/exact_match", "general_drop"):
+    for key in (VAL_LOSS, EXACT_MATCH, GENERAL_DROP):
         if key in a or key in b:
             va, vb = a.get(key, math.nan), b.get(key, math.nan)
-            flag = comparison.general if key == "general_drop" and comparison.general else "-"
+            flag = comparison.general if key == GENERAL_DROP and comparison.general else "-"
             values = f"{_num(va, 11, '.3f')}{_num(vb, 8, '.3f')}{_num(vb - va, 8, '+.3f')}"
             lines.append(f"{key:<26}{values}{'':>{22 + len(pass_head)}}  {flag}")
     lines.append("")

@@ -7,35 +7,50 @@ trial writes to metrics.json is a metric `objective=` accepts."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from sweep_sft.config.schema import EvalConfig
 from sweep_sft.errors import ConfigError
 
+if TYPE_CHECKING:
+    from sweep_sft.config.schema import EvalConfig
+
 # Per task_type (`<family>/<task>`) and over all task_types (`<family>`), at every eval.
-VAL_FAMILIES = ("val/loss", "val/answer_logprob")
+VAL_LOSS = "val/loss"
+ANSWER_LOGPROB = "val/answer_logprob"
+VAL_FAMILIES = (VAL_LOSS, ANSWER_LOGPROB)
+# The final evaluation's generations, per task_type and overall.
+EXACT_MATCH = "task/exact_match"
+TRAIN_RECALL = "task/train_recall"
+SAMPLE_MATCH = "task/sample_match"
 # Per task_type and overall at every logged training step (train/loss); per task_type only: the
 # share of the loss weight each task_type got.
 TRAIN_LOSS = "train/loss"
 TRAIN_WEIGHT_SHARE = "train/loss_weight_share"
 # Over all task_types, at every logged training step (train.loop).
-TRAIN_OVERALL = (
-    "train/grad_norm",
-    "train/lr",
-    "train/tokens_per_s",
-    "train/supervised_tokens_per_s",
-    "train/packing_efficiency",
-    "train/supervised_fraction",
-    "train/epoch",
-)
+GRAD_NORM = "train/grad_norm"
+LR = "train/lr"
+TOKENS_PER_S = "train/tokens_per_s"
+SUPERVISED_TOKENS_PER_S = "train/supervised_tokens_per_s"
+PACKING_EFFICIENCY = "train/packing_efficiency"
+SUPERVISED_FRACTION = "train/supervised_fraction"
+EPOCH = "train/epoch"  # fractional epoch at each logged step
+TRAIN_OVERALL = (GRAD_NORM, LR, TOKENS_PER_S, SUPERVISED_TOKENS_PER_S, PACKING_EFFICIENCY, SUPERVISED_FRACTION, EPOCH)
 # Per task_type only, logged once at step 0: the realised data mix.
 MIX_FAMILIES = ("data/examples", "data/example_share", "data/token_share")
-TIMES = ("time/train_s", "time/total_s")
+TRAIN_TIME = "time/train_s"
+TOTAL_TIME = "time/total_s"
+EVAL_TIME = "time/eval_s"  # standalone evaluation only
+TIMES = (TRAIN_TIME, TOTAL_TIME)
 # The general-ability probe of the trained model, the base model's (`general/base_*`), and the drop.
-GENERAL_PROBE = ("general/score", "general/loss", "general/exact_match")
+GENERAL_SCORE = "general/score"
+GENERAL_LOSS = "general/loss"
+GENERAL_EXACT_MATCH = "general/exact_match"
+GENERAL_PROBE = (GENERAL_SCORE, GENERAL_LOSS, GENERAL_EXACT_MATCH)
 GENERAL_DROP = "general_drop"
 # Against eval.baseline_run_id: deltas per task_type and the number of regressions.
 COMPARE_REGRESSIONS = "compare/regressions"
-COMPARE_DELTAS = ("compare/delta/exact_match", "compare/delta/val_loss")
+COMPARE_DELTA = "compare/delta"
+COMPARE_DELTAS = (f"{COMPARE_DELTA}/exact_match", f"{COMPARE_DELTA}/val_loss")
 
 PASS_AT = re.compile(r"task/pass_at_(\d+)(/|$)")
 
@@ -68,18 +83,17 @@ def _eval_families(ev: EvalConfig) -> list[str]:
     """The per-task_type families of the final evaluation, as eval settings switch them on."""
     families = []
     if ev.generate:
-        families.append("task/exact_match")
+        families.append(EXACT_MATCH)
         if ev.train_recall_examples:
-            families.append("task/train_recall")
+            families.append(TRAIN_RECALL)
         if ev.pass_k:
-            families += [pass_at(ev.pass_k), "task/sample_match"]
+            families += [pass_at(ev.pass_k), SAMPLE_MATCH]
     return families
 
 
-def metric_names(tasks: list[str], ev: EvalConfig | None = None) -> list[str]:
+def metric_names(tasks: list[str], ev: EvalConfig) -> list[str]:
     """Every metric a trial with these eval settings reports at its end (objective checks
     before training): every key of its metrics.json."""
-    ev = ev or EvalConfig()
     per_task = [*VAL_FAMILIES, TRAIN_LOSS, *_eval_families(ev)]
     overall = list(TIMES)
     if ev.general_probe:
@@ -97,12 +111,12 @@ def metric_names(tasks: list[str], ev: EvalConfig | None = None) -> list[str]:
 def _switched_off(name: str, ev: EvalConfig) -> str | None:
     """The eval setting that keeps a known metric from being measured, if that is why it is missing."""
     family = name if name.startswith("general") else "/".join(name.split("/")[:2])
-    if family == "task/exact_match" or family.startswith(("task/train_recall", "task/pass_at_", "task/sample_")):
+    if family in (EXACT_MATCH, TRAIN_RECALL) or family.startswith(("task/pass_at_", "task/sample_")):
         if not ev.generate:
             return "eval.generate=false"
-    if family == "task/train_recall" and not ev.train_recall_examples:
+    if family == TRAIN_RECALL and not ev.train_recall_examples:
         return "eval.train_recall_examples=0"
-    if family.startswith("task/pass_at_") or family == "task/sample_match":
+    if family.startswith("task/pass_at_") or family == SAMPLE_MATCH:
         if not ev.pass_k:
             return "eval.pass_k=0"
         if family.startswith("task/pass_at_") and family != pass_at(ev.pass_k):
@@ -112,9 +126,8 @@ def _switched_off(name: str, ev: EvalConfig) -> str | None:
     return None
 
 
-def check_objective(name: str, tasks: list[str], ev: EvalConfig | None = None) -> None:
+def check_objective(name: str, tasks: list[str], ev: EvalConfig) -> None:
     """Fail before training when `objective=name` is no metric a trial with these settings reports."""
-    ev = ev or EvalConfig()
     names = metric_names(tasks, ev)
     if name in names:
         return

@@ -4,11 +4,13 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from sweep_sft.metrics import GENERAL_DROP
+
 
 @dataclass
 class ConstraintConf:
     # Trial metric the constraint reads (from the job's metrics.json), e.g. general_drop.
-    metric: str = "general_drop"
+    metric: str = GENERAL_DROP
     # Comparison: <=, >=, <, >.
     op: str = "<="
     # The tolerance, e.g. 0.02 for general_drop <= 0.02.

@@ -16,6 +16,7 @@ from sweep_sft.config.checks import at_least, one_of, within
 from sweep_sft.config.data import DataConfig
 from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
+from sweep_sft.metrics import VAL_LOSS
 
 LOSS_NORMS = ("token", "sequence", "task_balanced", "sum")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -342,7 +343,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Metric the trial returns to the sweeper (see metrics.json for the names).
-    objective: str = "val/loss"
+    objective: str = VAL_LOSS
     # Folder for trial outputs (metrics.json, resolved config); null: Hydra's job folder.
     output_dir: str | None = None
     # Set by the Optuna sweeper: the study this trial reports to (pruning).

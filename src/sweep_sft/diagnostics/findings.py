@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sweep_sft.errors import ConfigError
+from sweep_sft.metrics import EPOCH, GRAD_NORM, TRAIN_LOSS, VAL_LOSS
 
 Series = Mapping[str, Sequence[Sequence[float]]]
 Points = list[tuple[int, float]]
@@ -67,10 +68,10 @@ class DiagnosticsConfig:
     """The `diagnostics` config node: series names and every threshold of the checks."""
 
     # Series names, as src/sweep_sft/train/loop.py and trial.py log them.
-    train_loss: str = "train/loss"
-    val_loss: str = "val/loss"
-    grad_norm: str = "train/grad_norm"
-    epoch: str = "train/epoch"  # fractional epoch at each logged step; gives steps per epoch
+    train_loss: str = TRAIN_LOSS
+    val_loss: str = VAL_LOSS
+    grad_norm: str = GRAD_NORM
+    epoch: str = EPOCH  # fractional epoch at each logged step; gives steps per epoch
     # A series with fewer finite points than this is too short to judge: its checks are skipped.
     min_points: int = 8
     # Points in the centred rolling median that smooths train loss for the rise and floor checks.

@@ -11,6 +11,7 @@ from sweep_sft.errors import UserInputError
 from sweep_sft.evaluate import standalone
 from sweep_sft.evaluate import target as eval_target
 from sweep_sft.evaluate.baseline import compare_with_baseline, load_baseline
+from sweep_sft.metrics import EVAL_TIME
 from sweep_sft.trial.tables import general_lines, task_table
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(task_table(metrics, result["tasks"]))
     print("\n".join(general_lines(metrics)))
     path = standalone.write(result, target, args.target, args.overrides, args.out)
-    print(f"results in {path} ({metrics['time/eval_s']:.1f}s)")
+    print(f"results in {path} ({metrics[EVAL_TIME]:.1f}s)")
     if config.eval.baseline_run_id is not None:
         comparison = compare_with_baseline(config, baseline, metrics)
         print(table(comparison, baseline, metrics, (f"baseline {config.eval.baseline_run_id}", str(path))))

@@ -10,6 +10,7 @@ from pathlib import Path
 from sweep_sft.compare import Comparison, Tolerances, compare_runs, load_metrics, table
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError, UserInputError
+from sweep_sft.metrics import COMPARE_REGRESSIONS
 from sweep_sft.tracking.client import tracking_uri
 
 COMPARISON_FILE = "comparison.txt"
@@ -35,7 +36,7 @@ def compare_with_baseline(config: Config, baseline: dict[str, float], metrics: d
 
 def comparison_metrics(comparison: Comparison) -> dict[str, float]:
     """Deltas (trial - baseline) per task_type and the number of regressions, as metrics."""
-    out = {"compare/regressions": float(len(comparison.regressions))}
+    out = {COMPARE_REGRESSIONS: float(len(comparison.regressions))}
     for row in comparison.rows:
         for name, delta in (("exact_match", row.em_b - row.em_a), ("val_loss", row.loss_b - row.loss_a)):
             if not math.isnan(delta):

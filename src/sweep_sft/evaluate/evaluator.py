@@ -1,6 +1,6 @@
 """One model under evaluation with everything each evaluation needs beside it (tokenizer, device,
 end-of-turn id, the eval settings): built once by a trial or standalone evaluation, where the
-evaluation functions would otherwise take and be passed the same seven values each."""
+evaluation functions (evaluate.loss, evaluate.generation) take it in place of the same seven values each."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.generation import exact_match, sampled_pass_at_k
 from sweep_sft.evaluate.loss import validation_loss
+from sweep_sft.metrics import EXACT_MATCH
 
 
 @dataclass
@@ -37,32 +38,17 @@ class Evaluator:
 
     def validation_loss(self, rows: list[Tokenized], tasks: list[str]) -> dict[str, float]:
         """Validation loss and answer log-probability, overall and per task_type."""
-        ev = self.eval
-        return validation_loss(
-            self.model, rows, tasks, self.device, ev.batch_size, self.tokenizer.pad_token_id, self.precision
-        )
+        return validation_loss(self, rows, tasks)
 
     def exact_match(
-        self, examples: list[Example], prefix: str = "task/exact_match"
+        self, examples: list[Example], prefix: str = EXACT_MATCH
     ) -> tuple[dict[str, float], list[dict[str, str]]]:
         """Greedy exact match per task_type, and a few generations to read."""
-        ev = self.eval
-        return exact_match(
-            self.model,
-            self.tokenizer,
-            examples,
-            self.device,
-            ev.max_new_tokens,
-            ev.batch_size,
-            self.end_of_turn_id,
-            prefix,
-        )
+        return exact_match(self, examples, prefix)
 
     def pass_at_k(self, examples: list[Example]) -> dict[str, float]:
-        """pass@k and the share of right samples per task_type, from seeded samples."""
-        return sampled_pass_at_k(
-            self.model, self.tokenizer, examples, self.device, self.eval, self.end_of_turn_id, self.seed
-        )
+        """pass@k and the share of right samples per task_type, from samples seeded by `seed`."""
+        return sampled_pass_at_k(self, examples)
 
     def general_probe(self) -> dict[str, float]:
         """The general-ability probe's scores of this model."""

@@ -7,7 +7,7 @@ from sweep_sft.data.records import Example, first_per_task
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.generation import trained_sample
-from sweep_sft.metrics import GENERAL_DROP, base_name
+from sweep_sft.metrics import GENERAL_DROP, GENERAL_SCORE, TRAIN_RECALL, base_name
 
 
 def final_evaluation(
@@ -28,10 +28,10 @@ def final_evaluation(
             final.update(evaluator.pass_at_k(first_per_task(val_examples, ev.pass_k_examples)))
         if ev.train_recall_examples:
             trained = trained_sample(train_rows, ev.train_recall_examples, evaluator.seed)
-            final.update(evaluator.exact_match(trained, prefix="task/train_recall")[0])
+            final.update(evaluator.exact_match(trained, prefix=TRAIN_RECALL)[0])
     if base_probe is not None:
         trained_probe = evaluator.general_probe()
         final.update(trained_probe)
         final.update({base_name(k): v for k, v in base_probe.items()})
-        final[GENERAL_DROP] = base_probe["general/score"] - trained_probe["general/score"]
+        final[GENERAL_DROP] = base_probe[GENERAL_SCORE] - trained_probe[GENERAL_SCORE]
     return final, samples

@@ -15,6 +15,7 @@ from typing import Any
 
 from sweep_sft.cache import build_once, source_hash
 from sweep_sft.embedded import general
+from sweep_sft.metrics import GENERAL_EXACT_MATCH, GENERAL_LOSS, GENERAL_SCORE
 
 PROBE_SPEC = {"version": source_hash(general, sys.modules[__name__]), "n_items": 200, "seed": 99}
 
@@ -53,9 +54,9 @@ def score(model, tokenizer, device, batch_size: int = 128) -> dict[str, float]:
                 exact.append(bool((logp[i, positions].argmax(-1) == target).all()))
     model.train(was_training)
     return {
-        "general/score": sum(scores) / len(scores),
-        "general/loss": -torch.cat(token_logps).mean().item(),
-        "general/exact_match": sum(exact) / len(exact),
+        GENERAL_SCORE: sum(scores) / len(scores),
+        GENERAL_LOSS: -torch.cat(token_logps).mean().item(),
+        GENERAL_EXACT_MATCH: sum(exact) / len(exact),
     }
 
 

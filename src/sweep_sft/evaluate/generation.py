@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from sweep_sft.config.schema import EvalConfig
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
-from sweep_sft.metrics import pass_at
+from sweep_sft.metrics import EXACT_MATCH, SAMPLE_MATCH, pass_at
+
+if TYPE_CHECKING:
+    from sweep_sft.evaluate.evaluator import Evaluator
 
 # A model's own generation_config fills every setting a generate() call leaves unset; these
 # would change what exact match and pass@k measure (a repetition penalty, a minimum length
@@ -20,20 +23,13 @@ PLAIN_SAMPLING = {"typical_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cu
 
 
 def generate_answers(
-    model,
-    tokenizer,
-    examples: list[Example],
-    device,
-    max_new_tokens: int,
-    batch_size: int,
-    end_of_turn_id: int,
-    samples: int = 1,
-    temperature: float | None = None,
+    ev: Evaluator, examples: list[Example], samples: int = 1, temperature: float | None = None
 ) -> list[list[str]]:
     """Answers to each example's last assistant turn, generated from the conversation before it
     and stopped at end-of-turn: greedy (temperature None, one answer) or `samples` sampled ones."""
     import torch
 
+    model, tokenizer = ev.model, ev.tokenizer
     prompts = tokenizer.apply_chat_template(
         [list(e.messages[:-1]) for e in examples], tokenize=True, add_generation_prompt=True, return_dict=True
     )["input_ids"]
@@ -42,7 +38,7 @@ def generate_answers(
     sampling = {"do_sample": False, **PLAIN_DECODING}
     if temperature is not None:
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, **PLAIN_SAMPLING}
-    per_batch = max(1, batch_size // samples)
+    per_batch = max(1, ev.eval.batch_size // samples)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -56,11 +52,11 @@ def generate_answers(
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 attention[row, width - len(prompts[i]) :] = 1
             out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max_new_tokens,
+                input_ids=ids.to(ev.device),
+                attention_mask=attention.to(ev.device),
+                max_new_tokens=ev.eval.max_new_tokens,
                 num_return_sequences=samples,
-                eos_token_id=end_of_turn_id,
+                eos_token_id=ev.end_of_turn_id,
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
@@ -85,18 +81,11 @@ def per_task_mean(prefix: str, values: dict[str, list[float]]) -> dict[str, floa
 
 
 def exact_match(
-    model,
-    tokenizer,
-    examples: list[Example],
-    device,
-    max_new_tokens: int,
-    batch_size: int,
-    end_of_turn_id: int,
-    prefix: str = "task/exact_match",
+    ev: Evaluator, examples: list[Example], prefix: str = EXACT_MATCH
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Per task_type, the share of greedy generations equal to the reference; and the first three
     generations of each task_type, to read."""
-    answers = generate_answers(model, tokenizer, examples, device, max_new_tokens, batch_size, end_of_turn_id)
+    answers = generate_answers(ev, examples)
     hits: dict[str, list[float]] = defaultdict(list)
     samples: list[dict[str, str]] = []
     for example, (answer,) in zip(examples, answers, strict=True):
@@ -114,26 +103,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sampled_pass_at_k(
-    model, tokenizer, examples: list[Example], device, cfg: EvalConfig, end_of_turn_id: int, seed: int
-) -> dict[str, float]:
+def sampled_pass_at_k(ev: Evaluator, examples: list[Example]) -> dict[str, float]:
     """pass@k per task_type (`task/pass_at_<k>/<task>`) and the share of right samples
-    (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from seeded samples."""
+    (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from samples seeded by `ev.seed`."""
     import torch
 
+    cfg, device = ev.eval, ev.device
     n = cfg.num_samples
     with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
-        torch.manual_seed(seed)  # the same samples for the same model, whatever ran before
-        answers = generate_answers(
-            model, tokenizer, examples, device, cfg.max_new_tokens, cfg.batch_size, end_of_turn_id, n, cfg.temperature
-        )
+        torch.manual_seed(ev.seed)  # the same samples for the same model, whatever ran before
+        answers = generate_answers(ev, examples, n, cfg.temperature)
     passed: dict[str, list[float]] = defaultdict(list)
     matched: dict[str, list[float]] = defaultdict(list)
     for example, sampled in zip(examples, answers, strict=True):
         right = sum(a == reference(example) for a in sampled)
         passed[example.task_type].append(pass_at_k(n, right, cfg.pass_k))
         matched[example.task_type].append(right / n)
-    return {**per_task_mean(pass_at(cfg.pass_k), passed), **per_task_mean("task/sample_match", matched)}
+    return {**per_task_mean(pass_at(cfg.pass_k), passed), **per_task_mean(SAMPLE_MATCH, matched)}
 
 
 def trained_sample(rows: list[Tokenized], n: int, seed: int) -> list[Example]:

@@ -27,6 +27,7 @@ from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.target import Target
+from sweep_sft.metrics import EVAL_TIME
 from sweep_sft.names import CHECKPOINT_WEIGHTS
 from sweep_sft.train.checkpoint_files import load_file
 
@@ -162,7 +163,7 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
         )
     final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)
     metrics.update(final)
-    metrics["time/eval_s"] = time.perf_counter() - started
+    metrics[EVAL_TIME] = time.perf_counter() - started
     return {"tasks": data.tasks, "metrics": metrics, "samples": samples}
 
 

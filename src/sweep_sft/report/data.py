@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from sweep_sft.errors import UserInputError
+from sweep_sft.metrics import EXACT_MATCH, TRAIN_LOSS, VAL_LOSS
 from sweep_sft.names import (
     METRICS_FILE,
     OPTUNA_FILE,
@@ -28,7 +29,7 @@ LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 # Optuna's trial states in the report's words (the others keep their own).
 OPTUNA_STATES = {"FAIL": "FAILED"}
 # Metric families whose `<family>/<task_type>` keys name the sweep's task_types.
-TASK_FAMILIES = ("val/loss", "train/loss", "task/exact_match")
+TASK_FAMILIES = (VAL_LOSS, TRAIN_LOSS, EXACT_MATCH)
 # The error of a job folder without metrics.json that no sweeper file explains (yet).
 NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
 

@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, GENERAL_SCORE, TRAIN_LOSS, TRAIN_WEIGHT_SHARE, VAL_LOSS
 from sweep_sft.report import plots
 from sweep_sft.report.data import Sweep, task_types
 from sweep_sft.report.load import load
@@ -19,9 +20,9 @@ from sweep_sft.report.plots import Missing
 
 REPORT_FILE = "report.html"
 # Per-task metric families left out of the per-task table: the mix, not the trial's outcome.
-MIX_PREFIXES = ("data/", "train/loss_weight_share")
+MIX_PREFIXES = ("data/", TRAIN_WEIGHT_SHARE)
 # Final metrics every trial's line in the summary shows (those any trial has).
-SUMMARY_METRICS = ("val/loss", "task/exact_match", "general_drop", "general/score")
+SUMMARY_METRICS = (VAL_LOSS, EXACT_MATCH, GENERAL_DROP, GENERAL_SCORE)
 SECTIONS = (
     ("summary", "Sweep"),
     ("loss", "Loss curves"),
@@ -176,8 +177,8 @@ def render(sweep: Sweep) -> str:
     loss = plots.loss_curves(sweep)
     body = {
         "summary": summary_section(sweep),
-        "loss": _img(loss["train/loss"], "train/loss of every trial")
-        + _img(loss["val/loss"], "val/loss of every trial"),
+        "loss": _img(loss[TRAIN_LOSS], "train/loss of every trial")
+        + _img(loss[VAL_LOSS], "val/loss of every trial"),
         "channels": _img(plots.channel_losses(sweep), "val/loss per task_type"),
         "objective": _img(plots.objective_vs_params(sweep), "objective against each swept parameter"),
         "forgetting": _img(plots.learn_vs_forget(sweep), "general_drop against task gain"),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, TRAIN_LOSS, VAL_LOSS
 from sweep_sft.report.data import Sweep, Trial, is_finite_number, task_types
 
 MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
@@ -75,7 +76,7 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
     """train/loss and val/loss of every trial, one plot each."""
     out: dict[str, bytes | Missing] = {}
     colors = _colors(sweep.trials)
-    for metric in ("train/loss", "val/loss"):
+    for metric in (TRAIN_LOSS, VAL_LOSS):
         trials = [t for t in sweep.trials if t.series.get(metric)]
         if not trials:
             out[metric] = Missing(f"no trial logged {metric}")
@@ -99,7 +100,7 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
 def channel_losses(sweep: Sweep) -> bytes | Missing:
     """val/loss/<task_type>: a small plot per task_type, a line per trial."""
     tasks = [
-        task for task in task_types(sweep, ("val/loss",)) if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
+        task for task in task_types(sweep, (VAL_LOSS,)) if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
     ]
     if not tasks:
         return Missing("no trial logged per-task_type validation losses (val/loss/<task_type>)")
@@ -186,21 +187,21 @@ def _value_ticks(ax, xs: list[float]) -> None:
 
 
 # The gain measures of "learn vs forget", the first that every plotted trial has: one unit on x.
-EXACT_MATCH = "task/exact_match (mean over task_types)"
+EXACT_MATCH_LABEL = "task/exact_match (mean over task_types)"
 VAL_REDUCTION = "val/loss reduction from the first evaluation"
 
 
 def exact_match(trial: Trial) -> float | None:
     """task/exact_match (evaluate.py's mean over task_types), or that mean of the per-task ones."""
-    if is_finite_number(trial.metrics.get("task/exact_match")):
-        return trial.metrics["task/exact_match"]
+    if is_finite_number(trial.metrics.get(EXACT_MATCH)):
+        return trial.metrics[EXACT_MATCH]
     per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and is_finite_number(v)]
     return sum(per_task) / len(per_task) if per_task else None
 
 
 def val_reduction(trial: Trial) -> float | None:
     """How far val/loss fell from the first evaluation to the last (every complete trial has it)."""
-    val = trial.series.get("val/loss") or []
+    val = trial.series.get(VAL_LOSS) or []
     return val[0][1] - val[-1][1] if len(val) >= 2 else None
 
 
@@ -211,13 +212,13 @@ def learn_points(sweep: Sweep) -> tuple[str, list[tuple[Trial, float, float]], l
     trials = [
         t
         for t in sweep.trials
-        if is_finite_number(t.metrics.get("general_drop")) and (exact_match(t), val_reduction(t)) != (None, None)
+        if is_finite_number(t.metrics.get(GENERAL_DROP)) and (exact_match(t), val_reduction(t)) != (None, None)
     ]
     if all(exact_match(t) is not None for t in trials):
-        measure, gain = EXACT_MATCH, exact_match
+        measure, gain = EXACT_MATCH_LABEL, exact_match
     else:
         measure, gain = VAL_REDUCTION, val_reduction
-    points = [(t, gain(t), t.metrics["general_drop"]) for t in trials if gain(t) is not None]
+    points = [(t, gain(t), t.metrics[GENERAL_DROP]) for t in trials if gain(t) is not None]
     return measure, points, [t for t in trials if gain(t) is None]
 
 

@@ -19,6 +19,17 @@ from sweep_sft.config.schema import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.errors import UserInputError
+from sweep_sft.metrics import (
+    EPOCH,
+    GRAD_NORM,
+    LR,
+    PACKING_EFFICIENCY,
+    SUPERVISED_FRACTION,
+    SUPERVISED_TOKENS_PER_S,
+    TOKENS_PER_S,
+    TRAIN_LOSS,
+    TRAIN_WEIGHT_SHARE,
+)
 from sweep_sft.train.checkpoint import Checkpoints, Position
 from sweep_sft.train.distributed import DistEnv
 from sweep_sft.train.engine import Micro, build_engine
@@ -268,14 +279,14 @@ def _step(loop: _Loop, window, epoch_done: float):
     loop.state.step += 1
     loop.state.epoch = loop.epoch + epoch_done
     global_acc = engine.reduce(since.acc)  # every rank's share of the logged loss
-    metrics = global_acc.means("train/loss")
-    if not math.isfinite(metrics["train/loss"]):
+    metrics = global_acc.means(TRAIN_LOSS)
+    if not math.isfinite(metrics[TRAIN_LOSS]):
         raise TrainingDiverged(
-            f"training diverged at step {loop.state.step}: train loss {metrics['train/loss']} "
+            f"training diverged at step {loop.state.step}: train loss {metrics[TRAIN_LOSS]} "
             f"(optimizer.lr={cfg.optimizer.lr}); lower the learning rate"
         )
     loop.progress.update(1)
-    loop.progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+    loop.progress.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.3f}", refresh=False)
     return metrics, grad_norm, global_acc
 
 
@@ -285,18 +296,18 @@ def _log_line(loop: _Loop, metrics: dict[str, float], grad_norm, global_acc: Tas
     now = time.perf_counter()
     state.tokens_seen += since.tokens
     elapsed = max(now - since.clock, 1e-9)
-    metrics.update(global_acc.weight_shares("train/loss_weight_share"))
+    metrics.update(global_acc.weight_shares(TRAIN_WEIGHT_SHARE))
     metrics.update(
         {
-            "train/grad_norm": float(grad_norm),
-            "train/lr": loop.engine.lr(),
-            "train/tokens_per_s": since.tokens / elapsed,
-            "train/supervised_tokens_per_s": since.supervised / elapsed,
+            GRAD_NORM: float(grad_norm),
+            LR: loop.engine.lr(),
+            TOKENS_PER_S: since.tokens / elapsed,
+            SUPERVISED_TOKENS_PER_S: since.supervised / elapsed,
             # real (non-padding) tokens per token computed; 1 - padding waste
-            "train/packing_efficiency": since.tokens / max(since.computed, 1),
+            PACKING_EFFICIENCY: since.tokens / max(since.computed, 1),
             # loss-bearing tokens per token computed (prompts never bear loss)
-            "train/supervised_fraction": since.supervised / max(since.computed, 1),
-            "train/epoch": state.epoch,
+            SUPERVISED_FRACTION: since.supervised / max(since.computed, 1),
+            EPOCH: state.epoch,
         }
     )
     loop.log(metrics, state.step)

@@ -23,7 +23,7 @@ from sweep_sft.evaluate import baseline as baseline_comparison
 from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
-from sweep_sft.metrics import check_objective, final_values, mix_metrics
+from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.sweep.study import TrialPruned
 from sweep_sft.tracking.client import TrackingError, flatten
@@ -174,14 +174,14 @@ def _train(trial: TrialState) -> TrainState:
 
 def _evaluate(trial: TrialState, trained: TrainState) -> None:
     """The final evaluation, and the comparison with eval.baseline_run_id, logged at the last step."""
-    final: dict[str, float] = {"time/train_s": trained.seconds}
+    final: dict[str, float] = {TRAIN_TIME: trained.seconds}
     scores, samples = final_evaluation(
         trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe
     )
     final.update(scores)
     if samples:
         trial.run.log_json(samples, "generations_sample.json")
-    final["time/total_s"] = time.perf_counter() - trial.started
+    final[TOTAL_TIME] = time.perf_counter() - trial.started
     trial.log(final, trained.step)
     if trial.baseline is not None and trial.dist_env.is_main:
         compared = baseline_comparison.record(
@@ -207,7 +207,7 @@ def _on_prune(trial: TrialState, pruned: TrialPruned) -> TrialResult:
     """A pruned trial is a result, not an error: recorded as such, its final evals skipped."""
     run = trial.run
     run.set_tag(TRIAL_STATE_TAG, "PRUNED")
-    trial.log({"time/total_s": time.perf_counter() - trial.started}, pruned.step)
+    trial.log({TOTAL_TIME: time.perf_counter() - trial.started}, pruned.step)
     result = record(trial.config, trial.out, run, trial.series, "PRUNED", pruned.step, trial.dist_env.is_main)
     print(f"pruned by the study at step {pruned.step}: {trial.config.study.metric} = {pruned.value:.4f}")
     run.finish("KILLED")

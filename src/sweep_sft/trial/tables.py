@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sweep_sft.metrics import pass_at, pass_ks
+from sweep_sft.metrics import (
+    EXACT_MATCH,
+    GENERAL_DROP,
+    GENERAL_SCORE,
+    TOTAL_TIME,
+    TRAIN_RECALL,
+    TRAIN_TIME,
+    VAL_LOSS,
+    pass_at,
+    pass_ks,
+)
 from sweep_sft.trial.state import TrialResult
 
 
@@ -10,11 +20,11 @@ def task_table(metrics: dict[str, float], tasks: list[str], stats: dict[str, dic
     """Per task_type: training examples, val loss, exact match, and where measured pass@k and
     recall on trained prompts (recall high but exact match low: learned, not generalising)."""
     k = max(pass_ks(metrics), default=None)
-    columns = [("val loss", "val/loss", ".3f", 10), ("exact match", "task/exact_match", ".2f", 13)]
+    columns = [("val loss", VAL_LOSS, ".3f", 10), ("exact match", EXACT_MATCH, ".2f", 13)]
     if k:
         columns.append((f"pass@{k}", pass_at(k), ".2f", 9))
-    if "task/train_recall" in metrics:
-        columns.append(("train recall", "task/train_recall", ".2f", 14))
+    if TRAIN_RECALL in metrics:
+        columns.append(("train recall", TRAIN_RECALL, ".2f", 14))
     head = f"{'task_type':<26}" + (f"{'train ex':>9}" if stats is not None else "")
     lines = ["", head + "".join(f"{name:>{width}}" for name, _, _, width in columns)]
 
@@ -32,11 +42,11 @@ def task_table(metrics: dict[str, float], tasks: list[str], stats: dict[str, dic
 def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]]) -> str:
     """The table a finished trial prints: per task_type, the loss curve's ends, the general probe, the objective."""
     m = result.metrics
-    first_val = result.series.get("val/loss", [[0, float("nan")]])[0][1]
+    first_val = result.series.get(VAL_LOSS, [[0, float("nan")]])[0][1]
     lines = [task_table(m, tasks, stats)]
     lines.append(
-        f"val/loss {first_val:.3f} at step 0 -> {m.get('val/loss', float('nan')):.3f}; "
-        f"train {m.get('time/train_s', 0):.1f}s, total {m.get('time/total_s', 0):.1f}s"
+        f"val/loss {first_val:.3f} at step 0 -> {m.get(VAL_LOSS, float('nan')):.3f}; "
+        f"train {m.get(TRAIN_TIME, 0):.1f}s, total {m.get(TOTAL_TIME, 0):.1f}s"
     )
     lines += general_lines(m)
     lines.append(
@@ -48,9 +58,9 @@ def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[s
 
 def general_lines(m: dict[str, float]) -> list[str]:
     """The general probe's line (base -> trained score and the drop), when it was measured."""
-    if "general_drop" not in m:
+    if GENERAL_DROP not in m:
         return []
     return [
-        f"general probe: base {m['general/base_score']:.3f} -> trained {m['general/score']:.3f} "
-        f"(general_drop {m['general_drop']:+.3f})"
+        f"general probe: base {m['general/base_score']:.3f} -> trained {m[GENERAL_SCORE]:.3f} "
+        f"(general_drop {m[GENERAL_DROP]:+.3f})"
     ]
