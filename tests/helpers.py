@@ -21,8 +21,13 @@ APPS = TESTS / "apps"
 SRC = ROOT / "src"
 
 
-def command(*args: str, module: str = "sweep_sft", app: str | None = None, guarded: bool = False,
-            python_flags: Iterable[str] = ()) -> list[str]:
+def command(
+    *args: str,
+    module: str = "sweep_sft",
+    app: str | None = None,
+    guarded: bool = False,
+    python_flags: Iterable[str] = (),
+) -> list[str]:
     """argv of `python -m MODULE ARGS`; of `python tests/apps/APP ARGS` with app; with guarded, of
     `python tests/apps/guarded.py MODULE ARGS` (the same command with training forbidden)."""
     if app is not None:
@@ -34,8 +39,9 @@ def command(*args: str, module: str = "sweep_sft", app: str | None = None, guard
     return [sys.executable, *python_flags, *head, *args]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float | None = None,
-            **how: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float | None = None, **how: Any
+) -> subprocess.CompletedProcess[str]:
     """Run `command(*args, **how)` in cwd to its end, output captured as text; env adds variables."""
     return subprocess.run(
         command(*args, **how),
@@ -48,8 +54,15 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     )
 
 
-def start_cli(*args: str, cwd: Path, log: Path, env: dict[str, str] | None = None, module: str = "sweep_sft",
-              app: str | None = None, **popen: Any) -> subprocess.Popen:
+def start_cli(
+    *args: str,
+    cwd: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    module: str = "sweep_sft",
+    app: str | None = None,
+    **popen: Any,
+) -> subprocess.Popen:
     """Start `command(*args)` in cwd, stdout and stderr into the file `log`; popen: Popen's options."""
     with log.open("w") as out:  # the child holds its own copy of the file
         return subprocess.Popen(
@@ -63,8 +76,14 @@ def start_cli(*args: str, cwd: Path, log: Path, env: dict[str, str] | None = Non
         )
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, proc: subprocess.Popen | None = None,
-             log: Path | None = None, interval: float = 0.2) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 120,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    interval: float = 0.2,
+) -> Any:
     """check()'s first truthy value, polled every `interval` s; fails the test after `timeout` s
     (killing proc) or once proc has exited, with the tail of `log`."""
     tail = (lambda: "\n" + log.read_text()[-3000:]) if log is not None else (lambda: "")
