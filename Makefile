@@ -51,10 +51,18 @@ browser: ## install headless Chromium (Debian's chromium) for the report's brows
 slurm-down: ## stop the local Slurm cluster's daemons
 	launchers/slurm_cluster.sh stop
 
+# $(call pytest,OPTIONS): pytest, and a failure when it collects no tests (its exit 5): a run that
+# tests nothing must not pass.
+pytest = $(PY) -m pytest $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
 test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster, install Chromium, test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest $(ARGS); status=$$?; \
-	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+	$(call pytest,$(ARGS))
+
+test-quick: $(VENV)/.installed-test ## the tests for development: no Slurm, nothing marked slow (a few minutes); `make test` runs them all
+	$(VENV)/bin/ruff check src tests bench
+	$(call pytest,-m "not slurm and not slow" $(ARGS))
 
 lint: $(VENV)/.installed-test ## ruff on the package and tests
 	$(VENV)/bin/ruff check src tests bench
@@ -80,4 +88,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean
+.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean

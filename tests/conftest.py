@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded default (built once, cached) and a shrunken trial config."""
+"""Shared fixtures: the embedded default (built once, cached), a shrunken trial config, an empty MLflow
+store, the `sweep` runner of tests/apps/ and the check that the Slurm cluster is up."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from helpers import ROOT, run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,18 +55,35 @@ def tiny_overrides(tmp_path):
     ]
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty, migrated SQLite MLflow store: creating one takes MLflow about 7 s, once."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def run_app():
-    """Run one of tests/apps/ as a Hydra multirun in a subprocess (as a user would)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+def tracked_overrides(tiny_overrides, tmp_path, empty_store):
+    """tiny_overrides with MLflow on (a SQLite store in the sweep's cwd) and Hydra's job folders."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return [o for o in tiny_overrides if not o.startswith(("tracking.", "output_dir="))]
 
-    apps = Path(__file__).parent / "apps"
 
-    def run(app: str, cwd, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        args = [sys.executable, str(apps / app), "-m", *overrides]
-        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+@pytest.fixture
+def sweep(request, tmp_path):
+    """sweep(*overrides, cwd=tmp_path, env=None): the app of the test's `sweep_app(app, sweeper,
+    *overrides)` marker run as a Hydra multirun under that sweeper into <cwd>/sweep, as a user would."""
+    marker = request.node.get_closest_marker("sweep_app")
+    if marker is None:
+        pytest.fail("the sweep fixture needs a @pytest.mark.sweep_app(app, sweeper, *overrides) marker")
+    app, sweeper, *fixed = marker.args
+
+    def run(*overrides: str, cwd: Path = tmp_path, env: dict | None = None) -> subprocess.CompletedProcess:
+        sweep_dir = f"hydra.sweep.dir={cwd / 'sweep'}"
+        return run_cli("-m", f"hydra/sweeper={sweeper}", sweep_dir, *fixed, *overrides, app=app, cwd=cwd, env=env)
 
     return run
 
@@ -71,7 +91,7 @@ def run_app():
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """Fail (not skip): a CI run without the local cluster must not pass silently."""
-    script = Path(__file__).resolve().parent.parent / "launchers" / "slurm_cluster.sh"
+    script = ROOT / "launchers" / "slurm_cluster.sh"
     status = subprocess.run([script, "status"], capture_output=True, text=True)
     if status.returncode != 0 or shutil.which("sbatch") is None:
         pytest.fail(

@@ -1,6 +1,6 @@
 """`python guarded.py MODULE ARGS...`: run `python -m MODULE ARGS...` with training forbidden.
 
-tests/test_bad_inputs.py runs each bad input through this, so "fails before training" is a fact
+tests/integration/test_bad_inputs.py runs each bad input through this, so "fails before training" is a fact
 the test observes (the training loop was never entered), not a guess from timings."""
 
 from __future__ import annotations

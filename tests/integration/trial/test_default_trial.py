@@ -1,0 +1,50 @@
+"""The default trial, exactly as `python -m sweep_sft` runs it: the embedded default
+learns some task types and not others, and the validation loss at least halves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import run_cli
+
+
+@pytest.mark.slow
+def test_default_trial_learns_three_task_types(tmp_path):
+    proc = run_cli("trainer.progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics_file,) = tmp_path.glob("outputs/*/*/metrics.json")
+    saved = json.loads(metrics_file.read_text())
+    metrics = saved["metrics"]
+    exact = {k.removeprefix("task/exact_match/"): v for k, v in metrics.items() if k.startswith("task/exact_match/")}
+    assert len(exact) == 8
+    assert sum(v >= 0.9 for v in exact.values()) >= 3, exact
+    assert min(exact.values()) <= 0.5, exact
+    val = saved["series"]["val/loss"]
+    assert val[0][0] == 0 and val[-1][1] < 0.5 * val[0][1]
+    # the per-task table is printed, and one MLflow run is in the local store
+    assert "classification/sentiment" in proc.stdout and "exact match" in proc.stdout
+    assert (tmp_path / "mlflow.db").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["val/loss"] == pytest.approx(metrics["val/loss"])
+
+
+@pytest.mark.slow
+def test_general_drop_grows_with_learning_rate(tiny_overrides):
+    """Forgetting grows with lr: the monotone prior the sandwich search relies on."""
+    from sweep_sft.config.compose import compose
+    from sweep_sft.trial.run import run_trial
+
+    shared = [o for o in tiny_overrides if not o.startswith(("data.max_train_examples", "trainer.max_steps"))]
+    drops = []
+    for lr in ("1e-4", "1e-3", "1e-2"):
+        cfg = compose(shared + [f"lr={lr}", "trainer.max_steps=60", "trainer.batch_size=32", "eval.generate=false"])
+        drops.append(run_trial(cfg).metrics["general_drop"])
+    assert drops[0] < drops[1] < drops[2], drops
+    assert drops[2] - drops[0] > 0.1, drops
