@@ -9,10 +9,11 @@ from __future__ import annotations
 # A trial's output folder.
 METRICS_FILE = "metrics.json"  # the trial's record: objective, final metrics, series (sweep_sft.trial)
 MODEL_DIR = "model"  # the saved model and tokenizer (trainer.save_model)
-CONFIG_FILE = "config.yaml"  # the trial's resolved config, in <output_dir>/.hydra
+CONFIG_FILE = "config.yaml"  # the trial's resolved config (also a run artifact), read by standalone evaluation
+OBJECTIVE_FILE = "objective.json"  # a run artifact: the objective's name and value
 RUN_FILE = "mlflow_run.json"  # the trial's MLflow run, reopened after a requeue
 UNDELIVERED_FILE = "mlflow_undelivered.json"  # records MLflow did not take, for `python -m sweep_sft.tracking`
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = "checkpoints"  # <output_dir>/checkpoints/step-<N>/
 CHECKPOINT_WEIGHTS = "model.pt"  # a checkpoint's model weights (checkpoints/step-<N>/)
 
 # A sweep folder.
@@ -20,6 +21,7 @@ PARENT_FILE = "mlflow_parent_run.json"
 SUMMARY_FILE = "sweep_summary.json"  # the grid sweeper's per-job states
 OPTUNA_FILE = "optuna_result.json"
 SANDWICH_FILE = "sandwich_result.json"
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep's overrides
 
 # MLflow tags.
 ERROR_TAG = "sweep_sft.error"
@@ -33,8 +35,10 @@ SWEEP_DIR_TAG = "sweep_sft.sweep_dir"
 OVERRIDES_TAG = "sweep_sft.overrides"
 JOB_STATE_TAG = "sweep_sft.job_state"
 RETRIED_TAG = "sweep_sft.retried"
-INTERRUPTED_TAG = "sweep_sft.interrupted"
 RUN_NAME_TAG = "mlflow.runName"
+
+# An Optuna trial attribute: the trial of a sweep that was stopped (resumed, it runs again).
+INTERRUPTED_TAG = "sweep_sft.interrupted"
 
 
 def job_id_tag(executor: str) -> str:

@@ -9,6 +9,7 @@ import runpy
 import sys
 
 import sweep_sft.train.loop as loop
+import sweep_sft.trial.run as trial_run
 
 TRAINING_STARTED = "guarded: training started"
 
@@ -18,7 +19,8 @@ def _forbidden(*args, **kwargs):
     raise SystemExit(99)
 
 
-loop.train = _forbidden
+# Both bindings: the loop's own, and the name the trial imported from it.
+loop.train = trial_run.train = _forbidden
 
 if __name__ == "__main__":
     module, *rest = sys.argv[1:]

@@ -261,7 +261,7 @@ def test_every_public_name_another_module_uses_says_what_it_is_for(modules: dict
 
 
 def _shared_names(modules: dict[str, Module]) -> dict[str, str]:
-    """value -> its constant, for names.py's file names (.json, .pt) and sweep_sft.* tag keys, and every
+    """value -> its constant, for names.py's file names (.json, .yaml, .pt) and sweep_sft.* tag keys, and every
     metric name of metrics.py."""
     shared = {}
     for home in ("sweep_sft.names", "sweep_sft.metrics"):
@@ -270,7 +270,8 @@ def _shared_names(modules: dict[str, Module]) -> dict[str, str]:
                 value = node.value.value
                 if not isinstance(value, str):
                     continue
-                if home == "sweep_sft.metrics" or value.endswith((".json", ".pt")) or value.startswith("sweep_sft."):
+                file_or_tag = value.endswith((".json", ".yaml", ".pt")) or value.startswith("sweep_sft.")
+                if home == "sweep_sft.metrics" or file_or_tag:
                     shared[value] = f"{home.rpartition('.')[2]}.{node.targets[0].id}"
     return shared
 

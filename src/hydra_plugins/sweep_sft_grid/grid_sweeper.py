@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
-from sweep_sft.names import SUMMARY_FILE
+from sweep_sft.names import MULTIRUN_FILE, SUMMARY_FILE
 from sweep_sft.sweep.jobs import log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed, write
@@ -55,7 +55,7 @@ class GridSweeper(BasicSweeper):
         n_jobs = sum(len(batch) for batch in self.overrides)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         returns: list[list[JobReturn]] = []
         entries: list[dict[str, Any]] = []
         job_idx = 0

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
-from sweep_sft.names import INTERRUPTED_TAG, OPTUNA_FILE
+from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
@@ -83,7 +83,7 @@ class OptunaSweeper(Sweeper):
         c = self.conf
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         space, fixed = parse(arguments, dict(c.params))
         storage_url = c.storage or str((sweep_dir / "optuna.journal").resolve())
         study, n_trials = self._open_study(space, storage_url)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError, UserInputError
-from sweep_sft.names import SANDWICH_FILE
+from sweep_sft.names import MULTIRUN_FILE, SANDWICH_FILE
 from sweep_sft.sweep.jobs import job_metrics, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs, refuse
 from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
@@ -73,7 +73,7 @@ class SandwichSweeper(Sweeper):
         except UserInputError as exc:
             refuse(exc)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         returns: list[list[JobReturn]] = []
         job_idx = sum(len(p.results) for p in search.probes)  # resumed sweeps keep numbering on
         while probes := search.next_probes():

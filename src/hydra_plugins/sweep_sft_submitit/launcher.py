@@ -236,7 +236,7 @@ class RetryingLauncher(BaseSubmititLauncher):
 
 
 def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig | None) -> str:
-    """Where the trial writes (its `output_dir`, else Hydra's job folder), as trial.py tags it."""
+    """Where the trial writes (its `output_dir`, else Hydra's job folder), as the trial tags it."""
     if config is None:
         assert launcher.hydra_context is not None
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)

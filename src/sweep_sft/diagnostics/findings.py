@@ -67,7 +67,7 @@ class Finding:
 class DiagnosticsConfig:
     """The `diagnostics` config node: series names and every threshold of the checks."""
 
-    # Series names, as src/sweep_sft/train/loop.py and trial.py log them.
+    # Series names, as train/loop.py and the trial log them (sweep_sft.metrics).
     train_loss: str = TRAIN_LOSS
     val_loss: str = VAL_LOSS
     grad_norm: str = GRAD_NORM

@@ -17,13 +17,14 @@ from sweep_sft.errors import UserInputError
 from sweep_sft.metrics import EXACT_MATCH, TRAIN_LOSS, VAL_LOSS
 from sweep_sft.names import (
     METRICS_FILE,
+    MULTIRUN_FILE,
     OPTUNA_FILE,
     PARENT_FILE,
     SANDWICH_FILE,
     SUMMARY_FILE,
 )
 
-SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, "multirun.yaml")
+SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, MULTIRUN_FILE)
 # Objectives a lower value of which is better, when no sweeper recorded a direction.
 LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 # Optuna's trial states in the report's words (the others keep their own).
@@ -231,7 +232,7 @@ def _merge_entry(trials: dict[int, Trial], number: int, overrides: list[str], st
 
 
 def _multirun(path: Path) -> dict[str, Any]:
-    file = path / "multirun.yaml"
+    file = path / MULTIRUN_FILE
     if not file.exists():
         return {}
     try:

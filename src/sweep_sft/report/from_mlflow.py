@@ -12,6 +12,7 @@ from typing import Any
 from sweep_sft.names import (
     ERROR_TAG,
     KIND_TAG,
+    OBJECTIVE_FILE,
     OPTUNA_FILE,
     OVERRIDES_TAG,
     RUN_NAME_TAG,
@@ -116,7 +117,7 @@ def _trial_from_run(client, run) -> Trial:
         key: [(float(m.step), float(m.value)) for m in sorted(client.get_metric_history(run_id, key), key=_step)]
         for key in run.data.metrics
     }
-    record = _run_artifact(client, run.info.run_id, "objective.json") or {}
+    record = _run_artifact(client, run.info.run_id, OBJECTIVE_FILE) or {}
     return Trial(
         number=run_number(tags.get(RUN_NAME_TAG, "")),
         overrides=[o for o in overrides if "=" in o],

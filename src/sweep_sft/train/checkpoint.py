@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
-from sweep_sft.names import CHECKPOINT_WEIGHTS
+from sweep_sft.names import CHECKPOINT_WEIGHTS, CHECKPOINTS_DIR
 from sweep_sft.tracking.client import flatten
 from sweep_sft.train.checkpoint_files import check_pickles, fsync_dir, load_file, write_file
 from sweep_sft.train.distributed import DistEnv
@@ -74,7 +74,7 @@ class Position:
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
     """The folder a trial's checkpoints live in."""
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINTS_DIR
 
 
 def step_of(path: Path) -> int | None:
@@ -134,9 +134,9 @@ def find_resume(resume: str, output_dir: str | Path) -> Path | None:
     path = Path(resume).expanduser()
     if not path.exists():
         raise ConfigError(f"trainer.resume: {path} does not exist (expected auto, never or a checkpoint folder)")
-    if step_of(path) is None and (checkpoints_dir(path).is_dir() or path.name == "checkpoints"):
+    if step_of(path) is None and (checkpoints_dir(path).is_dir() or path.name == CHECKPOINTS_DIR):
         # A trial's output folder (or its checkpoints folder): its newest checkpoint.
-        found = valid_checkpoints(path.parent if path.name == "checkpoints" else path)
+        found = valid_checkpoints(path.parent if path.name == CHECKPOINTS_DIR else path)
         if not found:
             raise ConfigError(f"trainer.resume: no complete checkpoint under {path}")
         return found[-1]

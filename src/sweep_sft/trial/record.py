@@ -14,7 +14,7 @@ from sweep_sft.config.schema import ALIASES, Config
 from sweep_sft.diagnostics.findings import as_tags, format_findings
 from sweep_sft.diagnostics.signs import diagnose
 from sweep_sft.metrics import final_values, objective_value
-from sweep_sft.names import METRICS_FILE, MODEL_DIR, SAVE_ERROR_TAG, TRIAL_STATE_TAG
+from sweep_sft.names import METRICS_FILE, MODEL_DIR, OBJECTIVE_FILE, SAVE_ERROR_TAG, TRIAL_STATE_TAG
 from sweep_sft.trial.state import TrialResult
 
 
@@ -36,7 +36,7 @@ def record(
     result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps, findings or [])
     if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
         (out / METRICS_FILE).write_text(json.dumps(asdict(result), indent=1))
-    run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, "objective.json")
+    run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, OBJECTIVE_FILE)
     return result
 
 

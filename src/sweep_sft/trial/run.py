@@ -24,7 +24,7 @@ from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
-from sweep_sft.names import ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.sweep.study import TrialPruned
 from sweep_sft.tracking.client import TrackingError, flatten
 from sweep_sft.tracking.requeue import ReopenedRun, open_run
@@ -101,12 +101,15 @@ def _recipe(trial: TrialState) -> TrialResult:
 
 
 def _load(trial: TrialState) -> None:
-    """The model and tokenizer on this rank's device, the evaluator over them, the tokenised data."""
+    """The tokenizer and the tokenised data first (bad data costs no model load), then the model on
+    this rank's device and the evaluator over them."""
     config = trial.config
+    tokenizer = modeling.load_tokenizer(config.model, modeling.resolve_model_path(config.model))
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
+    trial.data = prepare(config, tokenizer, end_of_turn_id, trial.sources)
     device = distributed.device_for(trial.dist_env, modeling.torch_device(config.trainer.device))
-    tokenizer, model = modeling.load(config.model, device)
+    _, model = modeling.load(config.model, device, tokenizer=tokenizer)
     trial.evaluator = Evaluator.for_trial(model, tokenizer, device, config)
-    trial.data = prepare(config, tokenizer, trial.evaluator.end_of_turn_id, trial.sources)
 
 
 def _open_run(trial: TrialState) -> None:
@@ -132,9 +135,9 @@ def _records(trial: TrialState) -> None:
         # Not a config key (the launcher decides it), yet the effective batch depends on it.
         run.log_params({"dist.world_size": str(trial.dist_env.world_size)})
         run.log_json(stats, "dataset_stats.json")
-        run.log_text(OmegaConf.to_yaml(config_yaml), "config.yaml")
+        run.log_text(OmegaConf.to_yaml(config_yaml), CONFIG_FILE)
     trial.log(mix_metrics(stats), 0)
-    (trial.out / "config.yaml").write_text(OmegaConf.to_yaml(config_yaml))
+    (trial.out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_yaml))
     (trial.out / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
     print(mix_table(stats))
 

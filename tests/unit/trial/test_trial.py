@@ -60,6 +60,19 @@ def test_bad_data_fails_before_training(tmp_path, tiny_overrides, records, messa
     assert not (tmp_path / "trial" / "metrics.json").exists()
 
 
+def test_data_that_tokenises_to_nothing_fails_before_the_model_loads(tmp_path, tiny_overrides, monkeypatch):
+    """Tokenising needs only the tokenizer: a data error must not wait for (a large) model to load."""
+    from sweep_sft import modeling
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(modeling, "load_model", no_model)
+    overrides = ["data.max_seq_len=8", "data.truncation=drop", f"output_dir={tmp_path / 'trial'}"]
+    with pytest.raises(DataError, match="dropped"):
+        run_trial(compose(tiny_overrides + overrides))
+
+
 def test_missing_data_file(tmp_path, tiny_overrides):
     overrides = [
         "data=jsonl",
