@@ -18,6 +18,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from sweep_sft.errors import ConfigError
+from sweep_sft.train.distributed import DistEnv
 
 PRUNER_ATTR = "sweep_sft.pruner"
 # The only classes a pruner record may name (optuna.pruners.<name>).
@@ -143,3 +144,33 @@ def reporter(link) -> Reporter | None:
     if link is None or link.metric is None:
         return None
     return Reporter(link.storage, link.study_name, link.trial_number, link.metric)
+
+
+class RankZeroReporter:
+    """The Optuna reporter on rank 0 only; its prune decision is broadcast so that every rank
+    stops at the same step (a rank left training alone would wait forever in a collective)."""
+
+    def __init__(self, inner, env: DistEnv) -> None:
+        self.inner, self.env = inner, env
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        import torch.distributed as dist
+
+        decision: list = [None]
+        if self.inner is not None:
+            try:
+                self.inner.report(step, metrics)
+            except TrialPruned as pruned:
+                decision = [(pruned.step, pruned.value)]
+        if self.env.distributed:
+            dist.broadcast_object_list(decision, src=0)
+        if decision[0] is not None:
+            raise TrialPruned(*decision[0])
+
+
+def trial_reporter(link, env: DistEnv) -> Reporter | RankZeroReporter | None:
+    """The trial's study reporter (None when it reports nowhere), rank 0 reporting for all."""
+    if link is None or link.metric is None:
+        return None
+    inner = reporter(link) if env.is_main else None
+    return inner if not env.distributed else RankZeroReporter(inner, env)

@@ -19,9 +19,6 @@ import os
 import socket
 from dataclasses import dataclass
 
-from sweep_sft.sweep.study import TrialPruned
-from sweep_sft.sweep.study import reporter as study_reporter
-
 
 @dataclass
 class DistEnv:
@@ -147,33 +144,3 @@ def all_reduce_grads(params) -> None:
         n = p.grad.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
-
-
-class RankZeroReporter:
-    """The Optuna reporter on rank 0 only; its prune decision is broadcast so that every rank
-    stops at the same step (a rank left training alone would wait forever in a collective)."""
-
-    def __init__(self, inner, env: DistEnv) -> None:
-        self.inner, self.env = inner, env
-
-    def report(self, step: int, metrics: dict[str, float]) -> None:
-        import torch.distributed as dist
-
-        decision: list = [None]
-        if self.inner is not None:
-            try:
-                self.inner.report(step, metrics)
-            except TrialPruned as pruned:
-                decision = [(pruned.step, pruned.value)]
-        if self.env.distributed:
-            dist.broadcast_object_list(decision, src=0)
-        if decision[0] is not None:
-            raise TrialPruned(*decision[0])
-
-
-def reporter(link, env: DistEnv):
-    """The trial's study reporter (None when it reports nowhere), rank 0 reporting for all."""
-    if link is None or link.metric is None:
-        return None
-    inner = study_reporter(link) if env.is_main else None
-    return inner if not env.distributed else RankZeroReporter(inner, env)

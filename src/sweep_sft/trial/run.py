@@ -25,7 +25,7 @@ from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
-from sweep_sft.sweep.study import TrialPruned
+from sweep_sft.sweep.study import TrialPruned, trial_reporter
 from sweep_sft.tracking.client import TrackingError, flatten
 from sweep_sft.tracking.requeue import ReopenedRun, open_run
 from sweep_sft.train import distributed
@@ -116,7 +116,7 @@ def _open_run(trial: TrialState) -> None:
     """The trial's run (new, or the interrupted attempt's reopened), its study reporter and checkpoints."""
     config, dist_env = trial.config, trial.dist_env
     trial.resolved = resolved(trial.cfg, config)
-    trial.study = distributed.reporter(config.study, dist_env)
+    trial.study = trial_reporter(config.study, dist_env)
     tracking = config.tracking if dist_env.is_main else replace(config.tracking, enabled=False)
     tags = {OUTPUT_DIR_TAG: str(trial.out.resolve())}
     resuming = trial.resume_from is not None

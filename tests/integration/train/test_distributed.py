@@ -211,13 +211,13 @@ def _pruning_rank(rank: int, storage: str, result_dir: str) -> None:
     import torch.distributed as dist
 
     from sweep_sft.config.schema import StudyLinkConfig
-    from sweep_sft.sweep.study import TrialPruned
+    from sweep_sft.sweep.study import TrialPruned, trial_reporter
     from sweep_sft.train import distributed
 
     dist.init_process_group("gloo", init_method=f"file://{result_dir}/rendezvous", rank=rank, world_size=2)
     env = distributed.DistEnv(rank, 2)
     link = StudyLinkConfig(storage=storage, study_name="s", trial_number=0, metric="val/loss")
-    reporter = distributed.reporter(link, env)
+    reporter = trial_reporter(link, env)
     outcome = []
     for step, value in ((1, 0.5), (2, 5.0)):  # the threshold pruner stops a value above 1
         try:
