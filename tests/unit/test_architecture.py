@@ -150,6 +150,23 @@ def test_no_import_cycle(modules: dict[str, Module]) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph seen from the folders: sweep_sft.<folder or module>, hydra_plugins.<plugin>."""
+    def folder(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    folders: dict[str, set[str]] = {folder(name): set() for name in graph}
+    for name, deps in graph.items():
+        folders[folder(name)] |= {folder(dep) for dep in deps if folder(dep) != folder(name)}
+    return folders
+
+
+def test_no_import_cycle_between_folders(modules: dict[str, Module]) -> None:
+    # Layers, not only modules: data/ never reaches back into config/, evaluate/ never into trial/.
+    cycle = find_cycle(folder_graph(import_graph(modules)))
+    assert cycle is None, "folders import each other: " + " -> ".join(cycle or [])
+
+
 def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> None:
     pkg = tmp_path / "sweep_sft"
     pkg.mkdir()

@@ -10,8 +10,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from sweep_sft.config.data import check_tree_overrides
 from sweep_sft.config.schema import Config
-from sweep_sft.data.mix import check_tree_overrides
 
 
 def register_configs() -> None:

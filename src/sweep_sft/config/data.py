@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING
 
 from sweep_sft.config.checks import at_least, one_of, within
@@ -124,3 +125,23 @@ def _source(name: str, value: Any) -> SourceConfig:
     if not isinstance(source.weight, (int, float)) or not 0 <= source.weight < math.inf:
         raise ConfigError(f"{key}.weight must be a finite number >= 0, got {source.weight!r}")
     return source
+
+
+MIX_TREES = ("data.mix.task_ratio", "data.mix.task_repeat")
+
+
+def check_tree_overrides(overrides: list[str]) -> None:
+    """A number for a family and a key inside it (task_ratio.math=0.3 task_ratio.math.add=0.2)
+    cannot both hold: Hydra's merge keeps whichever comes last and drops the other in silence."""
+    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
+    inside = [o for o in parsed if any(o.key_or_group.startswith(tree + ".") for tree in MIX_TREES)]
+    for short in inside:
+        if isinstance(short.value(), dict):  # a mapping merges with the keys beside it
+            continue
+        for long in inside:
+            if long.key_or_group.startswith(short.key_or_group + "."):
+                raise ConfigError(
+                    f"{short.input_line} and {long.input_line}: {short.key_or_group} cannot be a number and hold "
+                    f"{long.key_or_group.removeprefix(short.key_or_group + '.')} too (only the last would be kept); "
+                    "set the family or the task_types inside it, not both"
+                )

@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config.compose import task_overrides
+from sweep_sft.config.data import check_tree_overrides
 from sweep_sft.config.schema import ALIASES, Config
-from sweep_sft.data.mix import check_tree_overrides
 from sweep_sft.errors import ConfigError
 
 

@@ -20,8 +20,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-
 from sweep_sft.data.tokenize import IGNORE, Tokenized
 from sweep_sft.errors import ConfigError
 
@@ -158,23 +156,3 @@ def realised_mix(rows: list[Tokenized]) -> dict[str, dict[str, float]]:
         entry["example_share"] = entry["examples"] / max(n_examples, 1)
         entry["token_share"] = entry["supervised_tokens"] / max(n_tokens, 1)
     return dict(sorted(stats.items()))
-
-
-MIX_TREES = ("data.mix.task_ratio", "data.mix.task_repeat")
-
-
-def check_tree_overrides(overrides: list[str]) -> None:
-    """A number for a family and a key inside it (task_ratio.math=0.3 task_ratio.math.add=0.2)
-    cannot both hold: Hydra's merge keeps whichever comes last and drops the other in silence."""
-    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
-    inside = [o for o in parsed if any(o.key_or_group.startswith(tree + ".") for tree in MIX_TREES)]
-    for short in inside:
-        if isinstance(short.value(), dict):  # a mapping merges with the keys beside it
-            continue
-        for long in inside:
-            if long.key_or_group.startswith(short.key_or_group + "."):
-                raise ConfigError(
-                    f"{short.input_line} and {long.input_line}: {short.key_or_group} cannot be a number and hold "
-                    f"{long.key_or_group.removeprefix(short.key_or_group + '.')} too (only the last would be kept); "
-                    "set the family or the task_types inside it, not both"
-                )

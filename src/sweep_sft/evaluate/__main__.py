@@ -11,8 +11,8 @@ from sweep_sft.errors import UserInputError
 from sweep_sft.evaluate import standalone
 from sweep_sft.evaluate import target as eval_target
 from sweep_sft.evaluate.baseline import compare_with_baseline, load_baseline
+from sweep_sft.evaluate.tables import general_lines, task_table
 from sweep_sft.metrics import EVAL_TIME
-from sweep_sft.trial.tables import general_lines, task_table
 
 
 def _parser() -> argparse.ArgumentParser:
