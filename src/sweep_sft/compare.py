@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, VAL_LOSS, pass_at, pass_ks
+from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, SAMPLE_MATCH, VAL_LOSS, pass_at, pass_ks
 from sweep_sft.names import METRICS_FILE
 from sweep_sft.tracking.client import find_run
 
-EM, LOSS = "task/exact_match/", "val/loss/"
+EM, LOSS = f"{EXACT_MATCH}/", f"{VAL_LOSS}/"
 
 
 @dataclass
@@ -113,7 +113,7 @@ def drop_verdict(
     alone saturates (near 1 for any answer the model still gives sometimes); the sample share
     does not. Without pass@k in both runs, every drop counts."""
     text = f"exact match -{drop:.2f}"
-    keys = {f"pass@{k}": f"{pass_at(k)}/{task}", "sample match": f"task/sample_match/{task}"}
+    keys = {f"pass@{k}": f"{pass_at(k)}/{task}", "sample match": f"{SAMPLE_MATCH}/{task}"}
     measured = {name: (a[key], b[key]) for name, key in keys.items() if key in a and key in b}
     if k is None or f"pass@{k}" not in measured:
         return text, True

@@ -10,7 +10,7 @@ from pathlib import Path
 from sweep_sft.compare import Comparison, Tolerances, compare_runs, load_metrics, table
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError, UserInputError
-from sweep_sft.metrics import COMPARE_REGRESSIONS
+from sweep_sft.metrics import COMPARE_DELTA, COMPARE_REGRESSIONS
 from sweep_sft.tracking.client import tracking_uri
 
 COMPARISON_FILE = "comparison.txt"
@@ -40,7 +40,7 @@ def comparison_metrics(comparison: Comparison) -> dict[str, float]:
     for row in comparison.rows:
         for name, delta in (("exact_match", row.em_b - row.em_a), ("val_loss", row.loss_b - row.loss_a)):
             if not math.isnan(delta):
-                out[f"compare/delta/{name}/{row.task}"] = delta
+                out[f"{COMPARE_DELTA}/{name}/{row.task}"] = delta
     return out
 
 

@@ -37,6 +37,6 @@ def validation_loss(ev: Evaluator, rows: list[Tokenized], tasks: list[str]) -> d
                 logprob[tasks[task]] -= loss_sum
                 examples[tasks[task]] += 1
     metrics = acc.means(VAL_LOSS)
-    metrics.update({f"val/answer_logprob/{t}": logprob[t] / examples[t] for t in tasks if examples[t]})
+    metrics.update({f"{ANSWER_LOGPROB}/{t}": logprob[t] / examples[t] for t in tasks if examples[t]})
     metrics[ANSWER_LOGPROB] = sum(logprob.values()) / max(sum(examples.values()), 1)
     return metrics

@@ -100,7 +100,7 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
 def channel_losses(sweep: Sweep) -> bytes | Missing:
     """val/loss/<task_type>: a small plot per task_type, a line per trial."""
     tasks = [
-        task for task in task_types(sweep, (VAL_LOSS,)) if any(t.series.get(f"val/loss/{task}") for t in sweep.trials)
+        task for task in task_types(sweep, (VAL_LOSS,)) if any(t.series.get(f"{VAL_LOSS}/{task}") for t in sweep.trials)
     ]
     if not tasks:
         return Missing("no trial logged per-task_type validation losses (val/loss/<task_type>)")
@@ -111,7 +111,7 @@ def channel_losses(sweep: Sweep) -> bytes | Missing:
     colors = _colors(sweep.trials)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for t in sweep.trials:
-            points = t.series.get(f"val/loss/{task}")
+            points = t.series.get(f"{VAL_LOSS}/{task}")
             if points:
                 steps, values = zip(*points, strict=True)
                 ax.plot(steps, values, "-o", ms=2.5, lw=1.2, color=colors[t.number], label=t.label)
@@ -195,7 +195,7 @@ def exact_match(trial: Trial) -> float | None:
     """task/exact_match (evaluate.py's mean over task_types), or that mean of the per-task ones."""
     if is_finite_number(trial.metrics.get(EXACT_MATCH)):
         return trial.metrics[EXACT_MATCH]
-    per_task = [v for k, v in trial.metrics.items() if k.startswith("task/exact_match/") and is_finite_number(v)]
+    per_task = [v for k, v in trial.metrics.items() if k.startswith(f"{EXACT_MATCH}/") and is_finite_number(v)]
     return sum(per_task) / len(per_task) if per_task else None
 
 
