@@ -35,8 +35,18 @@ PACKING_EFFICIENCY = "train/packing_efficiency"
 SUPERVISED_FRACTION = "train/supervised_fraction"
 EPOCH = "train/epoch"  # fractional epoch at each logged step
 TRAIN_OVERALL = (GRAD_NORM, LR, TOKENS_PER_S, SUPERVISED_TOKENS_PER_S, PACKING_EFFICIENCY, SUPERVISED_FRACTION, EPOCH)
-# Per task_type only, logged once at step 0: the realised data mix.
-MIX_FAMILIES = ("data/examples", "data/example_share", "data/token_share")
+# Per task_type only, logged once at step 0: the realised data mix, and the training examples longer
+# than data.max_seq_len: cut keeping every supervised token, cut losing some, dropped. Family: the
+# key of the mix report (data/pipeline.py) it is read from.
+MIX_KEYS = {
+    "data/examples": "examples",
+    "data/example_share": "example_share",
+    "data/token_share": "token_share",
+    "data/prompt_cut": "prompt_cut",
+    "data/answer_cut": "answer_cut",
+    "data/dropped": "dropped",
+}
+MIX_FAMILIES = tuple(MIX_KEYS)
 TRAIN_TIME = "time/train_s"
 TOTAL_TIME = "time/total_s"
 EVAL_TIME = "time/eval_s"  # standalone evaluation only
@@ -74,7 +84,7 @@ def mix_metrics(report: dict[str, dict]) -> dict[str, float]:
     """The realised mix as metrics, so runs can be compared on it in the MLflow UI."""
     out: dict[str, float] = {}
     for task, s in report.items():
-        for family, key in zip(MIX_FAMILIES, ("examples", "example_share", "token_share"), strict=True):
+        for family, key in MIX_KEYS.items():
             out[f"{family}/{task}"] = s[key]
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,11 @@ from sweep_sft.config.checks import at_least, one_of, within
 from sweep_sft.errors import ConfigError
 
 LOSS_ON = ("all_assistant", "last_assistant", "all_tokens")
-TRUNCATION = ("truncate", "drop")
+# data/truncation.py implements these (config/ cannot import data/; a test keeps the two equal).
+TRUNCATION = ("prompt", "drop", "end")
+# The old name of `end`: trial folders and MLflow runs made before `prompt` existed hold it in their
+# config.yaml, and `python -m sweep_sft.evaluate` must rebuild their validation rows exactly.
+OLD_TRUNCATE = "truncate"
 PACKING = ("none", "packed")
 RATIO_OF = ("examples", "supervised_tokens")
 FORMATS = ("auto", "messages", "alpaca", "sharegpt")
@@ -80,10 +85,12 @@ class DataConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     # Which tokens carry loss: every assistant turn, only the last one, or all tokens.
     loss_on: str = "all_assistant"
-    # Longest tokenised example; longer ones are truncated or dropped (and counted).
+    # Longest tokenised example; longer ones are cut or dropped (and counted per task_type).
     max_seq_len: int = 256
-    # What to do with an example longer than max_seq_len.
-    truncation: str = "truncate"
+    # An example longer than max_seq_len. prompt: cut the prompt from the left, every supervised
+    # token stays (only a supervised part longer than max_seq_len alone loses its end: answer_cut);
+    # drop: leave it out; end: keep its first max_seq_len tokens (cuts the answer; truncate: old name).
+    truncation: str = "prompt"
     # none: one example per padded row; packed: each micro-batch's examples bin-packed into rows
     # of max_seq_len, position ids restarting and no attention across examples.
     packing: str = "none"
@@ -97,6 +104,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         one_of("data.loss_on", self.loss_on, LOSS_ON)
+        if self.truncation == OLD_TRUNCATE:
+            print(
+                "note: data.truncation=truncate is the old name of data.truncation=end, which cuts the end of "
+                "a long example (its answer); data.truncation=prompt (the default) cuts the prompt instead",
+                file=sys.stderr,
+            )
+            self.truncation = "end"
         one_of("data.truncation", self.truncation, TRUNCATION)
         one_of("data.packing", self.packing, PACKING)
         at_least("data.max_seq_len", self.max_seq_len, 8)

@@ -1,11 +1,13 @@
 """From data sources to the tokenised training mix and validation set, in one fixed order:
 load -> de-duplicate -> hold out validation (only when no source has a val file) -> source
-weights -> subsample -> tokenise (truncate/drop, pre-flight) -> task repeats and shares.
+weights -> subsample -> tokenise (cut or drop what is longer than max_seq_len, pre-flight) -> task
+repeats and shares.
 Every random choice is seeded by `trainer.seed`."""
 
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,7 @@ from sweep_sft.config.schema import Config
 from sweep_sft.data.dedup import deduplicate
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
 from sweep_sft.data.records import Example, first_per_task, load_jsonl
-from sweep_sft.data.tokenize import Tokenized, tokenize
+from sweep_sft.data.tokenize import DatasetStats, Tokenized, tokenize
 from sweep_sft.embedded.build import embedded_data
 
 
@@ -59,7 +61,10 @@ def prepare(
         val = first_per_task(val, data.max_val_per_task)
     args = (tokenizer, data.loss_on, data.max_seq_len, data.truncation, end_of_turn_id)
     rows, token_stats = tokenize(train, *args)
-    val_rows, _ = tokenize(val, *args)
+    val_rows, val_stats = tokenize(val, *args)
+    notice = answer_cut_notice(token_stats, val_stats, data.max_seq_len, data.truncation)
+    if notice:
+        print(notice, file=sys.stderr)
     rows = apply_task_mix(
         rows, data.mix.task_repeat, data.mix.task_ratio, data.mix.ratio_of, config.trainer.seed, data.mix.only
     )
@@ -68,11 +73,42 @@ def prepare(
         entry = report.setdefault(
             task, {"examples": 0, "supervised_tokens": 0, "example_share": 0.0, "token_share": 0.0}
         )
-        entry.update(truncated=stats["truncated"], dropped=stats["dropped"], **dedup_report.get(task, {}))
+        entry.update({key: stats[key] for key in CUT_KEYS}, **dedup_report.get(task, {}))
+    for task, stats in val_stats.as_dict().items():  # validation rows follow the same rule
+        if task in report and any(stats[key] for key in CUT_KEYS):
+            report[task].update({f"val_{key}": stats[key] for key in CUT_KEYS})
     for task, n in held_out.items():
         if task in report:
             report[task]["val_held_out"] = n
     return PreparedData(rows, val_rows, val, dict(sorted(report.items())))
+
+
+# Per task_type, examples longer than data.max_seq_len: cut with every supervised token kept, cut
+# with supervised tokens lost, left out (TaskStats' counters).
+CUT_KEYS = ("prompt_cut", "answer_cut", "dropped")
+
+
+def answer_cut_notice(train: DatasetStats, val: DatasetStats, max_seq_len: int, truncation: str) -> str | None:
+    """One line when some example lost supervised tokens to data.max_seq_len; None when none did."""
+    parts = []
+    for split, stats in (("training", train), ("validation", val)):
+        cut = {task: s.answer_cut for task, s in sorted(stats.per_task.items()) if s.answer_cut}
+        if cut:
+            total = sum(s.examples + s.dropped for s in stats.per_task.values())
+            each = ", ".join(f"{task}: {n}" for task, n in cut.items())
+            parts.append(f"{sum(cut.values())} of {total} {split} examples ({each})")
+    if not parts:
+        return None
+    why = (
+        "data.truncation=end cuts the end of a long example; data.truncation=prompt keeps the answers "
+        "whose supervised part fits"
+        if truncation == "end"
+        else "their supervised part alone is longer"
+    )
+    return (
+        f"warning: answers cut: {' and '.join(parts)} lost supervised tokens to data.max_seq_len={max_seq_len} "
+        f"({why}); raise data.max_seq_len to train on them whole"
+    )
 
 
 def hold_out(
@@ -124,16 +160,19 @@ def _path(value: str, split: str) -> str:
 
 
 def mix_table(report: dict[str, dict[str, Any]]) -> str:
-    """The realised mix, printed before training."""
+    """The realised mix, printed before training: per task_type its examples and supervised tokens
+    with their shares, its examples longer than data.max_seq_len (prompt_cut: every supervised token
+    kept; answer_cut: supervised tokens lost; dropped) and its duplicates removed."""
     head = (
         f"{'task_type':<26}{'examples':>9}{'share':>7}{'supervised':>11}{'share':>7}"
-        f"{'truncated':>10}{'dropped':>8}{'dedup':>7}"
+        f"{'prompt_cut':>11}{'answer_cut':>11}{'dropped':>8}{'dedup':>7}"
     )
     lines = [head]
     for task, s in report.items():
         removed = s.get("dedup_exact", 0) + s.get("dedup_near", 0)
         lines.append(
             f"{task:<26}{s['examples']:>9}{s['example_share']:>7.1%}{s['supervised_tokens']:>11}"
-            f"{s['token_share']:>7.1%}{s.get('truncated', 0):>10}{s.get('dropped', 0):>8}{removed:>7}"
+            f"{s['token_share']:>7.1%}{s.get('prompt_cut', 0):>11}{s.get('answer_cut', 0):>11}"
+            f"{s.get('dropped', 0):>8}{removed:>7}"
         )
     return "\n".join(lines)

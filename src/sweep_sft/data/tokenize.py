@@ -12,9 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sweep_sft.data.records import Example
+from sweep_sft.data.truncation import DROPPED, IGNORE, KEPT, fit
 from sweep_sft.errors import DataError
-
-IGNORE = -100
 
 
 @dataclass
@@ -24,22 +23,28 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     task_type: str
-    truncated: bool = False
+    truncated: bool = False  # tokens were cut (data.truncation says which)
     # The example it was made from: train recall regenerates answers to trained prompts.
     example: Example | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
 class TaskStats:
+    """One task_type's kept examples and tokens, and its examples longer than data.max_seq_len:
+    prompt_cut (every supervised token kept), answer_cut (supervised tokens lost), dropped."""
+
     examples: int = 0
     supervised_tokens: int = 0
     tokens: int = 0
-    truncated: int = 0
+    prompt_cut: int = 0
+    answer_cut: int = 0
     dropped: int = 0
 
 
 @dataclass
 class DatasetStats:
+    """TaskStats per task_type."""
+
     per_task: dict[str, TaskStats] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
@@ -54,7 +59,8 @@ def tokenize(
     truncation: str,
     end_of_turn_id: int,
 ) -> tuple[list[Tokenized], DatasetStats]:
-    """Tokenise, mask, truncate or drop, then run the pre-flight check on what is left."""
+    """Tokenise, mask, cut or drop what is longer than max_seq_len (data/truncation.py), then run the
+    pre-flight check on what is left."""
     out: list[Tokenized] = []
     stats = DatasetStats()
     if not examples:  # the chat template takes an empty batch for one empty conversation
@@ -66,16 +72,15 @@ def tokenize(
         task = stats.per_task.setdefault(example.task_type, TaskStats())
         spans, untrained = _weighted_spans(example, mask, loss_on)
         labels = _labels(ids, spans, untrained, loss_on)
-        truncated = len(ids) > max_seq_len
-        if truncated and truncation == "drop":
-            task.dropped += 1
+        cut = fit(ids, labels, max_seq_len, truncation)
+        if cut.outcome != KEPT:  # the outcomes are TaskStats' counters: prompt_cut, answer_cut, dropped
+            setattr(task, cut.outcome, getattr(task, cut.outcome) + 1)
+        if cut.outcome == DROPPED:
             continue
-        if truncated:
-            task.truncated += 1
-            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
-        else:
+        ids, labels, truncated = cut.input_ids, cut.labels, cut.outcome != KEPT
+        if cut.keeps_all_supervised:  # an answer-cut lost its end, end-of-turn token included
             for _start, end in spans:
-                ok = _end_of_turn_supervised(ids, labels, end, end_of_turn_id)
+                ok = _end_of_turn_supervised(ids, labels, end - cut.left, end_of_turn_id)
                 (spans_ok if ok else spans_bad)[example.task_type] += 1
         task.examples += 1
         task.tokens += len(ids)
@@ -174,7 +179,13 @@ def preflight(stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[st
         if task.examples == 0:
             raise DataError(
                 f"task_type {task_type!r}: every example was dropped as longer than data.max_seq_len "
-                f"({task.dropped} dropped); raise data.max_seq_len or set data.truncation=truncate"
+                f"({task.dropped} dropped); raise data.max_seq_len or set data.truncation=prompt "
+                "(cut prompts, keep answers)"
+            )
+        if task.supervised_tokens == 0 and task.answer_cut:
+            raise DataError(
+                f"task_type {task_type!r} has no supervised token left: {task.answer_cut} of its {task.examples} "
+                "examples lost theirs to data.max_seq_len; raise data.max_seq_len or set data.truncation=prompt"
             )
         if task.supervised_tokens == 0:
             raise DataError(

@@ -34,7 +34,7 @@ def supervised_text(tokenizer, row) -> str:
     return tokenizer.decode([t for t, label in zip(row.input_ids, row.labels, strict=True) if label != IGNORE])
 
 
-def run(tokenizer, examples, loss_on="all_assistant", max_seq_len=256, truncation="truncate"):
+def run(tokenizer, examples, loss_on="all_assistant", max_seq_len=256, truncation="prompt"):
     eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     return tokenize(examples, tokenizer, loss_on, max_seq_len, truncation, eot)
 
@@ -74,11 +74,14 @@ def test_pad_differs_from_end_of_turn(tokenizer):
     assert tokenizer.eos_token == "<|end|>"
 
 
-def test_truncate_and_drop_are_counted(tokenizer):
+def test_cut_and_drop_are_counted(tokenizer):
     full = len(run(tokenizer, [MULTI])[0][0].input_ids)
-    rows, stats = run(tokenizer, [SINGLE, MULTI], max_seq_len=full - 3, truncation="truncate")
+    rows, stats = run(tokenizer, [SINGLE, MULTI], max_seq_len=full - 3)
     assert [len(r.input_ids) for r in rows][1] == full - 3
-    assert stats.per_task["dialogue/multi_turn"].truncated == 1
+    # the first user turn is cut: both answers stay (data/truncation.py; tests/unit/data/test_truncation.py)
+    assert supervised_text(tokenizer, rows[1]) == " Noted: cat.<|end|> cat<|end|>"
+    multi = stats.per_task["dialogue/multi_turn"]
+    assert (multi.prompt_cut, multi.answer_cut) == (1, 0)
     short = Example(
         ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}), "dialogue/multi_turn", "test:3"
     )

@@ -18,7 +18,7 @@ def test_answer_logprob_is_the_mean_log_probability_of_each_answer(tokenizer, em
     model, _ = load_embedded(embedded_model_path)
     examples = load_jsonl(embedded_data_path / "validation.jsonl")[::37][:12]
     eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    rows = tokenize(examples, tokenizer, "all_assistant", 256, "truncate", eot)[0]
+    rows = tokenize(examples, tokenizer, "all_assistant", 256, "prompt", eot)[0]
     tasks = sorted({r.task_type for r in rows})
     # Batches of 5 mix lengths and tasks, so padding and batching must not change the numbers.
     evaluator = Evaluator(model, tokenizer, torch.device("cpu"), eot, EvalConfig(batch_size=5))

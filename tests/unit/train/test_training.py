@@ -18,7 +18,7 @@ from sweep_sft.train.loop import backward_window, train
 def rows(tokenizer, embedded_data_path):
     examples = load_jsonl(embedded_data_path / "train.jsonl")[:32]
     eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    return tokenize(examples, tokenizer, "all_assistant", 256, "truncate", eot)[0]
+    return tokenize(examples, tokenizer, "all_assistant", 256, "prompt", eot)[0]
 
 
 def window_grads(model, rows, tokenizer, batch_size):
