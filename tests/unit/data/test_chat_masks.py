@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from helpers import TESTS
 from sweep_sft.data.chat_masks import MARKERS, RENDERING, assistant_tokens, has_generation_markers
 from sweep_sft.data.records import Example, load_jsonl
 from sweep_sft.data.tokenize import IGNORE, tokenize
-from sweep_sft.errors import DataError
+from sweep_sft.errors import ConfigError, DataError
 
 TEMPLATES = TESTS / "fixtures" / "chat_templates"
 THINK = "<think>\n\n</think>\n\n"
@@ -181,12 +182,18 @@ def test_qwen3_turns_rendered_without_their_reasoning_once_a_later_question_foll
     assert supervised_runs(tok, row) == ["Paris.<|im_end|>", "<think>\nItaly: Rome.\n</think>\n\nRome.<|im_end|>"]
 
 
-def test_phi3_with_its_eos_as_end_of_turn_is_caught_before_training(family_tokenizer):
-    """Phi-3's eos_token <|endoftext|> ends only the final turn; the others end with <|end|>: the
-    pre-flight check names the fix (model.end_of_turn_token)."""
-    tok = family_tokenizer("phi-3-mini")
-    with pytest.raises(DataError, match=r"'<\|endoftext\|>' is not supervised after 1 of 2 .*model.end_of_turn_token"):
-        run(tok, [example(CASES["multi"])], "<|endoftext|>")
+@pytest.mark.parametrize(
+    "name, eos, unclosed",
+    [
+        ("phi-3-mini", "<|endoftext|>", 1),  # it follows the final <|end|> only: earlier turns lack it
+        ("gemma-3", "<eos>", 2),  # Gemma's template never writes <eos>: <end_of_turn> closes a turn
+    ],
+)
+def test_an_eos_that_does_not_close_the_turns_is_caught_before_training(family_tokenizer, name, eos, unclosed):
+    """The pre-flight check names the fix (model.end_of_turn_token) and not data.loss_on."""
+    with pytest.raises(DataError, match=rf"'{re.escape(eos)}' is not supervised after {unclosed} of 2 ") as err:
+        run(family_tokenizer(name), [example(CASES["multi"])], eos)
+    assert "model.end_of_turn_token" in str(err.value) and "loss_on" not in str(err.value)
 
 
 def test_a_weight_0_turn_is_left_out_when_the_turns_are_read_off_the_template(family_tokenizer):
@@ -236,3 +243,20 @@ def test_a_template_whose_turns_cannot_be_found_names_the_record_and_the_fix(fam
     message = str(err.value)
     assert message.startswith("a.jsonl:2: assistant turn 1 (messages[1]) cannot be found")
     assert "model.chat_template_path" in message and "{% generation %}" in message and "loss_on" not in message
+
+
+def test_a_record_the_tokenizer_cannot_encode_is_named(family_tokenizer):
+    bad = ({"role": "user", "content": "x\ud800"}, {"role": "assistant", "content": "y"})
+    with pytest.raises(DataError, match=r"^b.jsonl:2: the tokenizer's chat template cannot take this record"):
+        run(family_tokenizer("smollm2"), [example(FIRST, "b.jsonl:1"), example(bad, "b.jsonl:2")], "<|im_end|>")
+
+
+def test_a_tokenizer_without_offsets_needs_generation_markers():
+    class SlowTokenizer:  # what a Python (non-fast) tokenizer offers here: a template, no offsets
+        is_fast = False
+
+        def get_chat_template(self):
+            return "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+    with pytest.raises(ConfigError, match=r"gives no character offsets.*model.chat_template_path"):
+        assistant_tokens([example(FIRST)], SlowTokenizer(), "</s>")
