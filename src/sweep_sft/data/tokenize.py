@@ -3,7 +3,7 @@
 The tokenizer's own chat template renders each conversation; which tokens are the assistant's
 comes from its {% generation %} markers where it has them, else from the template itself
 (sweep_sft.data.chat_masks). System and user tokens never carry loss; `loss_on` picks all
-assistant turns, the last one, or all tokens (prompts included: said once, with the counts).
+assistant turns, the last one, or all tokens (prompts included: a warning says so, with counts).
 An assistant turn with OpenAI's `weight: 0` is never trained, whatever `loss_on` says.
 """
 
