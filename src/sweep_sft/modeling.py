@@ -149,15 +149,27 @@ def load_tokenizer(cfg: ModelConfig, path: str):
     if not tokenizer.chat_template:
         raise ConfigError(
             f"model.name_or_path={cfg.name_or_path}: the tokenizer has no chat template; "
-            "set model.chat_template_path to a Jinja template with {% generation %} markers"
+            "set model.chat_template_path to a Jinja chat template file"
         )
     new_tokens = [t for t in cfg.add_special_tokens if t not in tokenizer.get_vocab()]
     if new_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": new_tokens})
-    if tokenizer.pad_token is None or tokenizer.pad_token == end_of_turn(cfg, tokenizer):
-        # pad == EOS masks the EOS label away with the padding: the model never learns to stop.
-        tokenizer.add_special_tokens({"pad_token": cfg.pad_token})
+    _set_pad_token(cfg, tokenizer)
     return tokenizer
+
+
+def _set_pad_token(cfg: ModelConfig, tokenizer) -> None:
+    """model.pad_token when asked for (added if new), else the tokenizer's own pad token, else its
+    EOS: padding is told apart by explicit label masks and lengths, never by its id, so a pad
+    token equal to EOS or end-of-turn costs nothing and needs no new token (the vocabulary, and so
+    the saved model, stays the base model's)."""
+    if cfg.pad_token is not None:
+        if cfg.pad_token in tokenizer.get_vocab():
+            tokenizer.pad_token = cfg.pad_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": cfg.pad_token})
+    elif tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or end_of_turn(cfg, tokenizer)
 
 
 def end_of_turn(cfg: ModelConfig, tokenizer) -> str:

@@ -56,13 +56,16 @@ class ModelConfig:
     chat_template_path: str | None = None
     # Special tokens added to the tokenizer before training; the embeddings are resized.
     add_special_tokens: list[str] = field(default_factory=list)
-    # Pad token to add when the tokenizer has none (pad must differ from end-of-turn).
-    pad_token: str = "<|pad|>"
+    # Pad token; null: the tokenizer's own, else its eos_token, so no token is added and the
+    # vocabulary stays the base model's. Padding is masked by lengths and labels, never by its id,
+    # so pad == EOS/end-of-turn is fine and EOS stays supervised. A text: that token pads (added,
+    # with resized embeddings, when not in the vocabulary), even where the tokenizer has a pad.
+    pad_token: str | None = None
 
     def __post_init__(self) -> None:
         # An empty token is added as nothing: no pad id to pad with, or a token silently missing.
-        if not self.pad_token:
-            raise ConfigError("model.pad_token: expected the text of a token to add, got an empty string")
+        if self.pad_token is not None and not self.pad_token:
+            raise ConfigError("model.pad_token: expected the text of a token or null, got an empty string")
         if not all(isinstance(t, str) and t for t in self.add_special_tokens):
             raise ConfigError(f"model.add_special_tokens: expected non-empty texts, got {self.add_special_tokens}")
 

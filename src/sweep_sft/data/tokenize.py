@@ -1,16 +1,19 @@
 """Chat examples to token ids and labels: which tokens carry loss, and a pre-flight check.
 
-The tokenizer's own chat template renders each conversation; its {% generation %} markers
-(`return_assistant_tokens_mask`) say which tokens are the assistant's. System and user
-tokens never carry loss; `loss_on` picks all assistant turns, the last one, or all tokens.
+The tokenizer's own chat template renders each conversation; which tokens are the assistant's
+comes from its {% generation %} markers where it has them, else from the template itself
+(sweep_sft.data.chat_masks). System and user tokens never carry loss; `loss_on` picks all
+assistant turns, the last one, or all tokens (prompts included: a warning says so, with counts).
 An assistant turn with OpenAI's `weight: 0` is never trained, whatever `loss_on` says.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from sweep_sft.data.chat_masks import MARKERS, AssistantTokens, assistant_tokens
 from sweep_sft.data.records import Example
 from sweep_sft.data.truncation import DROPPED, IGNORE, KEPT, fit
 from sweep_sft.errors import DataError
@@ -65,12 +68,13 @@ def tokenize(
     stats = DatasetStats()
     if not examples:  # the chat template takes an empty batch for one empty conversation
         return out, stats
-    rendered = _render(examples, tokenizer)
+    eot = tokenizer.decode([end_of_turn_id])
+    found = assistant_tokens(examples, tokenizer, eot)
     spans_ok: Counter[str] = Counter()
     spans_bad: Counter[str] = Counter()
-    for example, ids, mask in zip(examples, rendered["input_ids"], rendered["assistant_masks"], strict=True):
+    for example, ids, turns in zip(examples, found.input_ids, found.turns, strict=True):
         task = stats.per_task.setdefault(example.task_type, TaskStats())
-        spans, untrained = _weighted_spans(example, mask, loss_on)
+        spans, untrained = _weighted_spans(example, turns, loss_on)
         labels = _labels(ids, spans, untrained, loss_on)
         cut = fit(ids, labels, max_seq_len, truncation)
         if cut.outcome != KEPT:  # the outcomes are TaskStats' counters: prompt_cut, answer_cut, dropped
@@ -86,71 +90,29 @@ def tokenize(
         task.tokens += len(ids)
         task.supervised_tokens += sum(label != IGNORE for label in labels)
         out.append(Tokenized(list(ids), labels, example.task_type, truncated, example))
-    preflight(stats, spans_ok, spans_bad, tokenizer.convert_ids_to_tokens(end_of_turn_id))
+    preflight(stats, spans_ok, spans_bad, eot, found.how)
+    if loss_on == "all_tokens":
+        _warn_all_tokens(examples, found, stats, max_seq_len, truncation)
     return out, stats
 
 
-def _render(examples: list[Example], tokenizer) -> dict:
-    def apply(batch: list[Example]) -> dict:
-        return tokenizer.apply_chat_template(
-            [list(e.messages) for e in batch],
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
-
-    try:
-        return apply(examples)
-    except Exception as batch_error:
-        # Name the record the tokenizer or its template cannot take; the batch error says only what.
-        for example in examples:
-            try:
-                apply([example])
-            except Exception as err:
-                raise DataError(
-                    f"{example.source}: the tokenizer's chat template cannot take this record "
-                    f"({type(err).__name__}: {err}); expected text it can encode"
-                ) from None
-        raise batch_error
-
-
 def _weighted_spans(
-    example: Example, mask: list[int], loss_on: str
+    example: Example, turns: list[tuple[int, int]], loss_on: str
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(trained spans, spans of weight-0 turns): weight 0 removes a turn before `loss_on` picks
-    (last_assistant: the last turn with weight 1)."""
-    spans = assistant_spans(mask)
+    """(trained spans, spans of weight-0 turns) among the token spans of the assistant turns:
+    weight 0 removes a turn before `loss_on` picks (last_assistant: the last turn with weight 1)."""
     weights = [m.get("weight", 1) for m in example.messages if m["role"] == "assistant"]
     if all(weights):
-        return trained_spans(mask, loss_on), []
-    if len(spans) != len(weights):
+        return (turns[-1:] if loss_on == "last_assistant" else turns), []
+    if len(turns) != len(weights):
         raise DataError(
-            f"{example.source}: a turn has weight 0 but the chat template marks {len(spans)} assistant spans "
+            f"{example.source}: a turn has weight 0 but the chat template marks {len(turns)} assistant spans "
             f"for {len(weights)} assistant turns, so the turn cannot be found; expected one "
             "{% generation %} block per assistant turn"
         )
-    trained = [span for span, weight in zip(spans, weights, strict=True) if weight]
-    untrained = [span for span, weight in zip(spans, weights, strict=True) if not weight]
+    trained = [span for span, weight in zip(turns, weights, strict=True) if weight]
+    untrained = [span for span, weight in zip(turns, weights, strict=True) if not weight]
     return (trained[-1:] if loss_on == "last_assistant" else trained), untrained
-
-
-def assistant_spans(assistant_mask: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of each run of assistant tokens."""
-    spans: list[tuple[int, int]] = []
-    start = None
-    for i, flag in enumerate([*assistant_mask, 0]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
-
-
-def trained_spans(assistant_mask: list[int], loss_on: str) -> list[tuple[int, int]]:
-    """[start, end) of each assistant turn that is trained under `loss_on`."""
-    spans = assistant_spans(assistant_mask)
-    return spans[-1:] if loss_on == "last_assistant" else spans
 
 
 def _labels(ids: list[int], spans: list[tuple[int, int]], untrained: list[tuple[int, int]], loss_on: str) -> list[int]:
@@ -173,8 +135,11 @@ def _end_of_turn_supervised(ids: list[int], labels: list[int], end: int, eot: in
     return end < len(ids) and ids[end] == eot and labels[end] != IGNORE
 
 
-def preflight(stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[str], eot: str) -> None:
-    """Stop before training when a task_type would teach nothing, or never teach EOS."""
+def preflight(
+    stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[str], eot: str, how: str = MARKERS
+) -> None:
+    """Stop before training when a task_type would teach nothing, or never teach EOS; `how`: how
+    the assistant tokens were found (the template's generation markers, or its renderings)."""
     for task_type, task in sorted(stats.per_task.items()):
         if task.examples == 0:
             raise DataError(
@@ -188,15 +153,55 @@ def preflight(stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[st
                 "examples lost theirs to data.max_seq_len; raise data.max_seq_len or set data.truncation=prompt"
             )
         if task.supervised_tokens == 0:
-            raise DataError(
-                f"task_type {task_type!r} has no supervised token in {task.examples} examples: the chat "
-                "template must wrap assistant turns in {% generation %}...{% endgeneration %} "
-                "(see model.chat_template_path), or change data.loss_on"
-            )
+            why = _why_none(how)
+            raise DataError(f"task_type {task_type!r} has no supervised token in {task.examples} examples: {why}")
         if spans_bad[task_type]:
             raise DataError(
                 f"task_type {task_type!r}: the end-of-turn token {eot!r} is not supervised after "
                 f"{spans_bad[task_type]} of {spans_bad[task_type] + spans_ok[task_type]} trained assistant "
-                "turns, so the model would never learn to stop: put it inside the template's "
-                "{% generation %} block, or set model.end_of_turn_token to the token that closes a turn"
+                f"turns, so the model would never learn to stop: {_eot_fix(how, eot)}"
             )
+
+
+def _why_none(how: str) -> str:
+    if how == MARKERS:
+        return (
+            "the chat template's {% generation %} blocks mark no assistant token within data.max_seq_len; put each "
+            "assistant turn's content and end-of-turn token inside {% generation %}...{% endgeneration %} "
+            "(model.chat_template_path), or raise data.max_seq_len if the prompts fill it"
+        )
+    return (
+        "the assistant turns were read off the chat template's renderings, but none lies within data.max_seq_len; "
+        "raise data.max_seq_len"
+    )
+
+
+def _eot_fix(how: str, eot: str) -> str:
+    if how == MARKERS:
+        return (
+            "put it inside the template's {% generation %} block, or set model.end_of_turn_token to the token "
+            "that closes a turn"
+        )
+    return (
+        f"the chat template does not close these assistant turns with {eot!r}; set model.end_of_turn_token to "
+        "the token it does close them with"
+    )
+
+
+def _warn_all_tokens(
+    examples: list[Example], found: AssistantTokens, stats: DatasetStats, max_seq_len: int, truncation: str
+) -> None:
+    """data.loss_on=all_tokens trains on the prompts too: say so, with what all_assistant would train on."""
+    assistant = 0
+    for example, ids, turns in zip(examples, found.input_ids, found.turns, strict=True):
+        if len(ids) > max_seq_len and truncation == "drop":
+            continue
+        trained, _ = _weighted_spans(example, turns, "all_assistant")
+        assistant += sum(min(end, max_seq_len) - min(start, max_seq_len) for start, end in trained)
+    total = sum(task.supervised_tokens for task in stats.per_task.values())
+    print(
+        f"warning: data.loss_on=all_tokens trains on every token, the system and user prompts and the chat "
+        f"template's own tokens too: {total} supervised tokens, of which {assistant} are the assistant turns' "
+        "(data.loss_on=all_assistant would train on those only)",
+        file=sys.stderr,
+    )

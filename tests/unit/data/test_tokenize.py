@@ -93,11 +93,40 @@ def test_cut_and_drop_are_counted(tokenizer):
         run(tokenizer, [MULTI], max_seq_len=full - 3, truncation="drop")
 
 
-def test_preflight_no_supervised_token(tokenizer):
+def test_a_template_without_markers_is_read_off_its_renderings(tokenizer):
     tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    with pytest.raises(DataError, match="reasoning/addition.*no supervised token"):
+    for loss_on in ("all_assistant", "last_assistant", "all_tokens"):
+        marked, _ = run(tokenizer, [SINGLE, MULTI, _weighted(0, None)], loss_on)
+        plain, _ = run(tok, [SINGLE, MULTI, _weighted(0, None)], loss_on)
+        assert [r.labels for r in plain] == [r.labels for r in marked]
+
+
+def test_preflight_no_supervised_token(tokenizer):
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    # Markers that mark nothing: the template is read by its markers, and they select no token.
+    tok.chat_template = tok.chat_template.replace(
+        "{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}",
+        "{{ message['content'] }}<|end|>{% generation %}{% endgeneration %}",
+    )
+    with pytest.raises(DataError, match="reasoning/addition.*no supervised token") as err:
         run(tok, [SINGLE])
+    # The fix offered is the template's; training on the prompts (loss_on=all_tokens) is none.
+    assert "{% generation %}" in str(err.value) and "model.chat_template_path" in str(err.value)
+    assert "loss_on" not in str(err.value) and "all_tokens" not in str(err.value)
+
+
+def test_all_tokens_says_it_trains_on_the_prompts_with_the_counts(tokenizer, capsys):
+    rows, stats = run(tokenizer, [SINGLE, MULTI], "all_tokens")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: data.loss_on=all_tokens trains on every token")
+    assert "system and user prompts" in lines[0]
+    total = sum(t.supervised_tokens for t in stats.per_task.values())
+    assistant_rows, assistant_stats = run(tokenizer, [SINGLE, MULTI], "all_assistant")
+    assistant = sum(t.supervised_tokens for t in assistant_stats.per_task.values())
+    assert total == sum(len(r.input_ids) for r in rows) and assistant < total
+    assert f"{total} supervised tokens, of which {assistant} are the assistant turns'" in lines[0]
+    assert "warning" not in capsys.readouterr().err  # all_assistant says nothing
 
 
 def test_preflight_end_of_turn_not_supervised(tokenizer):
