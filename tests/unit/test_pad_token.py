@@ -65,7 +65,7 @@ def test_the_eos_label_stays_supervised_and_padding_changes_no_loss(pad_is_eos, 
     model, _ = load_embedded(pad_is_eos)
     eos = tok.eos_token_id
     examples = load_jsonl(embedded_data_path / "validation.jsonl")[::41][:10]
-    rows, _ = tokenize(examples, tok, "all_assistant", 256, "truncate", eos)
+    rows, _ = tokenize(examples, tok, "all_assistant", 256, "prompt", eos)
     assert len({len(r.input_ids) for r in rows}) > 1  # a batch of them is padded
     tasks = sorted({r.task_type for r in rows})
     batch = collate(rows, {t: i for i, t in enumerate(tasks)}, tok.pad_token_id)

@@ -128,7 +128,7 @@ def expected_turns(family: Family, messages) -> list[str]:
 
 
 def run(tokenizer, examples, eot: str, loss_on="all_assistant"):
-    return tokenize(examples, tokenizer, loss_on, 4096, "truncate", tokenizer.convert_tokens_to_ids(eot))
+    return tokenize(examples, tokenizer, loss_on, 4096, "prompt", tokenizer.convert_tokens_to_ids(eot))
 
 
 def test_the_fixture_templates_have_no_generation_markers():
