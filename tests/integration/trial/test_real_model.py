@@ -54,7 +54,7 @@ def test_masks_are_each_answer_and_its_end_token(smollm2):
     from sweep_sft.data.tokenize import IGNORE
 
     tokenizer, data = _prepared(smollm2)
-    assert "generation" not in tokenizer.chat_template
+    assert "{% generation %}" not in tokenizer.chat_template
     assert len(tokenizer) == VOCAB and tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
     assert data.train_rows and data.val_rows
     for row in data.train_rows + data.val_rows:
