@@ -26,7 +26,7 @@ BAD_SETS = [
     ([], r"general.jsonl: the general set is empty"),
     (["", "   "], r"general.jsonl: the general set is empty"),
     ([TEXT, "{not json"], r"general.jsonl:2: not valid JSON"),
-    ([TEXT, {"prompt": "x"}], r'general.jsonl:2: expected a record with "text" .* or "messages".*got keys \[.prompt.\]'),
+    ([TEXT, {"prompt": "x"}], r'general.jsonl:2: expected a record with "text" .* or "messages".*keys \[.prompt.\]'),
     ([["a list"]], r"general.jsonl:1: expected a record with .*got list"),
     ([{"text": "  "}], r'general.jsonl:1: "text" must be a non-empty string'),
     ([{"messages": [{"role": "user", "content": "Hi"}]}], r"general.jsonl:1: the last turn is 'user'"),
