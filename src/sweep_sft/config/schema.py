@@ -14,6 +14,7 @@ from typing import Any
 
 from sweep_sft.config.checks import at_least, one_of, within
 from sweep_sft.config.data import DataConfig
+from sweep_sft.config.general import GeneralConfig
 from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
 from sweep_sft.metrics import VAL_LOSS
@@ -194,8 +195,11 @@ class EvalConfig:
     # Generate at the end: exact match of greedy generations per task_type, pass@k, train recall
     # (false: none of the three).
     generate: bool = True
-    # Score the general-ability probe (trained vs base model) at the end.
+    # Score the general-ability probe (trained vs base model) at the end: general/score,
+    # general/base_score, general_drop.
     general_probe: bool = True
+    # What the general probe scores (eval.general.source: auto, embedded, base_answers or a JSONL file).
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     # pass@k at the end: k sampled generations per validation prompt; 0: off.
     pass_k: int = 4
     # Samples drawn per prompt for pass@k (the unbiased estimator of Chen et al. 2021); null: pass_k.

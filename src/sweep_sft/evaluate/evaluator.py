@@ -29,6 +29,9 @@ class Evaluator:
     eval: EvalConfig
     precision: str = "fp32"
     seed: int = 0
+    # The general set the base model was probed on (general_probe.probe_base), which the trained
+    # model is scored on too; None: the embedded probe.
+    general: general_probe.GeneralProbe | None = None
 
     @classmethod
     def for_trial(cls, model, tokenizer, device, config: Config) -> Evaluator:
@@ -51,5 +54,6 @@ class Evaluator:
         return sampled_pass_at_k(self, examples)
 
     def general_probe(self) -> dict[str, float]:
-        """The general-ability probe's scores of this model."""
-        return general_probe.score(self.model, self.tokenizer, self.device)
+        """The general-ability probe's scores of this model, on the set the base model was probed on."""
+        pairs = self.general.pairs if self.general is not None else general_probe.embedded_pairs(self.tokenizer)
+        return general_probe.score(self.model, self.tokenizer.pad_token_id, self.device, pairs, self.eval.batch_size)

@@ -23,7 +23,7 @@ from sweep_sft.config.schema import Config, StudyLinkConfig
 from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import prepare
 from sweep_sft.errors import ConfigError, DataError
-from sweep_sft.evaluate import general_probe
+from sweep_sft.evaluate import general_probe, general_set
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.target import Target
@@ -150,21 +150,27 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     started = time.perf_counter()
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
+    if config.eval.general_probe:  # a bad general set is named before a model loads
+        general_set.check_source(config.eval.general)
     device = modeling.torch_device(config.trainer.device)
     tokenizer, model = load_trained(config, target, device)
     evaluator = Evaluator.for_trial(model, tokenizer, device, config)
     data = prepare(config, tokenizer, evaluator.end_of_turn_id)
     metrics = evaluator.validation_loss(data.val_rows, data.tasks)
     base = None
-    if config.eval.general_probe:
+    if config.eval.general_probe:  # the trial's general set, with the base model's scores on it (cached)
         base_path = modeling.resolve_model_path(config.model)
-        base = general_probe.base_scores(
-            base_path, lambda: modeling.load(config.model, device, base_path, tokenizer)[1], tokenizer, device
+        evaluator.general = general_probe.probe_base(
+            config, evaluator, lambda: modeling.load(config.model, device, base_path, tokenizer)[1], base_path
         )
+        base = evaluator.general.base
     final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)
     metrics.update(final)
     metrics[EVAL_TIME] = time.perf_counter() - started
-    return {"tasks": data.tasks, "metrics": metrics, "samples": samples}
+    result = {"tasks": data.tasks, "metrics": metrics, "samples": samples}
+    if evaluator.general is not None:
+        result["general_source"] = evaluator.general.source
+    return result
 
 
 def write(result: dict[str, Any], target: Target, ref: str, overrides: list[str], out: Path | None) -> Path:

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
+from sweep_sft.evaluate.general_set import check_source
 from sweep_sft.modeling import check_model
 
 
 def check_early(config: Config, out: Path) -> None:
     """What can be checked before the data is read and torch imported: the output folder
-    (created here) and the model's files."""
+    (created here), the model's files and the user's general set."""
     make_output_dir(out)
     check_model(config.model)
+    if config.eval.general_probe:
+        check_source(config.eval.general)
 
 
 def make_output_dir(out: Path) -> None:

@@ -143,11 +143,15 @@ def _records(trial: TrialState) -> None:
 
 
 def _probe_base(trial: TrialState) -> None:
-    """The base model's general-probe scores (cached per model), before training changes the model."""
+    """The general set and the base model's scores on it (cached per model), before training
+    changes the model; the trained model is scored on the same set (evaluator.general)."""
     if trial.config.eval.general_probe:
         ev = trial.evaluator
         path = modeling.resolve_model_path(trial.config.model)
-        trial.base_probe = general_probe.base_scores(path, lambda: ev.model, ev.tokenizer, ev.device)
+        probe = general_probe.probe_base(trial.config, ev, lambda: ev.model, path)
+        ev.general, trial.base_probe = probe, probe.base
+        trial.run.log_params({general_probe.SOURCE_PARAM: probe.source})
+        print(probe.summary())
 
 
 def _train(trial: TrialState) -> TrainState:
