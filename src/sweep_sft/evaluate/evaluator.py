@@ -12,7 +12,7 @@ from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate import general_probe
-from sweep_sft.evaluate.generation import exact_match, sampled_pass_at_k
+from sweep_sft.evaluate.generation import VALIDATION, exact_match, sampled_pass_at_k
 from sweep_sft.evaluate.loss import validation_loss
 from sweep_sft.metrics import EXACT_MATCH
 
@@ -41,14 +41,16 @@ class Evaluator:
         return validation_loss(self, rows, tasks)
 
     def exact_match(
-        self, examples: list[Example], prefix: str = EXACT_MATCH
-    ) -> tuple[dict[str, float], list[dict[str, str]]]:
-        """Greedy exact match per task_type, and a few generations to read."""
-        return exact_match(self, examples, prefix)
+        self, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, bar: bool = False
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Per task_type, the mean score of greedy generations under the task_type's scorer, and
+        every generation as a record (generations.jsonl); `bar`: a progress bar, else a line."""
+        return exact_match(self, examples, prefix, split, bar)
 
-    def pass_at_k(self, examples: list[Example]) -> dict[str, float]:
-        """pass@k and the share of right samples per task_type, from samples seeded by `seed`."""
-        return sampled_pass_at_k(self, examples)
+    def pass_at_k(self, examples: list[Example], bar: bool = False) -> dict[str, float]:
+        """pass@k and the share of right samples (score >= eval.pass_threshold) per task_type,
+        from samples seeded by `seed`."""
+        return sampled_pass_at_k(self, examples, bar)
 
     def general_probe(self) -> dict[str, float]:
         """The general-ability probe's scores of this model."""

@@ -1,12 +1,19 @@
-"""What a trial checks before it reads its data or imports torch: its output folder, its model's
-files, and whether its checkpoints can be written at all."""
+"""What a trial checks before its model loads: before it reads its data or imports torch, its
+output folder, its model's files, and whether its checkpoints can be written at all; once its
+data is read, the scorers of its task_types."""
 
 from __future__ import annotations
 
+import fnmatch
+import sys
 from pathlib import Path
 
-from sweep_sft.config.schema import Config
+from sweep_sft.config.schema import Config, EvalConfig
+from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
+from sweep_sft.data.records import Example
 from sweep_sft.errors import ConfigError
+from sweep_sft.evaluate.generation import reference
+from sweep_sft.evaluate.scorers import TaskScorers, parse_json
 from sweep_sft.modeling import check_model
 
 
@@ -43,3 +50,37 @@ def checkpointable(config: Config) -> bool:
             "trainer.resume=auto, or use deepspeed.zero_stage<=2"
         )
     return False
+
+
+def check_scorers(ev: EvalConfig, tasks: list[str], val: list[Example]) -> None:
+    """Every scorer eval.scorers names, loaded: a user's module:function imported and called on
+    a reference once per task_type (it must return a number in [0, 1]); every json_equal
+    reference parsed. A pattern that matches no task_type is named, as a warning."""
+    scorers = TaskScorers(ev.scorers)
+    scorers.load_all()
+    if not ev.generate:
+        return
+    for pattern in ev.scorers:
+        if not any(fnmatch.fnmatchcase(task, pattern) for task in tasks):
+            print(
+                f"warning: {scorer_key(pattern)}: matches no task_type of the data ({', '.join(tasks)}); "
+                "fnmatch patterns, e.g. 'summ*' or 'qa/*'",
+                file=sys.stderr,
+            )
+    tried: set[str] = set()
+    for example in val:
+        task, spec = example.task_type, scorers.spec(example.task_type)
+        key = f"{scorer_key(matching_pattern(task, ev.scorers) or '')}={spec}"
+        if spec == "json_equal" and not parse_json(reference(example))[0]:
+            raise ConfigError(
+                f"{key}: a validation reference of task_type {task} (source {example.source}) is not JSON: "
+                f"{reference(example)[:200]!r}"
+            )
+        if is_function_spec(spec) and task not in tried:
+            tried.add(task)
+            try:
+                scorers.score(task, reference(example), reference(example))
+            except Exception as exc:
+                raise ConfigError(
+                    f"{key}: failed on a reference of task_type {task}: {type(exc).__name__}: {exc}"
+                ) from None
