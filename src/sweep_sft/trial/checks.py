@@ -52,10 +52,11 @@ def checkpointable(config: Config) -> bool:
     return False
 
 
-def check_scorers(ev: EvalConfig, tasks: list[str], val: list[Example]) -> None:
+def check_scorers(ev: EvalConfig, tasks: list[str], val: list[Example], train: list[Example] = ()) -> None:
     """Every scorer eval.scorers names, loaded: a user's module:function imported and called on
     a reference once per task_type (it must return a number in [0, 1]); every json_equal
-    reference parsed. A pattern that matches no task_type is named, as a warning."""
+    reference (validation, and training ones, which train recall scores) parsed. A pattern that
+    matches no task_type is named, as a warning."""
     scorers = TaskScorers(ev.scorers)
     scorers.load_all()
     if not ev.generate:
@@ -67,20 +68,29 @@ def check_scorers(ev: EvalConfig, tasks: list[str], val: list[Example]) -> None:
                 "fnmatch patterns, e.g. 'summ*' or 'qa/*'",
                 file=sys.stderr,
             )
+    if not any(spec == "json_equal" or is_function_spec(spec) for spec in ev.scorers.values()):
+        return  # nothing to try on a reference
     tried: set[str] = set()
-    for example in val:
-        task, spec = example.task_type, scorers.spec(example.task_type)
-        key = f"{scorer_key(matching_pattern(task, ev.scorers) or '')}={spec}"
-        if spec == "json_equal" and not parse_json(reference(example))[0]:
+    for split, examples in (("validation", val), ("training", train)):
+        for example in examples:
+            _check_reference(scorers, ev.scorers, example, split, tried)
+
+
+def _check_reference(scorers: TaskScorers, patterns: dict[str, str], example: Example, split: str, tried: set) -> None:
+    task, spec = example.task_type, scorers.spec(example.task_type)
+    if spec != "json_equal" and (not is_function_spec(spec) or task in tried):
+        return
+    key = f"{scorer_key(matching_pattern(task, patterns) or '')}={spec}"
+    answer = reference(example)
+    if spec == "json_equal" and not parse_json(answer)[0]:
+        raise ConfigError(
+            f"{key}: a {split} reference of task_type {task} (source {example.source}) is not JSON: {answer[:200]!r}"
+        )
+    if is_function_spec(spec):
+        tried.add(task)
+        try:
+            scorers.score(task, answer, answer)
+        except Exception as exc:
             raise ConfigError(
-                f"{key}: a validation reference of task_type {task} (source {example.source}) is not JSON: "
-                f"{reference(example)[:200]!r}"
-            )
-        if is_function_spec(spec) and task not in tried:
-            tried.add(task)
-            try:
-                scorers.score(task, reference(example), reference(example))
-            except Exception as exc:
-                raise ConfigError(
-                    f"{key}: failed on a reference of task_type {task}: {type(exc).__name__}: {exc}"
-                ) from None
+                f"{key}: failed on a reference of task_type {task}: {type(exc).__name__}: {exc}"
+            ) from None

@@ -71,7 +71,8 @@ def _prepare(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialState
         check_resume(trial.resume_from, config)
     trial.sources = Sources(*load_sources(config))
     check_objective(config.objective, trial.sources.task_types(), config.eval)
-    check_scorers(config.eval, trial.sources.task_types(), trial.sources.val)
+    trained = [e for examples in trial.sources.by_source.values() for e in examples]
+    check_scorers(config.eval, trial.sources.task_types(), trial.sources.val, trained)
     trial.baseline = baseline_comparison.load_baseline(config)
 
     import torch

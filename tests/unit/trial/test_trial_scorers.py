@@ -84,6 +84,29 @@ def test_a_pattern_that_matches_no_task_type_is_named(capsys):
     assert "format/*" not in err
 
 
+def test_a_training_reference_that_is_no_json_is_named_too():
+    """Train recall scores trained answers with the same scorer: they must parse as well."""
+
+    def example(answer: str, source: str) -> Example:
+        return Example(({"role": "user", "content": "q"}, {"role": "assistant", "content": answer}), "f/j", source)
+
+    ev = EvalConfig(scorers={"f/*": "json_equal"})
+    val = [example('{"a": 1}', "v.jsonl:1")]
+    check_scorers(ev, ["f/j"], val, [example("[1]", "t.jsonl:1")])
+    message = r"eval.scorers.f/\*=json_equal: a training reference of task_type f/j \(source t.jsonl:2\) is not JSON"
+    with pytest.raises(ConfigError, match=message):
+        check_scorers(ev, ["f/j"], val, [example("[1]", "t.jsonl:1"), example("oops", "t.jsonl:2")])
+
+
+def test_scorer_patterns_are_logged_as_one_param_mlflow_takes():
+    """`*` is no character of an MLflow param name: the mapping is one JSON param, in its order."""
+    from sweep_sft.tracking.client import flatten
+
+    params = flatten({"eval": {"scorers": {"summ*": "chrf", "a/b": "exact"}, "pass_k": 4}})
+    assert params == {"eval.scorers": '{"summ*": "chrf", "a/b": "exact"}', "eval.pass_k": "4"}
+    assert flatten({"eval": {"scorers": {"qa/x": "chrf"}}}) == {"eval.scorers.qa/x": "chrf"}
+
+
 class FakeRun:
     def __init__(self) -> None:
         self.tags: dict[str, str] = {}
