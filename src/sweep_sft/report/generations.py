@@ -25,7 +25,8 @@ def _prompt(messages: Any) -> str:
     if not isinstance(messages, list) or not messages:
         return _cut(messages)
     last = messages[-1] if isinstance(messages[-1], dict) else {"content": messages[-1]}
-    before = f"(+{len(messages) - 1} earlier turns) " if len(messages) > 1 else ""
+    earlier = len(messages) - 1
+    before = f"(+{earlier} earlier turn{'s' if earlier > 1 else ''}) " if earlier else ""
     return before + _cut(last.get("content"))
 
 
@@ -37,7 +38,7 @@ def generations_table(trial: Trial) -> str:
     """The trial's shown generations, a row each: task_type, scorer, prompt, reference, generated, score."""
     head = "".join(f"<th>{h}</th>" for h in ("task_type", "scorer", "prompt", "reference", "generated", "score"))
     rows = []
-    for g in trial.generations:
+    for g in sorted(trial.generations, key=lambda g: str(g.get("task_type"))):  # stable: file order within a task
         cells = [g.get("task_type"), g.get("scorer", DEFAULT_SCORER)]
         texts = [_prompt(g.get("prompt")), _cut(g.get("reference")), _cut(g.get("generated"))]
         rows.append(

@@ -428,7 +428,7 @@ def _generations(task_scorers: dict[str, str], n: int, tag: str) -> list[dict]:
 
 
 def test_generations_show_a_few_per_task_type_best_trial_first_escaped(sweep_dir):
-    scorers = {"classification/sentiment": "exact", "format/json": "json_valid"}
+    scorers = {"format/json": "json_valid", "classification/sentiment": "exact"}  # the file's order
     for number, tag in ((0, "zeroth"), (3, "third")):
         text = "".join(json.dumps(r) + "\n" for r in _generations(scorers, 5, tag))
         (sweep_dir / str(number) / "generations.jsonl").write_text(text + '{"cut off', encoding="utf-8")
@@ -439,11 +439,13 @@ def test_generations_show_a_few_per_task_type_best_trial_first_escaped(sweep_dir
     best, _, others = section.partition("<details>")
     assert "#0 lr=0.0001 (best trial)" in best and "zeroth answer 2" in best and "zeroth answer 3" not in best
     assert "third answer 0" in others and "TRAINED" not in section
-    assert EVIL not in html and "(+1 earlier turns) zeroth prompt 0 &lt;script&gt;" in best
+    assert EVIL not in html and "(+1 earlier turn) zeroth prompt 0 &lt;script&gt;" in best
     assert "ref 0 &amp; &lt;b&gt;" in best
     named = "classification/sentiment: exact, format/json: json_valid"
     assert f"task/exact_match is the mean score under each task_type's scorer ({named})" in best
     assert "<td>json_valid</td>" in best and "<td class=num>0.5</td>" in best
+    rows = re.findall(r"<tr><td>([^<]+)</td>", best)
+    assert rows == ["classification/sentiment"] * 3 + ["format/json"] * 3  # by task_type
 
 
 def test_no_generations_is_a_note(sweep_dir):
