@@ -10,7 +10,7 @@ from sweep_sft.data.records import Example, first_per_task
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.generation import TRAIN, trained_sample
-from sweep_sft.evaluate.progress import Phase
+from sweep_sft.evaluate.progress import LINES, Phase
 from sweep_sft.metrics import GENERAL_DROP, GENERAL_SCORE, TRAIN_RECALL, base_name
 
 
@@ -19,26 +19,27 @@ def final_evaluation(
     val_examples: list[Example],
     train_rows: list[Tokenized],
     base_probe: dict[str, float] | None,
-    bar: bool = False,
+    show: str = LINES,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The final metrics, and every greedy generation (validation, then train recall) as a
     record for generations.jsonl; the general probe is compared with the base model's
-    `base_probe` (None: not probed). `bar`: progress bars, else a line per phase."""
+    `base_probe` (None: not probed). `show`: progress bars (BAR), a line per phase (LINES) or
+    nothing (QUIET)."""
     ev = evaluator.eval
     final: dict[str, float] = {}
     generations: list[dict[str, Any]] = []
     if ev.generate:
-        scores, generations = evaluator.exact_match(val_examples, bar=bar)
+        scores, generations = evaluator.exact_match(val_examples, show=show)
         final.update(scores)
         if ev.pass_k:
-            final.update(evaluator.pass_at_k(first_per_task(val_examples, ev.pass_k_examples), bar=bar))
+            final.update(evaluator.pass_at_k(first_per_task(val_examples, ev.pass_k_examples), show=show))
         if ev.train_recall_examples:
             trained = trained_sample(train_rows, ev.train_recall_examples, evaluator.seed)
-            recall, recalled = evaluator.exact_match(trained, prefix=TRAIN_RECALL, split=TRAIN, bar=bar)
+            recall, recalled = evaluator.exact_match(trained, prefix=TRAIN_RECALL, split=TRAIN, show=show)
             final.update(recall)
             generations += recalled
     if base_probe is not None:
-        with Phase("general probe", 1, bar) as phase:
+        with Phase("general probe", 1, show) as phase:
             trained_probe = evaluator.general_probe()
             phase.advance()
         final.update(trained_probe)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
-from sweep_sft.evaluate.progress import Phase
+from sweep_sft.evaluate.progress import LINES, Phase
 from sweep_sft.evaluate.scorers import TaskScorers
 from sweep_sft.metrics import EXACT_MATCH, SAMPLE_MATCH, pass_at
 
@@ -118,16 +118,16 @@ def per_task_mean(prefix: str, values: dict[str, list[float]]) -> dict[str, floa
 
 
 def exact_match(
-    ev: Evaluator, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, bar: bool = False
+    ev: Evaluator, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, show: str = LINES
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Per task_type, the mean score of greedy generations under the task_type's scorer (1 or 0
     each under the default exact scorer: the share equal to the reference); and every generation
     as a record: split, task_type, prompt (the messages before the answer), reference, generated,
-    score, scorer. `bar`: a progress bar, else a line when done."""
+    score, scorer. `show`: how the phase shows its progress (evaluate.progress)."""
     scorers = TaskScorers(ev.eval.scorers)
     scorers.load_all()  # a user's function that fails to import fails before the generating
     what = "exact match" if split == VALIDATION else "train recall"
-    with Phase(f"{what} over {len(examples)} prompts", len(examples), bar) as phase:
+    with Phase(f"{what} over {len(examples)} prompts", len(examples), show) as phase:
         answers = generate_answers(ev, examples, advance=phase.advance)
     scores: dict[str, list[float]] = defaultdict(list)
     records: list[dict[str, Any]] = []
@@ -150,7 +150,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sampled_pass_at_k(ev: Evaluator, examples: list[Example], bar: bool = False) -> dict[str, float]:
+def sampled_pass_at_k(ev: Evaluator, examples: list[Example], show: str = LINES) -> dict[str, float]:
     """pass@k per task_type (`task/pass_at_<k>/<task>`) and the share of right samples
     (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from samples seeded by
     `ev.seed`; a sample is right when its score under the task_type's scorer is at least
@@ -162,7 +162,7 @@ def sampled_pass_at_k(ev: Evaluator, examples: list[Example], bar: bool = False)
     scorers = TaskScorers(cfg.scorers)
     scorers.load_all()
     title = f"pass@{cfg.pass_k} over {len(examples)} prompts x {n} samples"
-    with Phase(title, len(examples) * n, bar) as phase:
+    with Phase(title, len(examples) * n, show) as phase:
         with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
             torch.manual_seed(ev.seed)  # the same samples for the same model, whatever ran before
             answers = generate_answers(ev, examples, n, cfg.temperature, advance=lambda k: phase.advance(k * n))

@@ -23,6 +23,7 @@ from sweep_sft.evaluate import baseline as baseline_comparison
 from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
+from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.sweep.study import TrialPruned, trial_reporter
@@ -183,8 +184,9 @@ def _evaluate(trial: TrialState, trained: TrainState) -> None:
     comparison with eval.baseline_run_id, logged at the last step."""
     config = trial.config
     final: dict[str, float] = {TRAIN_TIME: trained.seconds}
+    show = (BAR if config.trainer.progress else LINES) if trial.dist_env.is_main else QUIET
     scores, generations = final_evaluation(
-        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe, config.trainer.progress
+        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe, show
     )
     final.update(scores)
     if trial.dist_env.is_main:

@@ -18,6 +18,7 @@ from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.generation import exact_match, generate_answers, sampled_pass_at_k
+from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.evaluate.scorers import chrf
 
 CPU = torch.device("cpu")
@@ -155,7 +156,7 @@ def test_each_phase_prints_one_line_with_its_seconds_or_shows_a_bar(setup, capsy
     ev = evaluator(setup, pass_k=2, train_recall_examples=1)
     ev.general_probe = lambda: {"general/score": 0.5}  # the probe itself is not what is tested here
     rows = [Tokenized([1], [1], e.task_type, example=e) for e in examples]
-    final, records = final_evaluation(ev, examples, rows, {"general/score": 0.6}, bar=False)
+    final, records = final_evaluation(ev, examples, rows, {"general/score": 0.6}, show=LINES)
     out = capsys.readouterr()
     lines = [line for line in out.out.splitlines() if line.startswith("final evaluation:")]
     n_tasks = len({e.task_type for e in examples})
@@ -170,11 +171,14 @@ def test_each_phase_prints_one_line_with_its_seconds_or_shows_a_bar(setup, capsy
     assert [r["split"] for r in records] == ["validation"] * 8 + ["train"] * n_tasks
     assert final["general_drop"] == pytest.approx(0.1)
 
-    final_evaluation(ev, examples, rows, None, bar=True)
+    final_evaluation(ev, examples, rows, None, show=BAR)
     out = capsys.readouterr()
     assert "final evaluation:" not in out.out  # the bars instead of the lines
     for title in ("exact match over 8 prompts", "pass@2 over 8 prompts x 2 samples", "train recall over"):
         assert title in out.err
+
+    final_evaluation(ev, examples, rows, None, show=QUIET)  # another rank than the first
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_scorer_that_does_not_load_fails_before_generating(setup, monkeypatch):
