@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 VAL_LOSS = "val/loss"
 ANSWER_LOGPROB = "val/answer_logprob"
 VAL_FAMILIES = (VAL_LOSS, ANSWER_LOGPROB)
-# The final evaluation's generations, per task_type and overall.
+# The final evaluation's generations, per task_type and overall, each task_type under its scorer
+# (eval.scorers; exact unless set): task/exact_match/<task> is the mean score of the greedy
+# generations (under exact: the share equal to the reference), task/train_recall the same on
+# trained prompts, task/sample_match the share of samples scoring >= eval.pass_threshold.
 EXACT_MATCH = "task/exact_match"
 TRAIN_RECALL = "task/train_recall"
 SAMPLE_MATCH = "task/sample_match"

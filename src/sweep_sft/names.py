@@ -15,6 +15,9 @@ RUN_FILE = "mlflow_run.json"  # the trial's MLflow run, reopened after a requeue
 UNDELIVERED_FILE = "mlflow_undelivered.json"  # records MLflow did not take, for `python -m sweep_sft.tracking`
 CHECKPOINTS_DIR = "checkpoints"  # <output_dir>/checkpoints/step-<N>/
 CHECKPOINT_WEIGHTS = "model.pt"  # a checkpoint's model weights (checkpoints/step-<N>/)
+# Every greedy generation of the final evaluation, one JSON object a line (split, task_type, prompt,
+# reference, generated, score, scorer); also the run artifact of that name, which the report reads.
+GENERATIONS_FILE = "generations.jsonl"
 
 # A sweep folder.
 PARENT_FILE = "mlflow_parent_run.json"
@@ -36,6 +39,7 @@ OVERRIDES_TAG = "sweep_sft.overrides"
 JOB_STATE_TAG = "sweep_sft.job_state"
 RETRIED_TAG = "sweep_sft.retried"
 RUN_NAME_TAG = "mlflow.runName"
+SCORER_TAG = "sweep_sft.scorer"  # sweep_sft.scorer.<task_type>: the scorer of its final metrics (eval.scorers)
 
 # An Optuna trial attribute: the trial of a sweep that was stopped (resumed, it runs again).
 INTERRUPTED_TAG = "sweep_sft.interrupted"
@@ -44,6 +48,11 @@ INTERRUPTED_TAG = "sweep_sft.interrupted"
 def job_id_tag(executor: str) -> str:
     """The tag naming the scheduler's job id: sweep_sft.slurm_job_id, sweep_sft.local_job_id."""
     return f"sweep_sft.{executor}_job_id"
+
+
+def scorer_tag(task: str) -> str:
+    """The tag naming a task_type's scorer: sweep_sft.scorer.<task_type>."""
+    return f"{SCORER_TAG}.{task}"
 
 
 def child_run_name(job_num: int, job_overrides: list[str], swept: list[str]) -> str:

@@ -173,6 +173,15 @@ CASES: list[Case] = [
          files={"taken": "x"}),
     Case("deepspeed universal checkpoint", ["deepspeed=zero2", "+deepspeed.extra.checkpoint.load_universal=true"],
          ["deepspeed.extra.checkpoint.load_universal", "weights_only=False"]),
+    # (`{{`, `}}`: the arguments are str.format templates.)
+    Case("unknown scorer", ["eval.scorers={{summ*: chfr}}"],
+         ["eval.scorers.summ*: unknown scorer 'chfr'", "exact, normalized, contains", "module:function"]),
+    Case("scorer regex that does not compile", ['eval.scorers={{mcq/*: "regex:(A|B"}}'],
+         ["eval.scorers.mcq/*=regex:(A|B: not a valid regular expression"]),
+    Case("scorer function that does not import", ["eval.scorers={{reasoning/*: no_such_module_xyz:score}}"],
+         ["eval.scorers.reasoning/*=no_such_module_xyz:score: cannot import no_such_module_xyz"]),
+    Case("json_equal on references that are no JSON", ["eval.scorers={{classification/*: json_equal}}"],
+         ["eval.scorers.classification/*=json_equal", "validation.jsonl:", "is not JSON: 'positive'"]),
     # -- end of config and model --
 
     # -- evaluate: rows here --

@@ -21,6 +21,7 @@ SRC = helpers.SRC
 OURS = ("sweep_sft", "hydra_plugins")
 HEAVY = {
     "torch", "transformers", "mlflow", "optuna", "deepspeed", "matplotlib", "submitit", "peft", "scipy", "datasets",
+    "sacrebleu", "torchmetrics",
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -278,7 +279,7 @@ def test_every_public_name_another_module_uses_says_what_it_is_for(modules: dict
 
 
 def _shared_names(modules: dict[str, Module]) -> dict[str, str]:
-    """value -> its constant, for names.py's file names (.json, .yaml, .pt) and sweep_sft.* tag keys, and every
+    """value -> its constant, for names.py's file names (.json, .jsonl, .yaml, .pt) and sweep_sft.* tag keys, and every
     metric name of metrics.py."""
     shared = {}
     for home in ("sweep_sft.names", "sweep_sft.metrics"):
@@ -287,7 +288,7 @@ def _shared_names(modules: dict[str, Module]) -> dict[str, str]:
                 value = node.value.value
                 if not isinstance(value, str):
                     continue
-                file_or_tag = value.endswith((".json", ".yaml", ".pt")) or value.startswith("sweep_sft.")
+                file_or_tag = value.endswith((".json", ".jsonl", ".yaml", ".pt")) or value.startswith("sweep_sft.")
                 if home == "sweep_sft.metrics" or file_or_tag:
                     shared[value] = f"{home.rpartition('.')[2]}.{node.targets[0].id}"
     return shared

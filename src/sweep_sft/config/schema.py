@@ -15,6 +15,7 @@ from typing import Any
 from sweep_sft.config.checks import at_least, one_of, within
 from sweep_sft.config.data import DataConfig
 from sweep_sft.config.general import GeneralConfig
+from sweep_sft.config.scorers import check_scorers
 from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
 from sweep_sft.metrics import VAL_LOSS
@@ -222,6 +223,17 @@ class EvalConfig:
     loss_tolerance: float = 0.05
     # general_drop rise over the baseline's accepted before forgetting is flagged.
     general_tolerance: float = 0.02
+    # -- scorers: what "right" means per task_type (sweep_sft.evaluate.scorers) --
+    # task_type pattern (fnmatch: `*` matches `/` too) -> scorer; the first pattern that matches
+    # wins, in the order given; a task_type no pattern matches is scored exact. Scorers: exact,
+    # normalized, contains, regex:<pattern>, json_valid, json_equal, chrf, rouge_l, module:function.
+    # Every final metric of the task_type uses it (task/exact_match/<task> is its mean score).
+    scorers: dict[str, str] = field(default_factory=dict)
+    # A sampled answer counts as right for pass@k and sample_match when its score >= this. The
+    # exact, normalized, contains, regex and json scorers score 0 or 1, so any threshold in
+    # (0, 1] is exact behaviour for them; 0.5 lets chrf, rouge_l and partial-credit functions
+    # count an answer at least half-way to the reference.
+    pass_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         at_least("eval.max_new_tokens", self.max_new_tokens, 1)
@@ -237,6 +249,8 @@ class EvalConfig:
             at_least(f"eval.{key}", getattr(self, key), 0)
         if self.baseline_run_id is not None and not str(self.baseline_run_id).strip():
             raise ConfigError("eval.baseline_run_id: expected an MLflow run id or a trial folder, or null")
+        check_scorers(self.scorers)
+        within("eval.pass_threshold", self.pass_threshold, 0, 1, low_open=True)
 
     @property
     def num_samples(self) -> int:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = result["metrics"]
     print(f"evaluated {target.model_dir or target.checkpoint} with {target.config_file}")
-    print(task_table(metrics, result["tasks"]))
+    print(task_table(metrics, result["tasks"], scorers=config.eval.scorers))
     print("\n".join(general_lines(metrics)))
     path = standalone.write(result, target, args.target, args.overrides, args.out)
     print(f"results in {path} ({metrics[EVAL_TIME]:.1f}s)")

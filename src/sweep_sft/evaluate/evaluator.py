@@ -12,8 +12,9 @@ from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate import general_probe
-from sweep_sft.evaluate.generation import exact_match, sampled_pass_at_k
+from sweep_sft.evaluate.generation import VALIDATION, exact_match, sampled_pass_at_k
 from sweep_sft.evaluate.loss import validation_loss
+from sweep_sft.evaluate.progress import LINES
 from sweep_sft.metrics import EXACT_MATCH
 
 
@@ -44,14 +45,16 @@ class Evaluator:
         return validation_loss(self, rows, tasks)
 
     def exact_match(
-        self, examples: list[Example], prefix: str = EXACT_MATCH
-    ) -> tuple[dict[str, float], list[dict[str, str]]]:
-        """Greedy exact match per task_type, and a few generations to read."""
-        return exact_match(self, examples, prefix)
+        self, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, show: str = LINES
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Per task_type, the mean score of greedy generations under the task_type's scorer, and
+        every generation as a record (generations.jsonl); `show`: BAR, LINES or QUIET (evaluate.progress)."""
+        return exact_match(self, examples, prefix, split, show)
 
-    def pass_at_k(self, examples: list[Example]) -> dict[str, float]:
-        """pass@k and the share of right samples per task_type, from samples seeded by `seed`."""
-        return sampled_pass_at_k(self, examples)
+    def pass_at_k(self, examples: list[Example], show: str = LINES) -> dict[str, float]:
+        """pass@k and the share of right samples (score >= eval.pass_threshold) per task_type,
+        from samples seeded by `seed`."""
+        return sampled_pass_at_k(self, examples, show)
 
     def general_probe(self) -> dict[str, float]:
         """The general-ability probe's scores of this model, on the set the base model was probed on."""

@@ -1,47 +1,77 @@
-"""Generated answers scored per task_type: exact match of greedy generations, pass@k of sampled
-ones, and recall on trained prompts."""
+"""Generated answers scored per task_type by each task_type's scorer (evaluate.scorers): the
+mean score of greedy generations (`task/exact_match`), pass@k of sampled ones, and recall on
+trained prompts; with every greedy generation as a record to read (generations.jsonl)."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
+from sweep_sft.evaluate.progress import LINES, Phase
+from sweep_sft.evaluate.scorers import TaskScorers
 from sweep_sft.metrics import EXACT_MATCH, SAMPLE_MATCH, pass_at
 
 if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
 
-# A model's own generation_config fills every setting a generate() call leaves unset; these
-# would change what exact match and pass@k measure (a repetition penalty, a minimum length
-# that forbids stopping), so they are set to "off" explicitly.
-PLAIN_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0}
-PLAIN_SAMPLING = {"typical_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, **PLAIN_DECODING}
+# What a model's generation_config keeps while evaluation generates: its special token ids and
+# cache settings. The rest (a repetition penalty, a minimum length that forbids stopping, a
+# temperature or top_p of its own) would change what exact match and pass@k measure.
+KEPT_GENERATION = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache")
+VALIDATION, TRAIN = "validation", "train"  # a generation record's `split`
+
+
+@contextmanager
+def plain_generation(model) -> Iterator[None]:
+    """The model's generation_config replaced, while the block runs, by transformers' defaults
+    with only KEPT_GENERATION kept. Passing "off" values for the rest instead (min_length=0 with
+    min_new_tokens=0, ...) makes transformers warn on every generate() call that both are set."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    kept = {key: getattr(saved, key) for key in KEPT_GENERATION if getattr(saved, key, None) is not None}
+    model.generation_config = GenerationConfig(**kept)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def _prompt_ids(tokenizer, examples: list[Example]) -> list[list[int]]:
+    return tokenizer.apply_chat_template(
+        [list(e.messages[:-1]) for e in examples], tokenize=True, add_generation_prompt=True, return_dict=True
+    )["input_ids"]
 
 
 def generate_answers(
-    ev: Evaluator, examples: list[Example], samples: int = 1, temperature: float | None = None
+    ev: Evaluator,
+    examples: list[Example],
+    samples: int = 1,
+    temperature: float | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[list[str]]:
     """Answers to each example's last assistant turn, generated from the conversation before it
-    and stopped at end-of-turn: greedy (temperature None, one answer) or `samples` sampled ones."""
+    and stopped at end-of-turn: greedy (temperature None, one answer) or `samples` sampled ones.
+    `advance(n)` is told as each batch of n prompts is done."""
     import torch
 
     model, tokenizer = ev.model, ev.tokenizer
-    prompts = tokenizer.apply_chat_template(
-        [list(e.messages[:-1]) for e in examples], tokenize=True, add_generation_prompt=True, return_dict=True
-    )["input_ids"]
+    prompts = _prompt_ids(tokenizer, examples)
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     answers: list[list[str]] = [[] for _ in examples]
-    sampling = {"do_sample": False, **PLAIN_DECODING}
+    sampling: dict[str, Any] = {"do_sample": False}
     if temperature is not None:
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, **PLAIN_SAMPLING}
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     per_batch = max(1, ev.eval.batch_size // samples)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), plain_generation(model):
         for start in range(0, len(order), per_batch):
             chunk = order[start : start + per_batch]
             width = max(len(prompts[i]) for i in chunk)
@@ -64,6 +94,8 @@ def generate_answers(
                 for j in range(samples):
                     generated = out[row * samples + j, width:]
                     answers[i].append(tokenizer.decode(generated, skip_special_tokens=True).strip())
+            if advance is not None:
+                advance(len(chunk))
     model.train(was_training)
     return answers
 
@@ -71,6 +103,11 @@ def generate_answers(
 def reference(example: Example) -> str:
     """The reference answer: the example's last assistant turn."""
     return example.messages[-1]["content"].strip()
+
+
+def prompt_messages(example: Example) -> list[dict[str, str]]:
+    """The conversation an answer is generated from: every turn before the last, role and content."""
+    return [{"role": m["role"], "content": m["content"]} for m in example.messages[:-1]]
 
 
 def per_task_mean(prefix: str, values: dict[str, list[float]]) -> dict[str, float]:
@@ -81,18 +118,28 @@ def per_task_mean(prefix: str, values: dict[str, list[float]]) -> dict[str, floa
 
 
 def exact_match(
-    ev: Evaluator, examples: list[Example], prefix: str = EXACT_MATCH
-) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """Per task_type, the share of greedy generations equal to the reference; and the first three
-    generations of each task_type, to read."""
-    answers = generate_answers(ev, examples)
-    hits: dict[str, list[float]] = defaultdict(list)
-    samples: list[dict[str, str]] = []
+    ev: Evaluator, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, show: str = LINES
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Per task_type, the mean score of greedy generations under the task_type's scorer (1 or 0
+    each under the default exact scorer: the share equal to the reference); and every generation
+    as a record: split, task_type, prompt (the messages before the answer), reference, generated,
+    score, scorer. `show`: how the phase shows its progress (evaluate.progress)."""
+    scorers = TaskScorers(ev.eval.scorers)
+    scorers.load_all()  # a user's function that fails to import fails before the generating
+    what = "exact match" if split == VALIDATION else "train recall"
+    with Phase(f"{what} over {len(examples)} prompts", len(examples), show) as phase:
+        answers = generate_answers(ev, examples, advance=phase.advance)
+    scores: dict[str, list[float]] = defaultdict(list)
+    records: list[dict[str, Any]] = []
     for example, (answer,) in zip(examples, answers, strict=True):
-        hits[example.task_type].append(float(answer == reference(example)))
-        if len(hits[example.task_type]) <= 3:
-            samples.append({"task_type": example.task_type, "reference": reference(example), "generated": answer})
-    return per_task_mean(prefix, hits), samples
+        task, ref = example.task_type, reference(example)
+        score = scorers.score(task, answer, ref)
+        scores[task].append(score)
+        prompt, spec = prompt_messages(example), scorers.spec(task)
+        records.append(
+            dict(split=split, task_type=task, prompt=prompt, reference=ref, generated=answer, score=score, scorer=spec)
+        )
+    return per_task_mean(prefix, scores), records
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -103,22 +150,29 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sampled_pass_at_k(ev: Evaluator, examples: list[Example]) -> dict[str, float]:
+def sampled_pass_at_k(ev: Evaluator, examples: list[Example], show: str = LINES) -> dict[str, float]:
     """pass@k per task_type (`task/pass_at_<k>/<task>`) and the share of right samples
-    (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from samples seeded by `ev.seed`."""
+    (`task/sample_match/<task>`, an estimate of pass@1 under sampling), from samples seeded by
+    `ev.seed`; a sample is right when its score under the task_type's scorer is at least
+    `eval.pass_threshold`."""
     import torch
 
     cfg, device = ev.eval, ev.device
     n = cfg.num_samples
-    with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
-        torch.manual_seed(ev.seed)  # the same samples for the same model, whatever ran before
-        answers = generate_answers(ev, examples, n, cfg.temperature)
+    scorers = TaskScorers(cfg.scorers)
+    scorers.load_all()
+    title = f"pass@{cfg.pass_k} over {len(examples)} prompts x {n} samples"
+    with Phase(title, len(examples) * n, show) as phase:
+        with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
+            torch.manual_seed(ev.seed)  # the same samples for the same model, whatever ran before
+            answers = generate_answers(ev, examples, n, cfg.temperature, advance=lambda k: phase.advance(k * n))
     passed: dict[str, list[float]] = defaultdict(list)
     matched: dict[str, list[float]] = defaultdict(list)
     for example, sampled in zip(examples, answers, strict=True):
-        right = sum(a == reference(example) for a in sampled)
-        passed[example.task_type].append(pass_at_k(n, right, cfg.pass_k))
-        matched[example.task_type].append(right / n)
+        task, ref = example.task_type, reference(example)
+        right = sum(scorers.score(task, a, ref) >= cfg.pass_threshold for a in sampled)
+        passed[task].append(pass_at_k(n, right, cfg.pass_k))
+        matched[task].append(right / n)
     return {**per_task_mean(pass_at(cfg.pass_k), passed), **per_task_mean(SAMPLE_MATCH, matched)}
 
 

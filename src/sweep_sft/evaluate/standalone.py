@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweep_sft import modeling
 from sweep_sft.config.schema import Config, StudyLinkConfig
+from sweep_sft.config.scorers import is_function_spec
 from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import prepare
 from sweep_sft.errors import ConfigError, DataError
@@ -37,6 +38,7 @@ RESULT_FILE = "evaluation.json"
 # Settings that make from_pretrained run code: taken from this command's line, not the trial's config.
 TRUST_KEY = "model.trust_remote_code"
 ATTN_KEY = "model.attn_implementation"
+SCORERS_KEY = "eval.scorers"  # a module:function scorer is code too
 
 
 def load_config(target: Target, overrides: list[str]) -> Config:
@@ -81,6 +83,13 @@ def _untrusted(trial, extra, target: Target) -> None:
             f"{target.config_file}: {ATTN_KEY}={attn} names a kernel on the hub (code from_pretrained downloads and "
             f"runs): give {ATTN_KEY} on this command line (sdpa, eager, or {attn} if you trust it)"
         )
+    given = OmegaConf.select(extra, SCORERS_KEY) or {}
+    for pattern, spec in (OmegaConf.select(trial, SCORERS_KEY) or {}).items():
+        if is_function_spec(str(spec)) and pattern not in given:
+            raise ConfigError(
+                f"{target.config_file}: {SCORERS_KEY}.{pattern}={spec} names a function to import and run: give it "
+                f"on this command line ({SCORERS_KEY}.{pattern}={spec} if you trust it, or another scorer)"
+            )
 
 
 def _schema():

@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
+from sweep_sft.config.scorers import DEFAULT_SCORER
 from sweep_sft.errors import UserInputError
 from sweep_sft.metrics import EXACT_MATCH, TRAIN_LOSS, VAL_LOSS
 from sweep_sft.names import (
+    GENERATIONS_FILE,
     METRICS_FILE,
     MULTIRUN_FILE,
     OPTUNA_FILE,
@@ -31,6 +33,8 @@ LOWER_IS_BETTER = ("loss", "drop", "perplexity", "error")
 OPTUNA_STATES = {"FAIL": "FAILED"}
 # Metric families whose `<family>/<task_type>` keys name the sweep's task_types.
 TASK_FAMILIES = (VAL_LOSS, TRAIN_LOSS, EXACT_MATCH)
+# Generations the report shows per task_type of a trial.
+GENERATIONS_SHOWN = 3
 # The error of a job folder without metrics.json that no sweeper file explains (yet).
 NO_RECORD = "no metrics.json in its job folder (the trial failed, or is still running)"
 
@@ -54,6 +58,8 @@ class Trial:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)  # sweep_sft.diagnostics.findings.Finding as dicts
     error: str | None = None  # a failed trial's exception text
     steps: int | None = None  # optimizer steps the trial ran
+    # The first few validation generations of each task_type (generations.jsonl records).
+    generations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -105,6 +111,30 @@ def task_types(sweep: Sweep, families: tuple[str, ...] = TASK_FAMILIES) -> list[
     heads = tuple(f + "/" for f in families)
     keys = {k for t in sweep.trials for k in (*t.series, *t.metrics)}
     return sorted({k[len(h) :] for k in keys for h in heads if k.startswith(h) and len(k) > len(h)})
+
+
+def sample_generations(text: str, per_task: int = GENERATIONS_SHOWN) -> list[dict[str, Any]]:
+    """The first `per_task` validation records of each task_type in a generations.jsonl text
+    (a line that is no JSON object, as in a file cut short, is skipped)."""
+    shown: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("split", "validation") != "validation":
+            continue
+        task = str(record.get("task_type"))
+        counts[task] = counts.get(task, 0) + 1
+        if counts[task] <= per_task:
+            shown.append(record)
+    return shown
+
+
+def scorers_of(trial: Trial) -> dict[str, str]:
+    """Each task_type's scorer, as the trial's generations record it."""
+    return {str(g.get("task_type")): str(g.get("scorer", DEFAULT_SCORER)) for g in trial.generations}
 
 
 def _short(value: Any) -> str:
@@ -195,7 +225,14 @@ def _trial_from_dir(job: Path) -> Trial:
         series={k: [(float(s), float(v)) for s, v in pts] for k, pts in (record.get("series") or {}).items()},
         diagnostics=list(record.get("diagnostics") or []),
         steps=record.get("steps"),
+        generations=_generations(job / GENERATIONS_FILE),
     )
+
+
+def _generations(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return sample_generations(path.read_text(encoding="utf-8", errors="replace"))
 
 
 def _overrides(path: Path) -> list[str]:

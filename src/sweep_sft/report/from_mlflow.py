@@ -11,6 +11,7 @@ from typing import Any
 
 from sweep_sft.names import (
     ERROR_TAG,
+    GENERATIONS_FILE,
     KIND_TAG,
     OBJECTIVE_FILE,
     OPTUNA_FILE,
@@ -31,6 +32,7 @@ from sweep_sft.report.data import (
     load_sweep_dir,
     merge_sweeper_records,
     optuna_direction,
+    sample_generations,
     split_override,
     sweeper_name,
 )
@@ -130,6 +132,7 @@ def _trial_from_run(client, run) -> Trial:
         diagnostics=_findings_from_tags(tags),
         error=tags.get(ERROR_TAG),
         steps=record.get("steps"),
+        generations=sample_generations(_run_text(client, run_id, GENERATIONS_FILE) or ""),
     )
 
 
@@ -155,9 +158,14 @@ def _parent_artifacts(client, run_id: str) -> dict[str, Any]:
 
 
 def _run_artifact(client, run_id: str, name: str) -> dict[str, Any] | None:
+    text = _run_text(client, run_id, name)
+    return None if text is None else json.loads(text)
+
+
+def _run_text(client, run_id: str, name: str) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, name, tmp)
         except Exception:  # absent (an old run, a trial that died first): the report goes on without it
             return None
-        return json.loads(Path(local).read_text())
+        return Path(local).read_text(encoding="utf-8", errors="replace")

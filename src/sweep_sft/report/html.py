@@ -15,6 +15,8 @@ from typing import Any
 from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, GENERAL_SCORE, TRAIN_LOSS, TRAIN_WEIGHT_SHARE, VAL_LOSS
 from sweep_sft.report import plots
 from sweep_sft.report.data import Sweep, task_types
+from sweep_sft.report.generations import STYLE as GENERATIONS_STYLE
+from sweep_sft.report.generations import generations_section
 from sweep_sft.report.load import load
 from sweep_sft.report.plots import Missing
 
@@ -33,6 +35,7 @@ SECTIONS = (
     ("failed", "Failed and pruned trials"),
     ("diagnostics", "Diagnostics"),
     ("tasks", "Final per-task metrics"),
+    ("generations", "Generations"),
 )
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1200px; color: #222; }
@@ -41,7 +44,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-al
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .note { color: #777; font-style: italic; } code { font-size: 0.9em; }
-"""
+""" + GENERATIONS_STYLE
 # Records whether every plot decoded (the browser test reads it; a person sees it in the title).
 CHECK_SCRIPT = """
 window.addEventListener('load', function () {
@@ -186,6 +189,7 @@ def render(sweep: Sweep) -> str:
         "failed": failed_section(sweep),
         "diagnostics": diagnostics_section(sweep),
         "tasks": per_task_tables(sweep),
+        "generations": generations_section(sweep),
     }
     sections = []
     for key, title in SECTIONS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 # MLflow's own HTTP client retries a failed request 7 times with backoff (minutes) and waits
 # 120 s for an answer; our delivery thread retries instead, so it must see a failure at once.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+# The characters MLflow takes in a param name.
+PARAM_KEY = re.compile(r"[\w\-. :/]+")
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,11 @@ def experiment_id(client, name: str) -> str:
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    """A nested config as MLflow params: dotted keys, string values (lists as JSON)."""
+    """A nested config as MLflow params: dotted keys, string values (lists as JSON). A mapping
+    with a key MLflow refuses in a param name (eval.scorers' `summ*`) is one param, as JSON."""
     if isinstance(tree, dict):
+        if prefix and not all(PARAM_KEY.fullmatch(str(key)) for key in tree):
+            return {prefix[:-1]: json.dumps(tree)}
         out: dict[str, str] = {}
         for key, value in tree.items():
             out.update(flatten(value, f"{prefix}{key}."))

@@ -1,13 +1,20 @@
-"""What a trial checks before it reads its data or imports torch: its output folder, its model's
-files, and whether its checkpoints can be written at all."""
+"""What a trial checks before its model loads: before it reads its data or imports torch, its
+output folder, its model's files, and whether its checkpoints can be written at all; once its
+data is read, the scorers of its task_types."""
 
 from __future__ import annotations
 
+import fnmatch
+import sys
 from pathlib import Path
 
-from sweep_sft.config.schema import Config
+from sweep_sft.config.schema import Config, EvalConfig
+from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
+from sweep_sft.data.records import Example
 from sweep_sft.errors import ConfigError
 from sweep_sft.evaluate.general_set import check_source
+from sweep_sft.evaluate.generation import reference
+from sweep_sft.evaluate.scorers import TaskScorers, parse_json
 from sweep_sft.modeling import check_model
 
 
@@ -46,3 +53,47 @@ def checkpointable(config: Config) -> bool:
             "trainer.resume=auto, or use deepspeed.zero_stage<=2"
         )
     return False
+
+
+def check_scorers(ev: EvalConfig, tasks: list[str], val: list[Example], train: list[Example] = ()) -> None:
+    """Every scorer eval.scorers names, loaded: a user's module:function imported and called on
+    a reference once per task_type (it must return a number in [0, 1]); every json_equal
+    reference (validation, and training ones, which train recall scores) parsed. A pattern that
+    matches no task_type is named, as a warning."""
+    scorers = TaskScorers(ev.scorers)
+    scorers.load_all()
+    if not ev.generate:
+        return
+    for pattern in ev.scorers:
+        if not any(fnmatch.fnmatchcase(task, pattern) for task in tasks):
+            print(
+                f"warning: {scorer_key(pattern)}: matches no task_type of the data ({', '.join(tasks)}); "
+                "fnmatch patterns, e.g. 'summ*' or 'qa/*'",
+                file=sys.stderr,
+            )
+    if not any(spec == "json_equal" or is_function_spec(spec) for spec in ev.scorers.values()):
+        return  # nothing to try on a reference
+    tried: set[str] = set()
+    for split, examples in (("validation", val), ("training", train)):
+        for example in examples:
+            _check_reference(scorers, ev.scorers, example, split, tried)
+
+
+def _check_reference(scorers: TaskScorers, patterns: dict[str, str], example: Example, split: str, tried: set) -> None:
+    task, spec = example.task_type, scorers.spec(example.task_type)
+    if spec != "json_equal" and (not is_function_spec(spec) or task in tried):
+        return
+    key = f"{scorer_key(matching_pattern(task, patterns) or '')}={spec}"
+    answer = reference(example)
+    if spec == "json_equal" and not parse_json(answer)[0]:
+        raise ConfigError(
+            f"{key}: a {split} reference of task_type {task} (source {example.source}) is not JSON: {answer[:200]!r}"
+        )
+    if is_function_spec(spec):
+        tried.add(task)
+        try:
+            scorers.score(task, answer, answer)
+        except Exception as exc:
+            raise ConfigError(
+                f"{key}: failed on a reference of task_type {task}: {type(exc).__name__}: {exc}"
+            ) from None

@@ -23,6 +23,7 @@ from sweep_sft.evaluate import baseline as baseline_comparison
 from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
+from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.sweep.study import TrialPruned, trial_reporter
@@ -32,7 +33,8 @@ from sweep_sft.train import distributed
 from sweep_sft.train.checkpoint import Checkpoints, check_resume, find_resume
 from sweep_sft.train.loop import TrainState, train
 from sweep_sft.train.preemption import Preemption
-from sweep_sft.trial.checks import check_early, checkpointable
+from sweep_sft.trial.checks import check_early, check_scorers, checkpointable
+from sweep_sft.trial.generations import record_generations
 from sweep_sft.trial.record import diagnose_series, leave_running, record, resolved, save_model
 from sweep_sft.trial.state import Sources, TrialResult, TrialState
 from sweep_sft.trial.tables import summary_table
@@ -70,6 +72,8 @@ def _prepare(cfg, output_dir, run_name, parent_run_id, preemption) -> TrialState
         check_resume(trial.resume_from, config)
     trial.sources = Sources(*load_sources(config))
     check_objective(config.objective, trial.sources.task_types(), config.eval)
+    trained = [e for examples in trial.sources.by_source.values() for e in examples]
+    check_scorers(config.eval, trial.sources.task_types(), trial.sources.val, trained)
     trial.baseline = baseline_comparison.load_baseline(config)
 
     import torch
@@ -180,14 +184,17 @@ def _train(trial: TrialState) -> TrainState:
 
 
 def _evaluate(trial: TrialState, trained: TrainState) -> None:
-    """The final evaluation, and the comparison with eval.baseline_run_id, logged at the last step."""
+    """The final evaluation (its generations into generations.jsonl and the run), and the
+    comparison with eval.baseline_run_id, logged at the last step."""
+    config = trial.config
     final: dict[str, float] = {TRAIN_TIME: trained.seconds}
-    scores, samples = final_evaluation(
-        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe
+    show = (BAR if config.trainer.progress else LINES) if trial.dist_env.is_main else QUIET
+    scores, generations = final_evaluation(
+        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe, show
     )
     final.update(scores)
-    if samples:
-        trial.run.log_json(samples, "generations_sample.json")
+    if trial.dist_env.is_main:
+        record_generations(trial.out, trial.run, generations, config.eval, trial.data.tasks)
     final[TOTAL_TIME] = time.perf_counter() - trial.started
     trial.log(final, trained.step)
     if trial.baseline is not None and trial.dist_env.is_main:
@@ -205,7 +212,7 @@ def _save(trial: TrialState, trained: TrainState) -> TrialResult:
     result = record(trial.config, trial.out, run, trial.series, "COMPLETE", trained.step, is_main, findings)
     if trial.config.trainer.save_model and is_main:  # after the results are safe
         save_model(trial.config, trial.evaluator.model, trial.evaluator.tokenizer, trial.out, run)
-    print(summary_table(result, trial.data.tasks, trial.data.report))
+    print(summary_table(result, trial.data.tasks, trial.data.report, trial.config.eval.scorers))
     run.finish("FINISHED")
     return result
 

@@ -7,11 +7,14 @@ from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, VAL_LOSS
 from sweep_sft.trial.state import TrialResult
 
 
-def summary_table(result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]]) -> str:
-    """The table a finished trial prints: per task_type, the loss curve's ends, the general probe, the objective."""
+def summary_table(
+    result: TrialResult, tasks: list[str], stats: dict[str, dict[str, int]], scorers: dict[str, str] | None = None
+) -> str:
+    """The table a finished trial prints: per task_type, the loss curve's ends, the general probe,
+    the objective; `scorers` (eval.scorers) names each task_type's scorer unless all are exact."""
     m = result.metrics
     first_val = result.series.get(VAL_LOSS, [[0, float("nan")]])[0][1]
-    lines = [task_table(m, tasks, stats)]
+    lines = [task_table(m, tasks, stats, scorers)]
     lines.append(
         f"val/loss {first_val:.3f} at step 0 -> {m.get(VAL_LOSS, float('nan')):.3f}; "
         f"train {m.get(TRAIN_TIME, 0):.1f}s, total {m.get(TOTAL_TIME, 0):.1f}s"

@@ -26,6 +26,11 @@ def test_default_trial_learns_three_task_types(tmp_path):
     # the per-task table is printed, and one MLflow run is in the local store
     assert "classification/sentiment" in proc.stdout and "exact match" in proc.stdout
     assert (tmp_path / "mlflow.db").exists()
+    # the final evaluation: a line per phase, no library warning (transformers gave 22), every generation kept
+    assert "final evaluation: pass@4 over 512 prompts x 4 samples in" in proc.stdout
+    assert "min_new_tokens" not in proc.stdout + proc.stderr
+    generations = (metrics_file.parent / "generations.jsonl").read_text().splitlines()
+    assert len(generations) == 512 + 8 * 32  # every validation prompt, eval.train_recall_examples per task_type
 
     from mlflow.tracking import MlflowClient
 
@@ -33,6 +38,8 @@ def test_default_trial_learns_three_task_types(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("sweep-sft").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val/loss"] == pytest.approx(metrics["val/loss"])
+    assert run.data.tags["sweep_sft.scorer.format/json"] == "exact"
+    assert "generations.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.slow

@@ -410,3 +410,58 @@ def test_labels_are_never_read_as_mathtext(tmp_path):
     html = write_report(sweep).read_text()
     for key, n in {"loss": 2, "channels": 1, "objective": 1}.items():
         assert _section(html, key).count("<img ") == n, key
+
+
+def _generations(task_scorers: dict[str, str], n: int, tag: str) -> list[dict]:
+    """n validation records per task_type (and a train-recall one), as a trial writes them."""
+    rows = []
+    for task, scorer in task_scorers.items():
+        for i in range(n):
+            prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"{tag} prompt {i} {EVIL}"}]
+            rows.append(
+                {"split": "validation", "task_type": task, "prompt": prompt, "reference": f"ref {i} & <b>",
+                 "generated": f"{tag} answer {i}", "score": 0.5, "scorer": scorer}
+            )
+        rows.append({"split": "train", "task_type": task, "prompt": [], "reference": "r", "generated": "TRAINED",
+                     "score": 1.0, "scorer": scorer})
+    return rows
+
+
+def test_generations_show_a_few_per_task_type_best_trial_first_escaped(sweep_dir):
+    scorers = {"format/json": "json_valid", "classification/sentiment": "exact"}  # the file's order
+    for number, tag in ((0, "zeroth"), (3, "third")):
+        text = "".join(json.dumps(r) + "\n" for r in _generations(scorers, 5, tag))
+        (sweep_dir / str(number) / "generations.jsonl").write_text(text + '{"cut off', encoding="utf-8")
+    sweep = load(str(sweep_dir))
+    assert [len(t.generations) for t in sweep.trials] == [6, 0, 0, 6]  # 3 per task_type, validation only
+    html = write_report(sweep_dir).read_text()
+    section = _section(html, "generations")
+    best, _, others = section.partition("<details>")
+    assert "#0 lr=0.0001 (best trial)" in best and "zeroth answer 2" in best and "zeroth answer 3" not in best
+    assert "third answer 0" in others and "TRAINED" not in section
+    assert EVIL not in html and "(+1 earlier turn) zeroth prompt 0 &lt;script&gt;" in best
+    assert "ref 0 &amp; &lt;b&gt;" in best
+    named = "classification/sentiment: exact, format/json: json_valid"
+    assert f"task/exact_match is the mean score under each task_type's scorer ({named})" in best
+    assert "<td>json_valid</td>" in best and "<td class=num>0.5</td>" in best
+    rows = re.findall(r"<tr><td>([^<]+)</td>", best)
+    assert rows == ["classification/sentiment"] * 3 + ["format/json"] * 3  # by task_type
+
+
+def test_no_generations_is_a_note(sweep_dir):
+    assert "no trial recorded its generations" in _section(write_report(sweep_dir).read_text(), "generations")
+
+
+def test_a_rebuilt_report_reads_the_generations_artifact(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment, run_id = _parent(client, {"sweep_sft.sweep_dir": str(tmp_path / "gone")})
+    _child(client, experiment, run_id, "0: lr=0.0001", 1e-4, "COMPLETE")
+    child = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")[0]
+    text = "".join(json.dumps(r) + "\n" for r in _generations({"format/json": "chrf"}, 4, "logged"))
+    client.log_text(child.info.run_id, text, "generations.jsonl")
+    sweep = load_parent_run(run_id, uri)
+    assert [g["generated"] for g in sweep.trials[0].generations] == [f"logged answer {i}" for i in range(3)]
+    assert "logged answer 2" in _section(write_report(run_id, tmp_path / "r.html", uri).read_text(), "generations")
