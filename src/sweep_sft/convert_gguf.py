@@ -50,7 +50,7 @@ def _write(source: Path, folder: Path) -> None:
 
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"{source}: reading a gguf file needs the {module!r} package (pip install gguf accelerate)")
+            raise ConfigError(f"{source}: reading a gguf file needs {module!r} (pip install gguf accelerate)")
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     config = loaded.config
