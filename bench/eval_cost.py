@@ -1,8 +1,13 @@
-"""What each final evaluation costs on the embedded default: the parts of a trial's end (and of
+"""What each final evaluation costs: the parts of a trial's end (and of
 `python -m sweep_sft.evaluate`) timed one by one on a trained model, as a table.
 
     python bench/eval_cost.py <trial folder with model/>   # e.g. the folder `make run` printed
     python bench/eval_cost.py <trial> --repeat 3 --threads 2 eval.pass_k=8
+    make bench-eval        # the embedded default
+    make bench-eval-real   # a real model: SmolLM2-135M-Instruct, trained two steps on tests/fixtures/real_data
+
+The general probe's set and the base model's scores on it are built once per base model and
+cached (for a real model: the base model's own greedy answers); their first build is timed once.
 
 The trial's own config gives the data and eval settings (key=value overrides change them).
 """
@@ -24,8 +29,10 @@ def main() -> None:
 
     import torch
 
+    from sweep_sft import modeling
     from sweep_sft.data.pipeline import prepare
     from sweep_sft.data.records import first_per_task
+    from sweep_sft.evaluate import general_probe
     from sweep_sft.evaluate import standalone as standalone_eval
     from sweep_sft.evaluate import target as eval_target
     from sweep_sft.evaluate.evaluator import Evaluator
@@ -40,6 +47,12 @@ def main() -> None:
     data = prepare(config, tokenizer, evaluator.end_of_turn_id)
     sampled = first_per_task(data.val_examples, ev.pass_k_examples)
     recalled = trained_sample(data.train_rows, ev.train_recall_examples, config.trainer.seed)
+    base_path = modeling.resolve_model_path(config.model)
+    start = time.perf_counter()
+    evaluator.general = general_probe.probe_base(
+        config, evaluator, lambda: modeling.load(config.model, cpu, base_path, tokenizer)[1], base_path
+    )
+    probe_set_s = time.perf_counter() - start
     parts = {
         f"validation loss ({len(data.val_rows)} examples)": lambda: evaluator.validation_loss(
             data.val_rows, data.tasks
@@ -47,8 +60,13 @@ def main() -> None:
         f"exact match, greedy ({len(data.val_examples)} prompts)": lambda: evaluator.exact_match(data.val_examples),
         f"pass@{ev.pass_k}, {ev.num_samples} samples x {len(sampled)} prompts": lambda: evaluator.pass_at_k(sampled),
         f"train recall, greedy ({len(recalled)} prompts)": lambda: evaluator.exact_match(recalled),
+        f"general probe, trained model ({len(evaluator.general.pairs)} items, {evaluator.general.source})": (
+            evaluator.general_probe
+        ),
     }
     print(f"| part | median s of {args.repeat} | min s |\n|---|---|---|")
+    # Built once per base model and cached: a first run pays the build, later runs read the cache.
+    print(f"| general set + base scores ({evaluator.general.source}; once per base model) | {probe_set_s:.2f} | |")
     for name, run in parts.items():
         times = []
         for _ in range(args.repeat):
