@@ -3,18 +3,26 @@ files, and whether its checkpoints can be written at all."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sweep_sft.config.schema import Config
+from sweep_sft.diagnostics.divergence import toy_defaults_warning
 from sweep_sft.errors import ConfigError
 from sweep_sft.modeling import check_model
 
 
 def check_early(config: Config, out: Path) -> None:
     """What can be checked before the data is read and torch imported: the output folder
-    (created here) and the model's files."""
+    (created here) and the model's files; a warning when a real model starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
+    tc = config.trainer
+    warning = toy_defaults_warning(
+        config.model.name_or_path, tc.defaults_for, config.optimizer.lr, tc.epochs, tc.batch_size
+    )
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def make_output_dir(out: Path) -> None:
