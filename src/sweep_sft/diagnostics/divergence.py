@@ -3,18 +3,23 @@ training when a real model would start from the embedded toy's values.
 
 The train loop (train/loop.py) hands the watch every optimizer step's train loss (the token mean of
 the step's window, from the loss sums it keeps for logging: no extra forward pass) and every
-validation loss it computes anyway. Each is compared with its own start:
-- train: the median of the last `diverge_points` step losses against the first step's loss, which
-  is computed on the untrained weights (the loss before any update);
-- validation: each evaluation against the step-0 one (before training).
-Diverged, from optimizer step `diverge_min_steps` on: a level at least `diverge_factor` (2) times
-its start AND at least `diverge_min_rise` (1) nats above it. Both, because a relative rise alone
-flags a model starting near 0.3 for a noisy batch, and an absolute one alone a noisy model starting
-near 8. An lr far too high for the model is far past both (SmolLM2-135M at lr 1e-3: val/loss 2.55
--> 7.79 after one step); a warmup bump of some tenths, or one bad batch (the median), is neither.
-The start is one batch's loss: on simulated curves whose step losses vary by 20% (sd) around a
-falling trend, a factor 1.5 stopped about 1 trial in 20 (a low first batch); 2 stops under 1 in 100,
-and none at 10%. Steps of a few examples each are noisier: raise diverge_points.
+validation loss it computes anyway. Each is compared with its own start: the first step's train
+loss, computed on the untrained weights (the loss before any update), and the step-0 validation
+loss (before training). Diverged, from optimizer step `diverge_min_steps` on, when
+- the median of the last `diverge_points` (3) step losses, or a validation loss, is at least
+  `diverge_factor` (2) times its start, or
+- one step's loss alone is at least `diverge_jump_factor` (3) times the start: the step that
+  wrecks a pretrained model's weights (SmolLM2-135M at lr 1e-3 and no warmup: 2.40 before the
+  first update, 8.41 after it), even where the loss then falls back as the model relearns the
+  training tasks;
+and in each case at least `diverge_min_rise` (1) nats above it: a relative rise alone flags a model
+starting near 0.3 for a noisy batch. A warmup bump of some tenths is none of these, nor is one bad
+batch below 3x the start (the median).
+
+The start is one batch's loss. On simulated curves whose step losses vary by 20% (sd) around a
+falling trend, a factor 1.5 on the median stopped about 1 trial in 20 (a low first batch); 2 (with
+the jump at 3) under 1 in 100, and none at 10%. Steps of a few examples each are noisier: raise
+diverge_points and the factors.
 
 After a resume, the start is where the resumed attempt began. Pure: no torch.
 """
@@ -51,10 +56,14 @@ class DivergenceWatch:
         self.recent.append(loss)
         while len(self.recent) > self.cfg.diverge_points:
             self.recent.popleft()
-        if len(self.recent) < self.cfg.diverge_points:
+        cfg, start = self.cfg, self.train_start
+        if cfg.diverge_jump_factor is not None and diverged(loss, start, cfg.diverge_jump_factor, cfg.diverge_min_rise):
+            return self._found(step, cfg.train_loss, loss, start, " (this step)")
+        if len(self.recent) < cfg.diverge_points:
             return None
-        how = f"median of the last {self.cfg.diverge_points} steps" if self.cfg.diverge_points > 1 else "this step"
-        return self._judge(step, self.cfg.train_loss, median(self.recent), self.train_start, how)
+        return self._judge(
+            step, cfg.train_loss, median(self.recent), start, f" (median of the last {len(self.recent)} steps)"
+        )
 
     def val(self, step: int, loss: float) -> Finding | None:
         """A validation loss at `step` (the first one seen is the start: step 0 on a fresh trial)."""
@@ -64,14 +73,18 @@ class DivergenceWatch:
         return self._judge(step, self.cfg.val_loss, loss, self.val_start, "")
 
     def _judge(self, step: int, name: str, level: float, start: float, how: str) -> Finding | None:
-        if self.finding is not None or self.cfg.diverge_factor is None or step < self.cfg.diverge_min_steps:
+        if self.cfg.diverge_factor is None or not diverged(
+            level, start, self.cfg.diverge_factor, self.cfg.diverge_min_rise
+        ):
             return None
-        if not diverged(level, start, self.cfg.diverge_factor, self.cfg.diverge_min_rise):
+        return self._found(step, name, level, start, how)
+
+    def _found(self, step: int, name: str, level: float, start: float, how: str) -> Finding | None:
+        if self.finding is not None or step < self.cfg.diverge_min_steps:
             return None
-        detail = f" ({how})" if how else ""
         ratio = f"x{level / start:.2f}, " if start > 0 else ""
         evidence = (
-            f"{name} {level:.4g}{detail} at step {step} against {start:.4g} at the start "
+            f"{name} {level:.4g}{how} at step {step} against {start:.4g} at the start "
             f"({ratio}+{level - start:.2f} nats) with optimizer.lr={self.lr:g}"
         )
         self.finding = Finding(SIGN, step, evidence, "error")

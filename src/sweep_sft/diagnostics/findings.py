@@ -135,13 +135,17 @@ class DiagnosticsConfig:
     # median of the last diverge_points optimizer steps' losses) or a validation loss at least this
     # many times its start (the first step's loss, on the untrained weights; the step-0 validation
     # loss; 2, not 1.5: the start is one batch, and a low first batch must not stop a trial) ...;
-    # null switches the check off.
+    # null: this rule off (with diverge_jump_factor null too, no divergence check at all).
     diverge_factor: float | None = 2.0
-    # ... and at least this many nats above it (a loss starting near 0.3 may double by noise) ...
+    # ... or one step's train loss alone at least this many times the start (the jump of a step
+    # that wrecks the weights, 2.4 -> 8.4 on SmolLM2 at lr 1e-3, which may then fall back); null: off ...
+    diverge_jump_factor: float | None = 3.0
+    # ... and in either case at least this many nats above the start (a loss starting near 0.3 may
+    # double by noise) ...
     diverge_min_rise: float = 1.0
-    # ... judged from this optimizer step on ...
-    diverge_min_steps: int = 3
-    # ... on the median of this many last step losses, so one bad batch is not enough.
+    # ... judged from this optimizer step on (1: from the first update on) ...
+    diverge_min_steps: int = 1
+    # ... the median of this many last step losses, so one bad batch is not enough.
     diverge_points: int = 3
 
     def __post_init__(self) -> None:
@@ -168,8 +172,10 @@ class DiagnosticsConfig:
         self._check_divergence()
 
     def _check_divergence(self) -> None:
-        if self.diverge_factor is not None and not 1 < self.diverge_factor < math.inf:
-            raise ConfigError(f"diagnostics.diverge_factor must be a number > 1 or null, got {self.diverge_factor}")
+        for name in ("diverge_factor", "diverge_jump_factor"):
+            value = getattr(self, name)
+            if value is not None and not 1 < value < math.inf:
+                raise ConfigError(f"diagnostics.{name} must be a number > 1 or null, got {value}")
         if not 0 <= self.diverge_min_rise < math.inf:
             raise ConfigError(f"diagnostics.diverge_min_rise must be a finite number >= 0, got {self.diverge_min_rise}")
         _at_least("diverge_min_steps", self.diverge_min_steps, 1)

@@ -48,36 +48,37 @@ def test_a_diverging_trial_warns_at_once_and_records_the_finding(huge_lr, tmp_pa
     err = capsys.readouterr().err
     assert err.count(WARNING) == 1, err
     (finding,) = [f for f in result.diagnostics if f["sign"] == "divergence"]
-    # Judged from step 3 on (diverge_min_steps), on the median of the last 3 steps' losses.
-    assert finding["step"] == 3 and finding["severity"] == "error"
-    assert finding["evidence"].startswith("train/loss ") and "with optimizer.lr=1" in finding["evidence"]
+    # The first update already takes the loss past 3x its start (the jump rule).
+    assert finding["step"] == 2 and finding["severity"] == "error"
+    assert finding["evidence"].startswith("train/loss ") and " (this step) at step 2 against " in finding["evidence"]
+    assert finding["evidence"].endswith("with optimizer.lr=1")
     assert f"{WARNING}: {finding['evidence']}; lower the learning rate (e.g. lr=0.1)" in err
     assert result.state == "COMPLETE" and result.steps == 6  # trainer.stop_on_divergence=false: warned only
     saved = json.loads((tmp_path / "trial" / "metrics.json").read_text())
     assert saved["diagnostics"] == result.diagnostics
     _, run = only_run(tmp_path)
-    assert run.data.tags["diagnostics.divergence"] == f"step 3: {finding['evidence']}"
-    # The series shows it: the third step's loss is over twice the first's.
+    assert run.data.tags["diagnostics.divergence"] == f"step 2: {finding['evidence']}"
+    # The series shows it: the second step's loss is over 3x the first's.
     losses = dict(result.series["train/loss"])
-    assert losses[3] > 2 * losses[1]
+    assert losses[2] > 3 * losses[1]
 
 
 def test_stop_on_divergence_ends_the_trial_failed_with_its_metrics_kept(huge_lr, tmp_path, capsys):
-    # log_every 5: the step it stops at (3) is logged all the same, so the run shows the loss there.
-    with pytest.raises(DivergenceError, match=r"^trainer.stop_on_divergence: training stopped at step 3, the loss"):
+    # log_every 5: the step it stops at (2) is logged all the same, so the run shows the loss there.
+    with pytest.raises(DivergenceError, match=r"^trainer.stop_on_divergence: training stopped at step 2, the loss"):
         run_trial(compose([*huge_lr, "trainer.stop_on_divergence=true", "trainer.log_every=5"]))
     assert capsys.readouterr().err.count(WARNING) == 1
     client, run = only_run(tmp_path)
     assert run.info.status == "FAILED"
     assert run.data.tags[ERROR_TAG].startswith(
-        "DivergenceError: trainer.stop_on_divergence: training stopped at step 3"
+        "DivergenceError: trainer.stop_on_divergence: training stopped at step 2"
     )
-    assert run.data.tags["diagnostics.divergence"].startswith("step 3: train/loss ")
+    assert run.data.tags["diagnostics.divergence"].startswith("step 2: train/loss ")
     assert run.data.tags["diagnostics.count"] == "1"
     steps = {
         key: [m.step for m in client.get_metric_history(run.info.run_id, key)] for key in ("train/loss", "val/loss")
     }
-    assert steps == {"train/loss": [3], "val/loss": [0]}  # what it logged before it stopped
+    assert steps == {"train/loss": [2], "val/loss": [0]}  # what it logged before it stopped
     assert not (tmp_path / "trial" / "metrics.json").exists()  # a failed trial has no result
 
 
