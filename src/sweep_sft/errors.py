@@ -11,3 +11,8 @@ class ConfigError(UserInputError):
 
 class DataError(UserInputError):
     """A data file or record that cannot be used."""
+
+
+class DivergenceError(UserInputError):
+    """The loss diverged while training (trainer.stop_on_divergence, or a NaN/infinite loss): a
+    learning rate too high for the model. The trial ends FAILED; what it logged stays recorded."""

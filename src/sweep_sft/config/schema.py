@@ -162,6 +162,14 @@ class TrainerConfig:
     # Save the trained model and tokenizer (save_pretrained) into <output_dir>/model at the end,
     # for `python -m sweep_sft.evaluate` and for use; not under DeepSpeed ZeRO-3 (partitioned weights).
     save_model: bool = True
+    # A loss well above its start while training (diagnostics.diverge_*) always prints a warning
+    # and is a finding; true also ends the trial there, FAILED with a DivergenceError, its metrics
+    # so far recorded (model=local: true, so an lr sweep's diverging trials stop early).
+    stop_on_divergence: bool = False
+    # The model preset whose starting values (lr, epochs, batch sizes, eval sizes) are in use,
+    # set by conf/model/<preset>.yaml; "embedded" with another model.name_or_path prints a warning
+    # before training (the toy's lr 1e-3 wrecks a real model). null: your own values.
+    defaults_for: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:

@@ -10,6 +10,8 @@ Signs, each with the step where it shows and numbers a person can check:
   (about 0.5 for general data); the model may only be able to say its training answers.
 - growing_train_val_gap: validation loss pulling away from train loss: overfitting.
 - grad_norm_spike: a gradient norm far above its recent level: instability.
+- divergence: train or validation loss well above where it started, found while the trial trains
+  (diagnostics/divergence.py): a learning rate too high for the model.
 
 Series are logged every `trainer.log_every` steps, so a run has tens to hundreds of points, and
 train loss is a mean over the steps since the last point. Thresholds are relative to the curve
@@ -23,6 +25,7 @@ findings and their settings; diagnostics/signs.py finds them, with diagnostics/r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +42,7 @@ SIGNS = (
     "below_loss_floor",
     "growing_train_val_gap",
     "grad_norm_spike",
+    "divergence",
 )
 # What each sign usually means, for the terminal; tags and reports carry only the evidence.
 HINTS = {
@@ -50,6 +54,8 @@ HINTS = {
     "(diagnostics loss_floor) for data with fixed, short answers",
     "growing_train_val_gap": "overfitting: fewer epochs, a lower learning rate or more data",
     "grad_norm_spike": "instability: check the learning rate and gradient clipping",
+    "divergence": "the learning rate is too high for this model: lower it (10x lower is a start; a real "
+    "model's full fine-tune starts near lr=2e-5, model=local)",
 }
 
 
@@ -125,6 +131,22 @@ class DiagnosticsConfig:
     # A rise or a gap is reported from its onset: the last point still within this fraction of the
     # whole growth above the lowest level (the lowest point itself wanders over a flat stretch).
     onset_fraction: float = 0.1
+    # Divergence, judged while the trial trains (diagnostics/divergence.py): the train loss (the
+    # median of the last diverge_points optimizer steps' losses) or a validation loss at least this
+    # many times its start (the first step's loss, on the untrained weights; the step-0 validation
+    # loss; 2, not 1.5: the start is one batch, and a low first batch must not stop a trial) ...;
+    # null: this rule off (with diverge_jump_factor null too, no divergence check at all).
+    diverge_factor: float | None = 2.0
+    # ... or one step's train loss alone at least this many times the start (the jump of a step
+    # that wrecks the weights, 2.4 -> 8.4 on SmolLM2 at lr 1e-3, which may then fall back); null: off ...
+    diverge_jump_factor: float | None = 3.0
+    # ... and in either case at least this many nats above the start (a loss starting near 0.3 may
+    # double by noise) ...
+    diverge_min_rise: float = 1.0
+    # ... judged from this optimizer step on (1: from the first update on) ...
+    diverge_min_steps: int = 1
+    # ... the median of this many last step losses, so one bad batch is not enough.
+    diverge_points: int = 3
 
     def __post_init__(self) -> None:
         for name in ("min_points", "smooth_points", "rise_min_points", "floor_points", "gap_train_points"):
@@ -147,6 +169,17 @@ class DiagnosticsConfig:
             raise ConfigError(f"diagnostics.rise_min_tau must be within [-1, 1], got {self.rise_min_tau}")
         if self.loss_floor is not None and self.loss_floor < 0:
             raise ConfigError(f"diagnostics.loss_floor must be >= 0 or null, got {self.loss_floor}")
+        self._check_divergence()
+
+    def _check_divergence(self) -> None:
+        for name in ("diverge_factor", "diverge_jump_factor"):
+            value = getattr(self, name)
+            if value is not None and not 1 < value < math.inf:
+                raise ConfigError(f"diagnostics.{name} must be a number > 1 or null, got {value}")
+        if not 0 <= self.diverge_min_rise < math.inf:
+            raise ConfigError(f"diagnostics.diverge_min_rise must be a finite number >= 0, got {self.diverge_min_rise}")
+        _at_least("diverge_min_steps", self.diverge_min_steps, 1)
+        _at_least("diverge_points", self.diverge_points, 1)
 
 
 def _at_least(name: str, value: int, low: int) -> None:

@@ -4,6 +4,11 @@ The loss of one optimizer step is the mean over every supervised token of its wh
 accumulation window: each micro-batch's token-loss sum is divided by the window's token
 count before backward, so grad_accum=8 x batch 4 and grad_accum=1 x batch 32 give the same
 loss and the same gradients.
+
+Every step's train loss and every validation loss also go to a divergence watch
+(diagnostics/divergence.py): a loss well above its start is said at once (a warning line, a
+finding for the trial's run and metrics.json) and, with trainer.stop_on_divergence, ends training
+with a DivergenceError.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 from sweep_sft.config.schema import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
-from sweep_sft.errors import UserInputError
+from sweep_sft.diagnostics.divergence import DivergenceWatch, warning_line
+from sweep_sft.diagnostics.findings import Finding
+from sweep_sft.errors import DivergenceError
 from sweep_sft.metrics import (
     EPOCH,
     GRAD_NORM,
@@ -29,6 +36,7 @@ from sweep_sft.metrics import (
     TOKENS_PER_S,
     TRAIN_LOSS,
     TRAIN_WEIGHT_SHARE,
+    VAL_LOSS,
 )
 from sweep_sft.train.checkpoint import Checkpoints, Position
 from sweep_sft.train.distributed import DistEnv
@@ -41,7 +49,7 @@ LogFn = Callable[[dict[str, float], int], None]
 _SINCE = ("tokens", "computed", "supervised")
 
 
-class TrainingDiverged(UserInputError):
+class TrainingDiverged(DivergenceError):
     """The loss became NaN or infinite: usually a learning rate too high for the model."""
 
 
@@ -53,6 +61,8 @@ class TrainState:
     epoch: float = 0.0
     tokens_seen: int = 0
     seconds: float = 0.0
+    # Findings made while training (a divergence), for the trial's records.
+    findings: list[Finding] = field(default_factory=list)
 
 
 def total_steps(cfg: Config, n_examples: int, world_size: int = 1) -> int:
@@ -150,6 +160,11 @@ class _Loop:
     prior_seconds: float = 0.0  # training time of the attempts before this one
     started: float = 0.0
     progress: Any = None
+    watch: DivergenceWatch | None = None
+    # The global loss sum and token count since the last log line after the previous step: the
+    # difference is one step's loss.
+    seen: tuple[float, float] = (0.0, 0.0)
+    notice: Callable[[Finding], None] | None = None
 
 
 def train(
@@ -163,26 +178,32 @@ def train(
     evaluate: Callable[[int], dict[str, float]],
     dist_env: DistEnv | None = None,
     checkpoints: Checkpoints | None = None,
+    notice: Callable[[Finding], None] | None = None,
 ) -> TrainState:
-    """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals.
+    """Train in place; `log(metrics, step)` gets train metrics, `evaluate(step)` runs evals (and
+    returns their metrics, val/loss among them, for the divergence watch).
 
     With several ranks (`dist_env`), each step's window is grad_accum x world size micro-batches.
     With `checkpoints`, training continues from its resume checkpoint (if any) and saves at
-    optimizer-step boundaries (see train/checkpoint.py).
+    optimizer-step boundaries (see train/checkpoint.py). `notice(finding)` is called the moment a
+    divergence shows (the trial tags its run); with trainer.stop_on_divergence a DivergenceError follows.
     """
     loop = _start(model, rows, tasks, cfg, device, pad_id, log, evaluate, dist_env or DistEnv(), checkpoints)
+    loop.notice = notice
     resumed = _resume(loop)
     loop.progress = _progress_bar(loop.n_steps, cfg.trainer.progress)
     loop.progress.update(loop.state.step)
-    if not resumed:
-        evaluate(0)
-    model.train()
-    while loop.state.step < loop.n_steps:
-        _run_epoch(loop)
-        loop.epoch, loop.skip = loop.epoch + 1, 0
-    loop.progress.close()
+    try:
+        if not resumed:
+            _evaluate(loop, 0)
+        model.train()
+        while loop.state.step < loop.n_steps:
+            _run_epoch(loop)
+            loop.epoch, loop.skip = loop.epoch + 1, 0
+    finally:
+        loop.progress.close()
     loop.state.seconds = loop.prior_seconds + time.perf_counter() - loop.started
-    evaluate(loop.state.step)
+    _evaluate(loop, loop.state.step)
     return loop.state
 
 
@@ -215,6 +236,7 @@ def _start(model, rows, tasks, cfg: Config, device, pad_id, log, evaluate, dist_
         since,
     )
     loop.started = clock
+    loop.watch = DivergenceWatch(cfg.diagnostics, cfg.optimizer.lr)
     return loop
 
 
@@ -233,7 +255,35 @@ def _resume(loop: _Loop) -> bool:
     # Training time since the last log line, so the first tokens/s after a resume counts
     # the tokens and the time of the same steps (the requeue's idle time is neither).
     since.clock = time.perf_counter() - resumed.since.get("seconds", 0.0)
+    loop.seen = _totals(engine.reduce(since.acc))
     return True
+
+
+def _totals(acc: TaskAccumulator) -> tuple[float, float]:
+    return float(acc.sums.sum()), float(acc.counts.sum())
+
+
+def _evaluate(loop: _Loop, step: int) -> None:
+    """The trial's evaluation at `step`; its validation loss judged by the divergence watch."""
+    metrics = loop.evaluate(step) or {}
+    if VAL_LOSS in metrics:
+        finding = loop.watch.val(step, metrics[VAL_LOSS])
+        if finding is not None:
+            _diverged(loop, finding)
+
+
+def _diverged(loop: _Loop, finding: Finding) -> None:
+    """Said at once: a warning line (rank 0), the finding kept and noticed; an error when asked to stop."""
+    if loop.dist_env.is_main:
+        print(warning_line(finding, loop.cfg.optimizer.lr), file=sys.stderr, flush=True)
+    loop.state.findings.append(finding)
+    if loop.notice is not None:
+        loop.notice(finding)
+    if loop.cfg.trainer.stop_on_divergence:
+        raise DivergenceError(
+            f"trainer.stop_on_divergence: training stopped at step {finding.step}, the loss diverges: "
+            f"{finding.evidence}; lower the learning rate (e.g. lr={loop.cfg.optimizer.lr / 10:g})"
+        )
 
 
 def _run_epoch(loop: _Loop) -> None:
@@ -245,13 +295,17 @@ def _run_epoch(loop: _Loop) -> None:
     for i, window in enumerate(windows):
         if i < loop.skip:  # done before the checkpoint this trial resumed from
             continue
-        metrics, grad_norm, global_acc = _step(loop, window, (i + 1) / len(windows))
+        metrics, grad_norm, global_acc, finding = _step(loop, window, (i + 1) / len(windows))
         step = loop.state.step
-        if step % tc.log_every == 0 or step == loop.n_steps:
+        # A trial about to stop logs the step it stops at, so its run shows the diverged loss.
+        stopping = finding is not None and tc.stop_on_divergence
+        if step % tc.log_every == 0 or step == loop.n_steps or stopping:
             _log_line(loop, metrics, grad_norm, global_acc)
+        if finding is not None:
+            _diverged(loop, finding)
         if tc.eval_every and step % tc.eval_every == 0 and step < loop.n_steps:
             eval_started = time.perf_counter()
-            loop.evaluate(step)
+            _evaluate(loop, step)
             loop.since.clock += time.perf_counter() - eval_started  # keep eval time out of tokens/s
             loop.model.train()
         if loop.checkpoints is not None:
@@ -263,7 +317,8 @@ def _run_epoch(loop: _Loop) -> None:
 
 
 def _step(loop: _Loop, window, epoch_done: float):
-    """One optimizer step on one window: its train metrics, gradient norm and every rank's loss sums."""
+    """One optimizer step on one window: its train metrics, gradient norm, every rank's loss sums
+    since the last log line, and the divergence finding if this step's loss shows one."""
     cfg, tc, since = loop.cfg, loop.cfg.trainer, loop.since
     task_index = {t: i for i, t in enumerate(loop.tasks)}
     batches = [
@@ -287,7 +342,11 @@ def _step(loop: _Loop, window, epoch_done: float):
         )
     loop.progress.update(1)
     loop.progress.set_postfix(loss=f"{metrics[TRAIN_LOSS]:.3f}", refresh=False)
-    return metrics, grad_norm, global_acc
+    # This step's own loss: the global sums since the last log line minus those before the step.
+    (sums, counts), (prev_sums, prev_counts) = _totals(global_acc), loop.seen
+    loop.seen = (sums, counts)
+    finding = loop.watch.train(loop.state.step, (sums - prev_sums) / max(counts - prev_counts, 1.0))
+    return metrics, grad_norm, global_acc, finding
 
 
 def _log_line(loop: _Loop, metrics: dict[str, float], grad_norm, global_acc: TaskAccumulator) -> None:
@@ -312,6 +371,7 @@ def _log_line(loop: _Loop, metrics: dict[str, float], grad_norm, global_acc: Tas
     )
     loop.log(metrics, state.step)
     loop.since = _Since(TaskAccumulator(loop.tasks), clock=now)
+    loop.seen = (0.0, 0.0)
 
 
 def _position(loop: _Loop, next_window: tuple[int, int]) -> Position:

@@ -11,6 +11,7 @@ from pathlib import Path
 from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
 from sweep_sft.data.records import Example
+from sweep_sft.diagnostics.divergence import toy_defaults_warning
 from sweep_sft.errors import ConfigError
 from sweep_sft.evaluate.general_set import check_source
 from sweep_sft.evaluate.generation import reference
@@ -20,11 +21,18 @@ from sweep_sft.modeling import check_model
 
 def check_early(config: Config, out: Path) -> None:
     """What can be checked before the data is read and torch imported: the output folder
-    (created here), the model's files and the user's general set."""
+    (created here), the model's files and the user's general set; a warning when a real model
+    starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
     if config.eval.general_probe:
         check_source(config.eval.general)
+    tc = config.trainer
+    warning = toy_defaults_warning(
+        config.model.name_or_path, tc.defaults_for, config.optimizer.lr, tc.epochs, tc.batch_size
+    )
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def make_output_dir(out: Path) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config.schema import ALIASES, Config
-from sweep_sft.diagnostics.findings import as_tags, format_findings
+from sweep_sft.diagnostics.findings import SIGNS, Finding, as_tags, format_findings
 from sweep_sft.diagnostics.signs import diagnose
 from sweep_sft.metrics import final_values, objective_value
 from sweep_sft.names import METRICS_FILE, MODEL_DIR, OBJECTIVE_FILE, SAVE_ERROR_TAG, TRIAL_STATE_TAG
@@ -40,14 +41,22 @@ def record(
     return result
 
 
-def diagnose_series(config: Config, series: dict, run) -> list[dict]:
-    """Loss-curve signs of the finished trial: printed, and tags on its run (`diagnostics.<sign>`,
-    `diagnostics.count`) so runs can be filtered on them in the MLflow UI."""
-    findings = diagnose(series, config=config.diagnostics)
+def diagnose_series(config: Config, series: dict, run, during: Sequence[Finding] = ()) -> list[dict]:
+    """Loss-curve signs of the finished trial, with those found `during` training (a divergence):
+    printed, and tags on its run (`diagnostics.<sign>`, `diagnostics.count`) so runs can be
+    filtered on them in the MLflow UI."""
+    findings = sorted(
+        [*diagnose(series, config=config.diagnostics), *during], key=lambda f: (f.step, SIGNS.index(f.sign))
+    )
     print(format_findings(findings))
+    tag_findings(run, findings)
+    return [asdict(f) for f in findings]
+
+
+def tag_findings(run, findings: list[Finding]) -> None:
+    """The findings as the run's tags (a divergence at once, the finished trial's all at the end)."""
     for key, value in as_tags(findings).items():
         run.set_tag(key, value)
-    return [asdict(f) for f in findings]
 
 
 def save_model(config: Config, model, tokenizer, out: Path, run) -> None:

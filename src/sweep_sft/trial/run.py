@@ -35,7 +35,7 @@ from sweep_sft.train.loop import TrainState, train
 from sweep_sft.train.preemption import Preemption
 from sweep_sft.trial.checks import check_early, check_scorers, checkpointable
 from sweep_sft.trial.generations import record_generations
-from sweep_sft.trial.record import diagnose_series, leave_running, record, resolved, save_model
+from sweep_sft.trial.record import diagnose_series, leave_running, record, resolved, save_model, tag_findings
 from sweep_sft.trial.state import Sources, TrialResult, TrialState
 from sweep_sft.trial.tables import summary_table
 
@@ -180,6 +180,7 @@ def _train(trial: TrialState) -> TrainState:
         evaluate,
         trial.dist_env,
         trial.checkpoints,
+        notice=lambda finding: tag_findings(trial.run, [finding]),  # on the run at once, even if it then fails
     )
 
 
@@ -208,7 +209,7 @@ def _save(trial: TrialState, trained: TrainState) -> TrialResult:
     """COMPLETE: findings, metrics.json, the model when asked, the summary table; the run finished."""
     run, is_main = trial.run, trial.dist_env.is_main
     run.set_tag(TRIAL_STATE_TAG, "COMPLETE")
-    findings = diagnose_series(trial.config, trial.series, run) if is_main else []
+    findings = diagnose_series(trial.config, trial.series, run, trained.findings) if is_main else []
     result = record(trial.config, trial.out, run, trial.series, "COMPLETE", trained.step, is_main, findings)
     if trial.config.trainer.save_model and is_main:  # after the results are safe
         save_model(trial.config, trial.evaluator.model, trial.evaluator.tokenizer, trial.out, run)

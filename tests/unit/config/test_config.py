@@ -345,3 +345,91 @@ def test_early_model_checks_name_the_file_and_what_is_missing(tmp_path: Path) ->
     template.write_text("{% for m in messages %}\n{% generation %}{{ m.content }}{% endgeneration %}\n{% endif %}")
     with pytest.raises(ConfigError, match=re.escape(f"{template}:3: Jinja syntax error")):
         check_chat_template(str(template))
+
+
+# -- 7. model presets: each sets its model's starting values; the command line and sweep presets win --
+
+
+MODEL_PRESETS = sorted((CONF / "model").glob("*.yaml"))
+LOCAL = ["model=local", f"model.name_or_path={DUMMY}"]
+
+
+def test_the_default_trial_composes_as_before_the_model_presets() -> None:
+    """Every value of the default trial's config as it resolved before the presets set starting
+    values (a snapshot taken then); keys added since are allowed."""
+    before = leaves(OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "default_config.yaml")))
+    now = leaves(OmegaConf.to_container(compose([]), resolve=True))
+    assert {key: now.get(key, "<missing>") for key in before} == before
+    assert validate(compose([])).trainer.defaults_for == "embedded"
+
+
+def test_every_model_preset_is_global_and_names_its_values() -> None:
+    # Global, so a preset can set the root's short names (lr, epochs, grad_accum), not only `model`.
+    assert {p.stem for p in MODEL_PRESETS} >= {"embedded", "local"}
+    for path in MODEL_PRESETS:
+        assert is_global(path), path
+        assert OmegaConf.load(path).trainer.defaults_for == path.stem, path
+
+
+def test_model_local_starts_from_a_full_fine_tunes_values() -> None:
+    config = validate(compose(LOCAL))
+    assert (config.lr, config.optimizer.lr, config.epochs, config.trainer.epochs) == (2e-5, 2e-5, 2, 2)
+    assert (config.trainer.batch_size, config.grad_accum, config.trainer.grad_accum) == (4, 8, 8)
+    assert (config.scheduler.name, config.scheduler.warmup_ratio) == ("cosine", 0.1)
+    assert (config.eval.batch_size, config.eval.max_new_tokens) == (16, 256)
+    assert (config.eval.train_recall_examples, config.eval.pass_k_examples) == (8, 16)
+    assert config.trainer.stop_on_divergence and config.trainer.defaults_for == "local"
+    toy = validate(compose([]))
+    assert (toy.optimizer.lr, toy.trainer.epochs, toy.trainer.batch_size, toy.eval.batch_size) == (1e-3, 3, 32, 128)
+    assert not toy.trainer.stop_on_divergence
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("lr=1e-5", "optimizer.lr", 1e-5),
+        ("optimizer.lr=3e-5", "optimizer.lr", 3e-5),
+        ("epochs=3", "trainer.epochs", 3),
+        ("trainer.epochs=1", "trainer.epochs", 1),
+        ("grad_accum=16", "trainer.grad_accum", 16),
+        ("trainer.batch_size=2", "trainer.batch_size", 2),
+        ("scheduler.warmup_ratio=0.03", "scheduler.warmup_ratio", 0.03),
+        ("scheduler=linear", "scheduler.name", "linear"),
+        ("eval.batch_size=4", "eval.batch_size", 4),
+        ("eval.max_new_tokens=512", "eval.max_new_tokens", 512),
+        ("trainer.stop_on_divergence=false", "trainer.stop_on_divergence", False),
+    ],
+)
+def test_the_command_line_wins_over_the_model_preset(override: str, key: str, value: Any) -> None:
+    config = compose([*LOCAL, override])
+    assert OmegaConf.select(config, key) == value
+    validate(config)
+
+
+@pytest.mark.parametrize("path", SWEEP_PRESETS, ids=lambda p: p.stem)
+def test_a_sweep_preset_wins_over_the_model_preset(path: Path) -> None:
+    """The preset's own job values (epochs 1, batch 4, ...) are the ones composed with model=local."""
+    cfg = compose([*LOCAL, f"sweep={path.stem}"])
+    own = OmegaConf.to_container(OmegaConf.load(path))
+    expected = {k: v for k, v in leaves(own).items() if not k.startswith("hydra.") and k != "defaults"}
+    assert {key: plain(OmegaConf.select(cfg, key)) for key in expected} == expected
+    config = validate(cfg)
+    # What the sweep preset leaves alone stays model=local's.
+    assert config.trainer.defaults_for == "local" and config.eval.batch_size == 16
+
+
+def test_a_sweep_over_the_short_names_overrides_the_model_preset_in_each_job() -> None:
+    """`python -m sweep_sft -m model=local ... lr=1e-5,1e-4`: each job as Hydra's launcher composes it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from sweep_sft.config.compose import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*LOCAL, "lr=1e-5,1e-4", "epochs=1"], run_mode=RunMode.MULTIRUN)
+        jobs = [loader.load_sweep_config(master, [*LOCAL, f"lr={lr}", "epochs=1"]) for lr in ("1e-5", "1e-4")]
+    assert [(j.optimizer.lr, j.trainer.epochs, j.trainer.grad_accum) for j in jobs] == [(1e-5, 1, 8), (1e-4, 1, 8)]
