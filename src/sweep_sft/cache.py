@@ -47,14 +47,26 @@ def build_once(name: str, spec: dict[str, Any], build: Callable[[Path], None]) -
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").exists():  # another process built it while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-        try:
+
+        def build_entry(tmp: Path) -> None:
             build(tmp)
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
             (tmp / ".complete").touch()
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        write_folder(target, build_entry)
+    return target
+
+
+def write_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` written by build(tmp_folder) beside it, then renamed into place (replacing what
+    was there): a reader sees the old folder or the whole new one, never half of one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target

