@@ -79,6 +79,7 @@ def test_trains_saves_and_reloads_with_the_same_vocabulary(smollm2, tmp_path):
         "data.max_train_examples=4",
         "trainer.batch_size=4",
         "grad_accum=1",
+        "epochs=3",
         "trainer.max_steps=3",
         "trainer.log_every=1",
         "trainer.eval_every=0",
