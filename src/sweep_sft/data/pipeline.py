@@ -16,6 +16,7 @@ from sweep_sft.data.dedup import deduplicate
 from sweep_sft.data.mix import apply_task_mix, realised_mix, scale
 from sweep_sft.data.records import Example, first_per_task, load_jsonl
 from sweep_sft.data.tokenize import DatasetStats, Tokenized, tokenize
+from sweep_sft.data.truncation import DROP
 from sweep_sft.embedded.build import embedded_data
 
 
@@ -62,6 +63,9 @@ def prepare(
     args = (tokenizer, data.loss_on, data.max_seq_len, data.truncation, end_of_turn_id)
     rows, token_stats = tokenize(train, *args)
     val_rows, val_stats = tokenize(val, *args)
+    if data.truncation == DROP:  # what validation loss leaves out, generation leaves out too
+        kept = {id(row.example) for row in val_rows}
+        val = [example for example in val if id(example) in kept]
     notice = answer_cut_notice(token_stats, val_stats, data.max_seq_len, data.truncation)
     if notice:
         print(notice, file=sys.stderr)

@@ -33,12 +33,24 @@ class Evaluator:
     # The general set the base model was probed on (general_probe.probe_base), which the trained
     # model is scored on too; None: the embedded probe.
     general: general_probe.GeneralProbe | None = None
+    # A generation prompt keeps its last this many tokens (data.max_seq_len: what training saw,
+    # its prompt cut from the left as data.truncation cuts it); None: whole prompts.
+    max_prompt_len: int | None = None
 
     @classmethod
     def for_trial(cls, model, tokenizer, device, config: Config) -> Evaluator:
         """The evaluator of a trial's (or a trained) model under the trial's config."""
         eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
-        return cls(model, tokenizer, device, eot_id, config.eval, config.trainer.precision, config.trainer.seed)
+        return cls(
+            model,
+            tokenizer,
+            device,
+            eot_id,
+            config.eval,
+            config.trainer.precision,
+            config.trainer.seed,
+            max_prompt_len=config.data.max_seq_len,
+        )
 
     def validation_loss(self, rows: list[Tokenized], tasks: list[str]) -> dict[str, float]:
         """Validation loss and answer log-probability, overall and per task_type."""

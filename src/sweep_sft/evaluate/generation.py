@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,10 +44,32 @@ def plain_generation(model) -> Iterator[None]:
         model.generation_config = saved
 
 
-def _prompt_ids(tokenizer, examples: list[Example]) -> list[list[int]]:
-    return tokenizer.apply_chat_template(
+def _prompt_ids(tokenizer, examples: list[Example], max_len: int | None) -> list[list[int]]:
+    prompts = tokenizer.apply_chat_template(
         [list(e.messages[:-1]) for e in examples], tokenize=True, add_generation_prompt=True, return_dict=True
     )["input_ids"]
+    # Cut from the left as training cut them: a prompt longer than the model saw in training
+    # would cost memory (or overrun the context) after the whole training run.
+    return [list(p[-max_len:]) if max_len else list(p) for p in prompts]
+
+
+def stop_ids(ev: Evaluator) -> list[int]:
+    """Token ids that end a generated answer: the end-of-turn token, and every EOS the tokenizer
+    and the model's generation_config name (Llama 3.1 lists three; Qwen ends text with another)."""
+    found = [ev.end_of_turn_id, ev.tokenizer.eos_token_id]
+    configured = getattr(ev.model.generation_config, "eos_token_id", None)
+    found += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in found if i is not None))
+
+
+# A thinking model's template (Qwen3) writes an empty <think></think> block into every trained
+# answer, so the trained model writes one before its answer: the reference has none.
+THINK_BLOCK = re.compile(r"\A\s*<think>.*?</think>\s*", re.DOTALL)
+
+
+def answer_text(decoded: str) -> str:
+    """A generated answer as it is scored: stripped, without a leading <think>...</think> block."""
+    return THINK_BLOCK.sub("", decoded).strip()
 
 
 def generate_answers(
@@ -62,7 +85,8 @@ def generate_answers(
     import torch
 
     model, tokenizer = ev.model, ev.tokenizer
-    prompts = _prompt_ids(tokenizer, examples)
+    prompts = _prompt_ids(tokenizer, examples, ev.max_prompt_len)
+    stop = stop_ids(ev)
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     answers: list[list[str]] = [[] for _ in examples]
     sampling: dict[str, Any] = {"do_sample": False}
@@ -86,14 +110,14 @@ def generate_answers(
                 attention_mask=attention.to(ev.device),
                 max_new_tokens=ev.eval.max_new_tokens,
                 num_return_sequences=samples,
-                eos_token_id=ev.end_of_turn_id,
+                eos_token_id=stop,
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
             for row, i in enumerate(chunk):
                 for j in range(samples):
                     generated = out[row * samples + j, width:]
-                    answers[i].append(tokenizer.decode(generated, skip_special_tokens=True).strip())
+                    answers[i].append(answer_text(tokenizer.decode(generated, skip_special_tokens=True)))
             if advance is not None:
                 advance(len(chunk))
     model.train(was_training)
