@@ -24,7 +24,7 @@ def register_configs() -> None:
     # Dict merges are unions: the data group file, not the schema, names the sources.
     schema.data.mix.sources = {}
     # Ratio and repeat trees, the source table and the scorer patterns take new keys without `+`
-    # (data.mix.task_ratio.reasoning.addition=0.3, eval.scorers.summ*=chrf); everything else stays strict.
+    # (data.mix.task_ratio.reasoning.addition=0.3, 'eval.scorers={summ*: chrf}'); everything else stays strict.
     mappings = (schema.data.mix.task_ratio, schema.data.mix.task_repeat, schema.data.mix.sources, schema.eval.scorers)
     for node in mappings:
         OmegaConf.set_struct(node, False)

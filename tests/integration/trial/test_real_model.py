@@ -88,7 +88,9 @@ def test_trains_saves_and_reloads_with_the_same_vocabulary(smollm2, tmp_path):
         "eval.max_new_tokens=12",
         "eval.pass_k=0",
         "eval.train_recall_examples=0",
-        "eval.general_probe=false",
+        # The general probe a real model gets by default: its base's own answers, here to two prompts.
+        "eval.general.max_items=2",
+        "eval.general.max_new_tokens=16",
         "tracking=off",
         "trainer.progress=false",
         f"hydra.run.dir={out}",
@@ -99,6 +101,8 @@ def test_trains_saves_and_reloads_with_the_same_vocabulary(smollm2, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     train_loss = [value for _step, value in saved["series"]["train/loss"]]
     assert len(train_loss) == 3 and train_loss[-1] < train_loss[0], train_loss
+    assert "general probe: base_answers (2 items)" in proc.stdout
+    assert saved["metrics"]["general/base_score"] > 0 and "general_drop" in saved["metrics"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
