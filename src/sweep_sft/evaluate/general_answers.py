@@ -84,10 +84,10 @@ def generate(prompts: list[tuple[str, str]], ev: Evaluator, max_new_tokens: int)
         for i, (_, prompt) in enumerate(prompts)
     ]
     ev = replace(ev, eval=replace(ev.eval, max_new_tokens=max_new_tokens))
-    answers = [answer for (answer,) in generation.generate_answers(ev, examples)]
-    # An answer as long as the budget ran out of it (generate_answers gives text, not whether it
-    # stopped): scored without an end-of-turn the base model never chose.
-    cut = [len(ev.tokenizer.encode(a, add_special_tokens=False)) >= max_new_tokens for a in answers]
+    ended: list[list[bool]] = []
+    answers = [answer for (answer,) in generation.generate_answers(ev, examples, ended=ended)]
+    # An answer the budget cut is scored without an end-of-turn the base model never chose.
+    cut = [not stopped for (stopped,) in ended]
     if any(cut):
         print(
             f"general probe: {sum(cut)} of {len(answers)} base answers reached eval.general.max_new_tokens="

@@ -78,10 +78,12 @@ def generate_answers(
     samples: int = 1,
     temperature: float | None = None,
     advance: Callable[[int], None] | None = None,
+    ended: list[list[bool]] | None = None,
 ) -> list[list[str]]:
     """Answers to each example's last assistant turn, generated from the conversation before it
     and stopped at end-of-turn: greedy (temperature None, one answer) or `samples` sampled ones.
-    `advance(n)` is told as each batch of n prompts is done."""
+    `advance(n)` is told as each batch of n prompts is done; `ended`, when given, gets for each
+    example whether each answer stopped on a stop id (else eval.max_new_tokens cut it)."""
     import torch
 
     model, tokenizer = ev.model, ev.tokenizer
@@ -89,6 +91,7 @@ def generate_answers(
     stop = stop_ids(ev)
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     answers: list[list[str]] = [[] for _ in examples]
+    flags: list[list[bool]] = [[] for _ in examples]
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature is not None:
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
@@ -118,9 +121,12 @@ def generate_answers(
                 for j in range(samples):
                     generated = out[row * samples + j, width:]
                     answers[i].append(answer_text(tokenizer.decode(generated, skip_special_tokens=True)))
+                    flags[i].append(any(token in stop for token in generated.tolist()))
             if advance is not None:
                 advance(len(chunk))
     model.train(was_training)
+    if ended is not None:
+        ended[:] = flags
     return answers
 
 

@@ -165,9 +165,11 @@ def test_base_answers_drop_is_zero_untrained_and_moves_after_a_training_step(
 def test_a_base_answer_that_ran_out_of_tokens_scores_no_end_of_turn(cache, embedded, embedded_model_path, monkeypatch):
     model, tokenizer = embedded
     eot = tokenizer.convert_tokens_to_ids("<|end|>")
-    monkeypatch.setattr(
-        generation, "generate_answers", lambda ev, examples: [["monday tuesday wednesday thursday friday"], ["ok"]]
-    )
+    def generate_answers(ev, examples, ended):
+        ended[:] = [[False], [True]]  # the first ran out of tokens, the second stopped at end-of-turn
+        return [["monday tuesday wednesday thursday friday"], ["ok"]]
+
+    monkeypatch.setattr(generation, "generate_answers", generate_answers)
     config, ev = setup(embedded, embedded_model_path, source="base_answers", max_items=2, max_new_tokens=4)
     (_, cut), (_, finished) = general_probe.probe_base(config, ev, lambda: model, str(embedded_model_path)).pairs
     assert cut == tokenizer.encode("monday tuesday wednesday thursday friday", add_special_tokens=False)

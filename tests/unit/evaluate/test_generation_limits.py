@@ -68,3 +68,38 @@ def test_every_eos_the_model_names_stops_generation(configured, expected):
 )
 def test_a_leading_think_block_is_not_scored(decoded, answer):
     assert answer_text(decoded) == answer
+
+
+
+def test_each_answer_says_whether_it_stopped_or_ran_out_of_tokens(tokenizer):
+    import torch
+    from transformers import GenerationConfig
+
+    from sweep_sft.config.schema import EvalConfig
+    from sweep_sft.evaluate.evaluator import Evaluator
+    from sweep_sft.evaluate.generation import generate_answers
+
+    eot = tokenizer.convert_tokens_to_ids("<|end|>")
+    word = tokenizer.encode(" five", add_special_tokens=False)[0]
+
+    class Stub:
+        """Row 0 ends its answer with end-of-turn, row 1 runs to the budget."""
+
+        training = False
+        generation_config = GenerationConfig()
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, input_ids, **_):
+            new = torch.tensor([[word, eot, tokenizer.pad_token_id], [word, word, word]])
+            return torch.cat([input_ids, new], dim=1)
+
+    ended: list[list[bool]] = []
+    ev = Evaluator(Stub(), tokenizer, torch.device("cpu"), eot, EvalConfig(max_new_tokens=3))
+    answers = generate_answers(ev, [single("What is 2 + 3?")] * 2, ended=ended)
+    assert answers == [["five"], ["five five five"]]
+    assert ended == [[True], [False]]
