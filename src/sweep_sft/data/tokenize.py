@@ -72,25 +72,31 @@ def tokenize(
     found = assistant_tokens(examples, tokenizer, eot)
     spans_ok: Counter[str] = Counter()
     spans_bad: Counter[str] = Counter()
+    turns_trained: Counter[str] = Counter()  # assistant turns trained / with weight 0, per task_type
+    turns_weight_0: Counter[str] = Counter()
     for example, ids, turns in zip(examples, found.input_ids, found.turns, strict=True):
         task = stats.per_task.setdefault(example.task_type, TaskStats())
         spans, untrained = _weighted_spans(example, turns, loss_on)
         labels = _labels(ids, spans, untrained, loss_on)
+        turns_trained[example.task_type] += len(spans)
+        turns_weight_0[example.task_type] += len(untrained)
         cut = fit(ids, labels, max_seq_len, truncation)
         if cut.outcome != KEPT:  # the outcomes are TaskStats' counters: prompt_cut, answer_cut, dropped
             setattr(task, cut.outcome, getattr(task, cut.outcome) + 1)
         if cut.outcome == DROPPED:
             continue
-        ids, labels, truncated = cut.input_ids, cut.labels, cut.outcome != KEPT
-        if cut.keeps_all_supervised:  # an answer-cut lost its end, end-of-turn token included
-            for _start, end in spans:
-                ok = _end_of_turn_supervised(ids, labels, end - cut.left, end_of_turn_id)
+        # Every trained turn the window keeps whole (an answer-cut mostly keeps the final one whole),
+        # checked on the full labels: the window never cuts a supervised end-of-turn token after one.
+        for start, end in spans:
+            if cut.left <= start and end <= cut.left + len(cut.input_ids):
+                ok = _end_of_turn_supervised(ids, labels, end, end_of_turn_id)
                 (spans_ok if ok else spans_bad)[example.task_type] += 1
+        ids, labels, truncated = cut.input_ids, cut.labels, cut.outcome != KEPT
         task.examples += 1
         task.tokens += len(ids)
         task.supervised_tokens += sum(label != IGNORE for label in labels)
         out.append(Tokenized(list(ids), labels, example.task_type, truncated, example))
-    preflight(stats, spans_ok, spans_bad, eot, found.how)
+    preflight(stats, spans_ok, spans_bad, eot, found.how, (turns_trained, turns_weight_0))
     if loss_on == "all_tokens":
         _warn_all_tokens(examples, found, stats, max_seq_len, truncation)
     return out, stats
@@ -136,16 +142,29 @@ def _end_of_turn_supervised(ids: list[int], labels: list[int], end: int, eot: in
 
 
 def preflight(
-    stats: DatasetStats, spans_ok: Counter[str], spans_bad: Counter[str], eot: str, how: str = MARKERS
+    stats: DatasetStats,
+    spans_ok: Counter[str],
+    spans_bad: Counter[str],
+    eot: str,
+    how: str = MARKERS,
+    turns: tuple[Counter[str], Counter[str]] = (Counter(), Counter()),
 ) -> None:
     """Stop before training when a task_type would teach nothing, or never teach EOS; `how`: how
-    the assistant tokens were found (the template's generation markers, or its renderings)."""
+    the assistant tokens were found (the template's generation markers, or its renderings);
+    `turns`: (assistant turns trained, assistant turns with weight 0) per task_type."""
+    trained, weight_0 = turns
     for task_type, task in sorted(stats.per_task.items()):
         if task.examples == 0:
             raise DataError(
                 f"task_type {task_type!r}: every example was dropped as longer than data.max_seq_len "
                 f"({task.dropped} dropped); raise data.max_seq_len or set data.truncation=prompt "
                 "(cut prompts, keep answers)"
+            )
+        if task.supervised_tokens == 0 and weight_0[task_type] and not trained[task_type]:
+            raise DataError(
+                f"task_type {task_type!r}: all {weight_0[task_type]} assistant turns of its {task.examples} "
+                "examples have `weight: 0`, so nothing is trained; at least one assistant turn per task_type "
+                "must be trained (weight 1, or no weight key)"
             )
         if task.supervised_tokens == 0 and task.answer_cut:
             raise DataError(

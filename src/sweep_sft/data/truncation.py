@@ -4,11 +4,15 @@ The supervised part is everything from the first to the last supervised token (l
 all trained turns under loss_on=all_assistant, with the user turns between them; weight-0 turns
 and system/user tokens before the first trained turn or after the last one are outside it.
 
-- `prompt` (default): keep the END of the example, so the prompt is cut from the left and every
-  supervised token stays; when unsupervised tokens after the last supervised one would push the
-  first supervised token out of the window, the window starts at the first supervised token
-  instead (the tail cut is unsupervised too). Only when the supervised part alone is longer than
-  max_seq_len is it cut: keep from its first supervised token, cut the end (an answer-cut).
+- `prompt` (default): the window ends at the last supervised token (its end-of-turn token), so the
+  final answer stays whole and the tokens before it fill the rest: the prompt is cut from the left,
+  and tokens after the last supervised one (a trailing weight-0 or user turn) are cut too, since
+  nothing after the last label can change the loss. When the supervised part fits, every
+  supervised token stays (a prompt-cut). When it does not, the earlier trained turns are what is
+  cut (an answer-cut): the final answer and as much context before it as fits are kept. Only when
+  the last trained span (the last run of supervised tokens) alone is longer than max_seq_len does
+  the window start at that span's start and cut its end. Under loss_on=all_tokens every token is
+  supervised, so that run is the whole example and the window keeps its first max_seq_len tokens.
   A BOS token at the start goes with the cut prompt: the model was never trained to need it
   mid-sequence either way, and re-inserting it would shift every kept position.
 - `drop`: an example longer than max_seq_len is left out.
@@ -64,14 +68,11 @@ def fit(input_ids: list[int], labels: list[int], max_seq_len: int, mode: str) ->
         return Cut([], [], DROPPED)
     supervised = [i for i, label in enumerate(labels) if label != IGNORE]
     if mode == END:
-        start = 0
+        start, stop = 0, max_seq_len
     elif not supervised:  # nothing to keep whole: the end, like a prompt
-        start = n - max_seq_len
+        start, stop = n - max_seq_len, n
     else:
-        # The end of the example, unless that loses the first supervised token; a supervised part
-        # longer than the window starts at its first token either way (and loses its end).
-        start = min(n - max_seq_len, supervised[0])
-    stop = start + max_seq_len
+        start, stop = _prompt_window(supervised, max_seq_len)
     lost = sum(1 for i in supervised if not start <= i < stop)
     return Cut(
         list(input_ids[start:stop]),
@@ -81,3 +82,17 @@ def fit(input_ids: list[int], labels: list[int], max_seq_len: int, mode: str) ->
         right=n - stop,
         supervised_cut=lost,
     )
+
+
+def _prompt_window(supervised: list[int], max_seq_len: int) -> tuple[int, int]:
+    """[start, stop) for mode prompt: ending at the last supervised token + 1, unless the last run of
+    supervised tokens alone is longer than max_seq_len (then from its start, its end cut)."""
+    stop = supervised[-1] + 1
+    start = max(0, stop - max_seq_len)
+    last_span = len(supervised) - 1
+    while last_span > 0 and supervised[last_span - 1] == supervised[last_span] - 1:
+        last_span -= 1
+    if supervised[last_span] < start:  # the final answer alone does not fit: keep its start
+        start = supervised[last_span]
+        stop = start + max_seq_len
+    return start, stop

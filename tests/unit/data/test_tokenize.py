@@ -162,6 +162,19 @@ def test_a_weight_0_turn_carries_no_supervised_token(tokenizer, loss_on, weights
     assert row.input_ids == plain.input_ids  # the weight changes the labels, never the tokens
 
 
+@pytest.mark.parametrize("loss_on", ["all_assistant", "last_assistant"])
+def test_preflight_names_weight_0_when_no_assistant_turn_is_trained(tokenizer, loss_on):
+    with pytest.raises(DataError) as err:
+        run(tokenizer, [_weighted(0, 0), _weighted(0, 0), SINGLE], loss_on)
+    message = str(err.value)
+    assert message.startswith(
+        "task_type 'dialogue/multi_turn': all 4 assistant turns of its 2 examples have `weight: 0`"
+    )
+    assert "at least one assistant turn per task_type must be trained" in message
+    assert "max_seq_len" not in message  # not the cause
+    run(tokenizer, [_weighted(0, 0), _weighted(0, None), SINGLE], loss_on)  # one trained turn is enough
+
+
 def test_a_weight_0_turn_is_not_trained_under_all_tokens(tokenizer):
     (row,), _ = run(tokenizer, [_weighted(0, None)], "all_tokens")
     text = supervised_text(tokenizer, row)

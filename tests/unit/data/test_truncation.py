@@ -1,5 +1,6 @@
-"""Examples longer than data.max_seq_len: the window data/truncation.py keeps (prompt cut from the
-left, the supervised part cut only when it alone is too long, drop, end), its counts per
+"""Examples longer than data.max_seq_len: the window data/truncation.py keeps (ending at the last
+supervised token: prompt cut from the left, earlier trained turns cut when the supervised part is too
+long, the final answer's end only when it alone is too long; drop, end), its counts per
 task_type in tokenize(), the realised-mix report and its table, the metrics, the notice, the config."""
 
 from __future__ import annotations
@@ -52,20 +53,41 @@ def test_multi_turn_keeps_every_trained_turn_and_cuts_the_first_prompt():
     assert cut.outcome == PROMPT_CUT and cut.left == 10 and cut.labels == labels[10:]
 
 
-def test_a_supervised_part_longer_than_max_seq_len_keeps_its_start_and_loses_its_end():
+def test_a_supervised_part_longer_than_max_seq_len_keeps_the_final_answer_and_cuts_the_earlier_turn():
     ids, labels = ex(seq(19), {10, 11, 12, 16, 17, 18})
     cut = fit(ids, labels, 8, "prompt")
     assert cut.outcome == ANSWER_CUT
-    assert (cut.left, cut.right, cut.supervised_cut) == (10, 1, 1)
-    assert cut.input_ids == ids[10:18] and cut.labels[0] == ids[10]
+    assert (cut.left, cut.right, cut.supervised_cut) == (11, 0, 1)
+    assert cut.input_ids == ids[11:] and cut.labels[-3:] == ids[16:]
 
 
-def test_unsupervised_tokens_after_the_answer_never_push_its_start_out():
-    # a trailing weight-0 turn (or a long tail): keeping the end would lose supervised 5..7
+def test_multi_turn_too_long_keeps_the_final_answer_whole_and_ends_after_it():
+    # 100 tokens: trained spans 10..30 and 80..95, then 4 unsupervised tokens (a closing user turn)
+    ids, labels = ex(seq(100), set(range(10, 31)) | set(range(80, 96)))
+    cut = fit(ids, labels, 50, "prompt")
+    assert (cut.left, cut.left + len(cut.input_ids), cut.right) == (46, 96, 4)
+    assert cut.outcome == ANSWER_CUT and cut.supervised_cut == 21  # the first trained turn, whole
+    assert [t for t in cut.labels if t != IGNORE] == ids[80:96]
+    assert cut.input_ids == ids[46:96]
+
+
+def test_a_final_answer_alone_longer_than_max_seq_len_keeps_its_start_and_loses_its_end():
+    # trained 10..20 and a final answer 40..99 (60 tokens) in a window of 50
+    ids, labels = ex(seq(100), set(range(10, 21)) | set(range(40, 100)))
+    cut = fit(ids, labels, 50, "prompt")
+    assert cut.outcome == ANSWER_CUT and (cut.left, cut.right) == (40, 10)
+    assert cut.input_ids == ids[40:90] and cut.supervised_cut == 11 + 10
+    # single turn: prompt 0..9, answer 10..99
+    single = fit(*ex(seq(100), set(range(10, 100))), 50, "prompt")
+    assert (single.left, single.right, single.supervised_cut) == (10, 40, 40)
+
+
+def test_unsupervised_tokens_after_the_answer_are_cut_and_the_context_before_it_stays():
+    # a trailing weight-0 turn (or a long tail): no loss after the last label, so it goes first
     ids, labels = ex(seq(20), {5, 6, 7})
     cut = fit(ids, labels, 6, "prompt")
-    assert cut.outcome == PROMPT_CUT and (cut.left, cut.right) == (5, 9)
-    assert cut.labels[:3] == ids[5:8]
+    assert cut.outcome == PROMPT_CUT and (cut.left, cut.right) == (2, 12)
+    assert cut.input_ids == ids[2:8] and cut.labels[3:] == ids[5:8]
 
 
 def test_weight_0_turns_are_not_part_of_the_supervised_part():
@@ -82,8 +104,8 @@ def test_exact_boundary(mode):
     assert fit(ids, labels, 10, mode).input_ids == ids
     one_over = fit([*ids, 200], [*labels, IGNORE], 10, mode)
     assert one_over.outcome == {"prompt": PROMPT_CUT, "drop": DROPPED, "end": PROMPT_CUT}[mode]
-    if mode == "prompt":  # the end of the example stays: its first (prompt) token goes
-        assert (one_over.left, one_over.right) == (1, 0)
+    if mode == "prompt":  # the trailing unsupervised token goes, the prompt stays whole
+        assert (one_over.left, one_over.right) == (0, 1)
 
 
 def test_a_supervised_part_exactly_max_seq_len_long_fits_whole():
@@ -166,9 +188,10 @@ def test_multi_turn_keeps_earlier_trained_turns(tokenizer):
 
 def test_a_supervised_part_too_long_is_an_answer_cut_except_for_the_turns_not_trained(tokenizer):
     example = multi("Hi", LONG_PROMPT)  # the user turn between the answers is long
+    (whole,), _ = run(tokenizer, [example], 1024)
     (row,), stats = run(tokenizer, [example], 32)
-    assert supervised_text(tokenizer, row) == " Noted: cat.<|end|>"  # kept from its start, end cut
-    assert tokenizer.decode(row.input_ids).startswith(" Noted")
+    assert supervised_text(tokenizer, row) == " cat<|end|>"  # the final answer whole, the first one cut
+    assert row.input_ids == whole.input_ids[-32:] and tokenizer.decode(row.input_ids).endswith("cat<|end|>")
     counts = stats.per_task["dialogue/multi_turn"]
     assert (counts.answer_cut, counts.prompt_cut) == (1, 0)
     # only the last turn is trained (last_assistant, or the first one weight 0): it fits whole
@@ -183,6 +206,13 @@ def test_the_end_of_turn_check_covers_prompt_cut_rows(tokenizer):
     tok.chat_template = tok.chat_template.replace("<|end|>{% endgeneration %}", "{% endgeneration %}<|end|>")
     with pytest.raises(DataError, match=r"reasoning/long.*end-of-turn token '<\|end\|>' is not supervised after 1 of"):
         run(tok, [single(LONG_PROMPT)], 32)
+
+
+def test_the_end_of_turn_check_covers_the_final_turn_an_answer_cut_keeps_whole(tokenizer):
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tok.chat_template = tok.chat_template.replace("<|end|>{% endgeneration %}", "{% endgeneration %}<|end|>")
+    with pytest.raises(DataError, match=r"dialogue/multi_turn.*'<\|end\|>' is not supervised after 1 of 1 trained"):
+        run(tok, [multi("Hi", LONG_PROMPT)], 32)  # an answer-cut: the first turn is cut, the final one checked
 
 
 def test_validation_rows_follow_the_same_rule(tokenizer):
