@@ -18,6 +18,10 @@ CHECKPOINT_WEIGHTS = "model.pt"  # a checkpoint's model weights (checkpoints/ste
 # Every greedy generation of the final evaluation, one JSON object a line (split, task_type, prompt,
 # reference, generated, score, scorer); also the run artifact of that name, which the report reads.
 GENERATIONS_FILE = "generations.jsonl"
+# Keys of metrics.json (sweep_sft.trial.state.TrialResult's fields) and of evaluation.json beside
+# the metrics: what they were measured with, so that comparisons can tell when two runs differ.
+SCORERS_FIELD = "scorers"  # task_type -> its scorer spec (eval.scorers)
+GENERAL_SOURCE_FIELD = "general_source"  # the general probe's set: embedded, base_answers or its path
 
 # A sweep folder.
 PARENT_FILE = "mlflow_parent_run.json"
@@ -39,6 +43,8 @@ OVERRIDES_TAG = "sweep_sft.overrides"
 JOB_STATE_TAG = "sweep_sft.job_state"
 RETRIED_TAG = "sweep_sft.retried"
 RUN_NAME_TAG = "mlflow.runName"
+# MLflow param naming the set the general probe scored (eval.general.source with auto decided).
+GENERAL_SOURCE_PARAM = "general.source"
 SCORER_TAG = "sweep_sft.scorer"  # sweep_sft.scorer.<task_type>: the scorer of its final metrics (eval.scorers)
 
 # An Optuna trial attribute: the trial of a sweep that was stopped (resumed, it runs again).

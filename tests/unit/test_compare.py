@@ -18,11 +18,13 @@ BASE = {
 }
 
 
-def trial(tmp_path, name: str, **changes: float):
+def trial(tmp_path, name: str, measured_with: dict | None = None, **changes: float):
+    """A trial folder with BASE's metrics changed; `measured_with` adds metrics.json's other keys
+    (scorers, general_source) as a trial writes them."""
     folder = tmp_path / name
     folder.mkdir()
     metrics = {**BASE, **{k.replace("__", "/"): v for k, v in changes.items()}}
-    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, **(measured_with or {})}))
     return str(folder)
 
 
@@ -144,3 +146,93 @@ def test_an_evaluation_file_is_compared_like_a_trial(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("[1, 2]")
     assert main([trial(tmp_path, "b"), str(tmp_path / "broken.json")]) == 2
     assert "broken.json: not a metrics file" in capsys.readouterr().err
+
+
+EXACT = {"reasoning/addition": "exact", "classification/sentiment": "exact"}
+
+
+def test_a_task_type_scored_by_another_scorer_is_marked_not_comparable_and_not_flagged(tmp_path, capsys):
+    a = trial(tmp_path, "a", {"scorers": EXACT})
+    chrf = {"scorers": {**EXACT, "reasoning/addition": "chrf"}}
+    b = trial(tmp_path, "b", chrf, task__exact_match__reasoning__addition=0.10)
+    assert main([a, b]) == 0  # a drop of 0.40, but under another scorer
+    out = capsys.readouterr().out
+    line = rows(out)["reasoning/addition"]
+    assert line.split()[6] == "n/c" and line.endswith("not comparable: scorer exact (A) vs chrf (B)")
+    assert rows(out)["classification/sentiment"].rstrip().endswith("-")
+    assert "not compared (A and B measured them differently, n/c above): reasoning/addition" in out
+    assert "no regression beyond the tolerances" in out
+    # Val loss does not depend on the scorer: its rise is still a regression.
+    c = trial(tmp_path, "c", chrf, val__loss__reasoning__addition=1.5)
+    assert main([a, c]) == 1
+    assert (
+        "val loss +50%; not comparable: scorer exact (A) vs chrf (B)"
+        in rows(capsys.readouterr().out)["reasoning/addition"]
+    )
+
+
+def test_general_drop_on_another_general_set_is_not_compared(tmp_path, capsys):
+    a = trial(tmp_path, "a", {"general_source": "embedded"})
+    b = trial(tmp_path, "b", {"general_source": "base_answers"}, general_drop=0.2)
+    assert main([a, b]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("general_drop"))
+    assert line.split()[3] == "n/c" and line.endswith("not comparable: general probe embedded (A) vs base_answers (B)")
+    assert "not compared (A and B measured them differently, n/c above): general ability" in out
+    same = trial(tmp_path, "same", {"general_source": "embedded"}, general_drop=0.2)
+    assert main([a, same]) == 1  # the same set: forgetting, as before
+    assert "regressions: general ability" in capsys.readouterr().out
+
+
+def test_a_run_that_does_not_say_what_measured_it_is_compared_as_before(tmp_path, capsys):
+    """Runs written before scorers and general sources were recorded: unknown, no note."""
+    old = trial(tmp_path, "old")
+    b = trial(
+        tmp_path,
+        "b",
+        {"scorers": {"reasoning/addition": "chrf"}, "general_source": "base_answers"},
+        task__exact_match__reasoning__addition=0.10,
+        general_drop=0.2,
+    )
+    assert main([old, b]) == 1
+    out = capsys.readouterr().out
+    assert "not comparable" not in out and "n/c" not in out
+    assert "regressions: reasoning/addition, general ability" in out
+    # Keys a trial does not write that way are taken as unknown too, not an error.
+    odd = trial(tmp_path, "odd", {"scorers": ["exact"], "general_source": 3})
+    assert main([odd, b]) == 1 and "not comparable" not in capsys.readouterr().out
+
+
+def test_an_evaluation_file_says_what_measured_it(tmp_path, capsys):
+    record = {"target": "x", "metrics": BASE, "scorers": {**EXACT, "classification/sentiment": "normalized"}}
+    (tmp_path / "evaluation.json").write_text(json.dumps({**record, "general_source": "/data/general.jsonl"}))
+    assert (
+        main(
+            [trial(tmp_path, "a", {"scorers": EXACT, "general_source": "embedded"}), str(tmp_path / "evaluation.json")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert rows(out)["classification/sentiment"].endswith("not comparable: scorer exact (A) vs normalized (B)")
+    assert "not comparable: general probe embedded (A) vs /data/general.jsonl (B)" in out
+
+
+@pytest.mark.slow
+def test_an_mlflow_run_says_what_measured_it_by_its_scorer_tags_and_general_source_param(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep-sft")
+    ids = []
+    for scorer, source in (("exact", "embedded"), ("chrf", "base_answers")):
+        run = client.create_run(experiment)
+        for key, value in {**BASE, "task/exact_match/reasoning/addition": 0.5 if scorer == "exact" else 0.1}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_tag(run.info.run_id, "sweep_sft.scorer.reasoning/addition", scorer)
+        client.log_param(run.info.run_id, "general.source", source)
+        ids.append(run.info.run_id)
+    assert main([*ids, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert rows(out)["reasoning/addition"].endswith("not comparable: scorer exact (A) vs chrf (B)")
+    assert "not comparable: general probe embedded (A) vs base_answers (B)" in out

@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweep_sft.compare import table
+from sweep_sft.compare import Side, table
 from sweep_sft.errors import UserInputError
 from sweep_sft.evaluate import standalone
 from sweep_sft.evaluate import target as eval_target
 from sweep_sft.evaluate.baseline import compare_with_baseline, load_baseline
 from sweep_sft.evaluate.tables import general_lines, task_table
 from sweep_sft.metrics import EVAL_TIME
+from sweep_sft.names import GENERAL_SOURCE_FIELD, SCORERS_FIELD
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     path = standalone.write(result, target, args.target, args.overrides, args.out)
     print(f"results in {path} ({metrics[EVAL_TIME]:.1f}s)")
     if config.eval.baseline_run_id is not None:
-        comparison = compare_with_baseline(config, baseline, metrics)
-        print(table(comparison, baseline, metrics, (f"baseline {config.eval.baseline_run_id}", str(path))))
+        measured = Side(metrics, result[SCORERS_FIELD], result.get(GENERAL_SOURCE_FIELD))
+        comparison = compare_with_baseline(config, baseline, measured)
+        print(table(comparison, baseline, measured, (f"baseline {config.eval.baseline_run_id}", str(path))))
         return 1 if comparison.regressions else 0
     return 0
 

@@ -27,14 +27,14 @@ from sweep_sft.embedded import general
 from sweep_sft.evaluate import general_answers, general_set
 from sweep_sft.evaluate.general_set import Pair
 from sweep_sft.metrics import GENERAL_EXACT_MATCH, GENERAL_LOSS, GENERAL_SCORE
+from sweep_sft.names import GENERAL_SOURCE_PARAM
 
 if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
 
 PROBE_SPEC = {"version": source_hash(general), "n_items": 200, "seed": 99}
 SCORES_FILE = "scores.json"  # in the base scores' cache folder
-# The MLflow param naming the set the probe scored (eval.general.source may say auto).
-SOURCE_PARAM = "general.source"
+SOURCE_PARAM = GENERAL_SOURCE_PARAM  # the MLflow param naming the set the probe scored
 
 
 @dataclass

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep_sft import modeling
+from sweep_sft.config.general import EMBEDDED
 from sweep_sft.config.schema import Config, StudyLinkConfig
-from sweep_sft.config.scorers import is_function_spec
+from sweep_sft.config.scorers import is_function_spec, scorer_names
 from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import prepare
 from sweep_sft.errors import ConfigError, DataError
@@ -29,7 +30,7 @@ from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.target import Target
 from sweep_sft.metrics import EVAL_TIME
-from sweep_sft.names import CHECKPOINT_WEIGHTS
+from sweep_sft.names import CHECKPOINT_WEIGHTS, GENERAL_SOURCE_FIELD, SCORERS_FIELD
 from sweep_sft.train.checkpoint_files import load_file
 
 RESULT_FILE = "evaluation.json"
@@ -39,6 +40,7 @@ RESULT_FILE = "evaluation.json"
 TRUST_KEY = "model.trust_remote_code"
 ATTN_KEY = "model.attn_implementation"
 SCORERS_KEY = "eval.scorers"  # a module:function scorer is code too
+GENERAL_KEY = "eval.general"  # absent from configs saved before it existed (_before_general)
 
 
 def load_config(target: Target, overrides: list[str]) -> Config:
@@ -47,11 +49,28 @@ def load_config(target: Target, overrides: list[str]) -> Config:
         extra = OmegaConf.from_dotlist(overrides)
     except Exception as exc:
         raise ConfigError(f"overrides {overrides}: expected key=value pairs ({exc})") from exc
-    trial = _merged(_schema(), OmegaConf.load(target.config_file), f"{target.config_file}: ")
+    saved = OmegaConf.load(target.config_file)
+    _before_general(saved, extra, target)
+    trial = _merged(_schema(), saved, f"{target.config_file}: ")
     _untrusted(trial, extra, target)
     merged = _merged(trial, extra, "override ")
     # Pruning links and checkpointing belong to training; evaluation reports to no study.
     return replace(validate(merged), study=StudyLinkConfig())
+
+
+def _before_general(saved, extra, target: Target) -> None:
+    """A config saved before `eval.general` existed: its trial's probe was the embedded one
+    (eval.general.source's default `auto` would pick base_answers for a model=local trial), so it
+    is evaluated on that, unless this command's line names another source."""
+    if OmegaConf.select(saved, GENERAL_KEY) is not None or OmegaConf.select(extra, f"{GENERAL_KEY}.source") is not None:
+        return
+    OmegaConf.update(saved, f"{GENERAL_KEY}.source", EMBEDDED, force_add=True)
+    if OmegaConf.select(saved, "eval.general_probe") is not False:
+        print(
+            f"note: {target.config_file} has no {GENERAL_KEY} (saved before it existed): its general probe is "
+            f"evaluated on the embedded set that trial used ({GENERAL_KEY}.source=... chooses another)",
+            file=sys.stderr,
+        )
 
 
 def _merged(base, more, where: str):
@@ -177,8 +196,9 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     metrics.update(final)
     metrics[EVAL_TIME] = time.perf_counter() - started
     result = {"tasks": data.tasks, "metrics": metrics, "samples": samples}
+    result[SCORERS_FIELD] = scorer_names(config.eval.scorers, data.tasks)  # what compare reads back
     if evaluator.general is not None:
-        result["general_source"] = evaluator.general.source
+        result[GENERAL_SOURCE_FIELD] = evaluator.general.source
     return result
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
 from sweep_sft.diagnostics.findings import SIGNS, Finding, as_tags, format_findings
 from sweep_sft.diagnostics.signs import diagnose
@@ -28,13 +29,17 @@ def record(
     steps: int,
     write: bool = True,
     findings: list[dict] | None = None,
+    measured: Side | None = None,
 ) -> TrialResult:
-    """The trial's final values into metrics.json (what sweepers read) and the MLflow run."""
+    """The trial's final values into metrics.json (what sweepers read) and the MLflow run, with
+    what `measured` them (scorers, general probe's set) for comparisons to read back."""
     metrics = final_values(series)
     # A pruned trial reports the metric it was judged on; its final evals never ran.
     name = config.study.metric if state == "PRUNED" else config.objective
     value = objective_value(name, metrics)
     result = TrialResult(name, value, metrics, str(out), run.run_id, series, state, steps, findings or [])
+    if measured is not None:
+        result.scorers, result.general_source = measured.scorers, measured.general_source
     if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
         (out / METRICS_FILE).write_text(json.dumps(asdict(result), indent=1))
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, OBJECTIVE_FILE)

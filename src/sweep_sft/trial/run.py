@@ -16,7 +16,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft import modeling
+from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
+from sweep_sft.config.scorers import scorer_names
 from sweep_sft.config.validate import validate
 from sweep_sft.data.pipeline import load_sources, mix_table, prepare
 from sweep_sft.evaluate import baseline as baseline_comparison
@@ -200,9 +202,17 @@ def _evaluate(trial: TrialState, trained: TrainState) -> None:
     trial.log(final, trained.step)
     if trial.baseline is not None and trial.dist_env.is_main:
         compared = baseline_comparison.record(
-            trial.config, trial.baseline, final_values(trial.series), trial.out, trial.run
+            trial.config, trial.baseline, _measured(trial, final_values(trial.series)), trial.out, trial.run
         )
         trial.log(compared, trained.step)
+
+
+def _measured(trial: TrialState, metrics: dict[str, float]) -> Side:
+    """The trial's metrics with what measured them: each task_type's scorer (eval.scorers), and
+    the general probe's set as _probe_base decided it (None when the probe is off)."""
+    general = trial.evaluator.general
+    scorers = scorer_names(trial.config.eval.scorers, trial.data.tasks)
+    return Side(metrics, scorers, general.source if general is not None else None)
 
 
 def _save(trial: TrialState, trained: TrainState) -> TrialResult:
@@ -210,7 +220,8 @@ def _save(trial: TrialState, trained: TrainState) -> TrialResult:
     run, is_main = trial.run, trial.dist_env.is_main
     run.set_tag(TRIAL_STATE_TAG, "COMPLETE")
     findings = diagnose_series(trial.config, trial.series, run, trained.findings) if is_main else []
-    result = record(trial.config, trial.out, run, trial.series, "COMPLETE", trained.step, is_main, findings)
+    measured = _measured(trial, {})
+    result = record(trial.config, trial.out, run, trial.series, "COMPLETE", trained.step, is_main, findings, measured)
     if trial.config.trainer.save_model and is_main:  # after the results are safe
         save_model(trial.config, trial.evaluator.model, trial.evaluator.tokenizer, trial.out, run)
     print(summary_table(result, trial.data.tasks, trial.data.report, trial.config.eval.scorers))

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
+from sweep_sft.compare import Side
 from sweep_sft.config.schema import Config
 from sweep_sft.data.pipeline import PreparedData
 from sweep_sft.data.records import Example, task_types
@@ -31,6 +32,10 @@ class TrialResult:
     steps: int = 0
     # Loss-curve findings (sweep_sft.diagnostics.findings.Finding as dicts) of a completed trial.
     diagnostics: list[dict] = field(default_factory=list)
+    # What the final metrics were measured with (names.SCORERS_FIELD, names.GENERAL_SOURCE_FIELD):
+    # each task_type's scorer, and the general probe's set (None: no probe), for comparisons.
+    scorers: dict[str, str] = field(default_factory=dict)
+    general_source: str | None = None
 
 
 class Sources(NamedTuple):
@@ -63,7 +68,7 @@ class TrialState:
     checkpointable: bool = True
     resume_from: Path | None = None
     sources: Sources | None = None
-    baseline: dict[str, float] | None = None
+    baseline: Side | None = None  # eval.baseline_run_id's metrics and what measured them
     dist_env: DistEnv | None = None
     # Set by the phases, in order.
     evaluator: Evaluator | None = None

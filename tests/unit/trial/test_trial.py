@@ -130,6 +130,10 @@ def test_tiny_trial_writes_metrics_and_returns_objective(tiny_overrides, tmp_pat
     )
     stats = json.loads((tmp_path / "trial" / "dataset_stats.json").read_text())
     assert sum(s["examples"] for s in stats.values()) == 128
+    # What measured the metrics, for comparisons: the default scorer, the probe `auto` chose.
+    tasks = {name[len("task/exact_match/") :] for name in names if name.startswith("task/exact_match/")}
+    assert saved["scorers"] == dict.fromkeys(sorted(tasks), "exact") and len(tasks) == 8
+    assert saved["general_source"] == "embedded"
 
 
 def test_added_pad_and_special_tokens_resize_embeddings(tmp_path, embedded_model_path, tiny_overrides):

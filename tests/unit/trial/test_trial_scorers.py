@@ -145,6 +145,9 @@ def test_a_short_trial_writes_its_generations_and_scores_with_each_task_types_sc
     for r in records:
         assert r["scorer"] == expected.get(r["task_type"], "exact")
         assert isinstance(r["prompt"], list) and r["prompt"][-1]["role"] == "user"
+    saved = json.loads((tmp_path / "trial" / "metrics.json").read_text())
+    assert saved["scorers"] == {task: expected.get(task, "exact") for task in tasks}
+    assert saved["general_source"] is None  # eval.general_probe=false
     for task in tasks:
         scores = [r["score"] for r in val if r["task_type"] == task]
         assert result.metrics[f"task/exact_match/{task}"] == pytest.approx(sum(scores) / len(scores))
@@ -157,3 +160,18 @@ def test_a_short_trial_writes_its_generations_and_scores_with_each_task_types_sc
     assert re.search(r"^format/json .*  json_valid$", table, re.M)
     assert re.search(r"^transform/copy .*  exact$", table, re.M)
     assert "final evaluation: exact match over 32 prompts in" in out  # trainer.progress=false: lines
+
+
+def test_a_baseline_measured_differently_is_compared_with_notes_not_regressions(tiny_overrides, tmp_path):
+    """The baseline scored format/json with json_valid and probed base_answers; this trial scores
+    it exact and probes the embedded set: neither difference is taken for a regression."""
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    metrics = {"task/exact_match/format/json": 1.0, "general_drop": -1.0}
+    record = {"metrics": metrics, "scorers": {"format/json": "json_valid"}, "general_source": "base_answers"}
+    (baseline / "metrics.json").write_text(json.dumps(record))
+    run_trial(compose(tiny_overrides + ["trainer.max_steps=1", f"eval.baseline_run_id={baseline}"]))
+    text = (tmp_path / "trial" / "comparison.txt").read_text()
+    assert re.search(r"^format/json .* n/c  not comparable: scorer json_valid \(A\) vs exact \(B\)$", text, re.M)
+    assert "not comparable: general probe base_answers (A) vs embedded (B)" in text
+    assert "no regression beyond the tolerances" in text
