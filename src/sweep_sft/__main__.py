@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +35,12 @@ def main(cfg: DictConfig) -> float:
     output_dir = cfg.output_dir or hc.runtime.output_dir
     try:
         result = run_trial(cfg, output_dir=output_dir, run_name=run_name, parent_run_id=parent.get("run_id"))
+    except KeyboardInterrupt:
+        # The trial has ended its run KILLED. A process of its own (one trial, or a submitit job)
+        # exits as interrupted; a sweep running its jobs in this process handles it itself.
+        if multirun and "SUBMITIT_EXECUTOR" not in os.environ:
+            raise
+        exit_interrupted()
     except Exception as exc:
         if parent:
             _record_unopened(hc, output_dir, exc)
@@ -40,6 +49,18 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     return result.value
+
+
+def exit_interrupted() -> NoReturn:
+    """End this process as killed by SIGINT, which the shell, submitit and Slurm read as
+    interrupted (not failed). Python does that itself for an uncaught KeyboardInterrupt, except
+    once torch._dynamo is imported (transformers 5.24 imports it with its models): then it exits 1."""
+    print("interrupted (SIGINT)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(128 + signal.SIGINT)  # SIGINT blocked: the shell's code for it
 
 
 def _record_unopened(hc, output_dir: str, exc: Exception) -> None:
