@@ -22,6 +22,8 @@ def test_ctrl_c_on_a_trial_ends_its_run_killed_and_the_process_as_interrupted(tm
     overrides = ["trainer.max_steps=100000", "epochs=1000", "data.max_train_examples=64", "trainer.progress=false"]
     proc = start_cli(*overrides, "trainer.log_every=1", "eval.general_probe=false", cwd=tmp_path, log=log)
     try:
+        # The mix table is printed once the run is open: the store is made, so reading it races nothing.
+        wait_for("the mix table", lambda: "task_type" in log.read_text(), timeout=120, proc=proc, log=log)
         wait_for("training", lambda: _training(tmp_path), timeout=120, proc=proc, log=log, interval=1)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == -signal.SIGINT, log.read_text()[-2000:]
