@@ -21,7 +21,7 @@ from sweep_sft.cache import build_once, source_hash
 from sweep_sft.config.general import GeneralConfig
 from sweep_sft.data.records import Example
 from sweep_sft.evaluate import generation
-from sweep_sft.evaluate.general_set import GeneralItem
+from sweep_sft.evaluate.general_set import GENERAL_TASK, GeneralItem
 
 if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
@@ -78,7 +78,7 @@ def generate(prompts: list[tuple[str, str]], ev: Evaluator, max_new_tokens: int)
     examples = [
         Example(
             ({"role": "user", "content": prompt}, {"role": "assistant", "content": ""}),
-            "general",
+            GENERAL_TASK,
             f"{PROMPTS_FILE.name}:{i + 1}",
         )
         for i, (_, prompt) in enumerate(prompts)

@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from sweep_sft.config.general import NAMED_SOURCES, GeneralConfig
+from sweep_sft.data.chat_masks import assistant_tokens
+from sweep_sft.data.records import Example
 from sweep_sft.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 # One scored item: (context token ids, scored token ids).
 Pair = tuple[list[int], list[int]]
 
+
+# The task_type a general item is rendered under (no metric is named by it).
+GENERAL_TASK = "general"
 
 @dataclass(frozen=True)
 class GeneralItem:
@@ -112,10 +117,9 @@ def _messages(messages: Any, where: str) -> tuple[dict[str, str], ...]:
 
 def pairs(items: list[GeneralItem], tokenizer, end_of_turn_id: int, max_seq_len: int) -> list[Pair]:
     """Each item's (context, scored) token ids, at most `max_seq_len` tokens together."""
+    chats = iter(_last_turns([item for item in items if item.text is None], tokenizer, end_of_turn_id))
     return [
-        _text_pair(item, tokenizer, max_seq_len)
-        if item.text is not None
-        else _chat_pair(item, tokenizer, end_of_turn_id, max_seq_len)
+        _text_pair(item, tokenizer, max_seq_len) if item.text is not None else _fit(*next(chats), max_seq_len)
         for item in items
     ]
 
@@ -127,31 +131,24 @@ def _text_pair(item: GeneralItem, tokenizer, max_seq_len: int) -> Pair:
     return ids[:1], ids[1:]
 
 
-def _chat_pair(item: GeneralItem, tokenizer, end_of_turn_id: int, max_seq_len: int) -> Pair:
-    assert item.messages is not None
-    try:
-        prompt = _render(tokenizer, item.messages[:-1], prompt=True)
-        full = _render(tokenizer, item.messages, prompt=False)
-    except Exception as err:
-        raise DataError(
-            f"{item.where}: the tokenizer's chat template cannot take this record ({type(err).__name__}: {err})"
-        ) from None
-    if full[: len(prompt)] == prompt:
-        answer = full[len(prompt) :]
-        if end_of_turn_id in answer:  # what follows end-of-turn (a newline, the next turn) is not generated
-            answer = answer[: answer.index(end_of_turn_id) + (1 if item.ends_turn else 0)]
-    else:  # a template that renders a finished turn otherwise than the generation prompt leads into it
-        answer = tokenizer.encode(item.messages[-1]["content"], add_special_tokens=False)
-        answer += [end_of_turn_id] if item.ends_turn else []
-    if not prompt or not answer:
-        raise DataError(f"{item.where}: the chat template renders no prompt or no answer tokens for this record")
+def _last_turns(chats: list[GeneralItem], tokenizer, end_of_turn_id: int) -> list[Pair]:
+    """(prompt, answer) token ids of each chat item: its last assistant turn found as training finds
+    assistant turns (data.chat_masks: the template's markers, else read off its renderings), with
+    its end-of-turn token unless the answer was cut (`ends_turn` False)."""
+    examples = [Example(tuple(dict(m) for m in item.messages or ()), GENERAL_TASK, item.where) for item in chats]
+    rendered = assistant_tokens(examples, tokenizer, tokenizer.convert_ids_to_tokens(end_of_turn_id))
+    found: list[Pair] = []
+    for item, ids, turns in zip(chats, rendered.input_ids, rendered.turns, strict=True):
+        start, end = turns[-1] if turns else (0, 0)
+        answer = list(ids[start:end])
+        if answer and answer[-1] == end_of_turn_id and not item.ends_turn:
+            answer.pop()
+        if not start or not answer:
+            raise DataError(f"{item.where}: the chat template renders no prompt or no answer tokens for this record")
+        found.append((list(ids[:start]), answer))
+    return found
+
+
+def _fit(prompt: list[int], answer: list[int], max_seq_len: int) -> Pair:
     answer = answer[: max_seq_len - 1]  # the answer is cut only when it alone is too long
     return prompt[-(max_seq_len - len(answer)) :], answer  # the prompt loses its start first
-
-
-def _render(tokenizer, messages, prompt: bool) -> list[int]:
-    return list(
-        tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=True, add_generation_prompt=prompt, return_dict=True
-        )["input_ids"]
-    )
