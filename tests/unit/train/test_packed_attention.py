@@ -231,3 +231,15 @@ def test_flash_attention_2_packed_on_cuda(embedded_model_path, rows, index, toke
         sums_u, counts_u = example_loss_sums(model, padded, cuda, "bf16")
     assert torch.equal(counts_p, counts_u)
     assert F.l1_loss(sums_p / counts_p, sums_u / counts_u).item() < 1e-2
+
+
+def test_load_model_names_the_key_when_transformers_refuses_the_implementation(embedded_model_path, tokenizer):
+    """The last line of defence: from_pretrained's ImportError (flash_attn missing) or ValueError."""
+    from sweep_sft.config.schema import ModelConfig
+    from sweep_sft.errors import ConfigError
+    from sweep_sft.modeling import load_model
+
+    if attention._flash_installed("flash_attention_2"):
+        pytest.skip("flash_attn is installed here")
+    with pytest.raises(ConfigError, match=r"^model\.attn_implementation=flash_attention_2: .*FlashAttention2"):
+        load_model(ModelConfig(attn_implementation="flash_attention_2"), str(embedded_model_path), tokenizer, CPU)
