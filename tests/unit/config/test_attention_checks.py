@@ -57,7 +57,8 @@ def test_packing_with_an_implementation_that_cannot_keep_examples_apart_is_refus
 
 @pytest.mark.parametrize("name", attention.PACKABLE)
 def test_packing_is_accepted_with_every_implementation_that_keeps_examples_apart(name):
-    assert validate(compose(["data.packing=packed", f"model.attn_implementation={name}"])).model.attn_implementation == name
+    config = validate(compose(["data.packing=packed", f"model.attn_implementation={name}"]))
+    assert config.model.attn_implementation == name
 
 
 def test_without_packing_any_implementation_passes_validation():
@@ -90,7 +91,8 @@ def test_flash_attention_installed_passes(installed):
 
 def test_flex_attention_needs_torch_2_5(installed):
     installed(torch="2.4.1")
-    with pytest.raises(ConfigError, match=re.escape("model.attn_implementation=flex_attention: needs torch>=2.5; installed: torch 2.4.1")):
+    message = "model.attn_implementation=flex_attention: needs torch>=2.5; installed: torch 2.4.1"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         attention.check_installed("flex_attention")
     installed(torch="2.13.0+cpu")
     attention.check_installed("flex_attention")
@@ -98,10 +100,14 @@ def test_flex_attention_needs_torch_2_5(installed):
 
 def test_an_unknown_implementation_lists_the_installed_ones(installed):
     installed()
-    message = "model.attn_implementation=flash: unknown attention implementation; expected one of eager, sdpa, flex_attention, paged|eager"
+    message = (
+        "model.attn_implementation=flash: unknown attention implementation; "
+        "expected one of eager, sdpa, flex_attention, paged|eager (installed here), or a hub kernel org/repo"
+    )
     with pytest.raises(ConfigError, match=re.escape(message)):
         attention.check_installed("flash")
-    with pytest.raises(ConfigError, match=re.escape("model.attn_implementation=org/kernel: a hub kernel (org/repo) needs the `kernels` package")):
+    message = "model.attn_implementation=org/kernel: a hub kernel (org/repo) needs the `kernels` package"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         attention.check_installed("org/kernel")
     installed("kernels")
     attention.check_installed("org/kernel")
