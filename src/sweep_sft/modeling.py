@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from sweep_sft.attention import check_installed
 from sweep_sft.config.schema import ModelConfig
 from sweep_sft.embedded.build import embedded_model
 from sweep_sft.errors import ConfigError
@@ -57,11 +58,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tekken.json")
 TOKENIZER_SUFFIXES = (".model", ".tiktoken")
 TOKENIZER_PREFIXES = ("vocab.",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# What transformers' errors about an attention implementation this model or machine lacks say.
+ATTENTION_WORDS = ("attn_implementation", "FlashAttention", "Flash Attention", "Flex Attention")
 
 
 def check_model(cfg: ModelConfig) -> None:
-    """The model folder's files and the chat template's syntax, checked without torch or
-    transformers, so a wrong path or a broken template fails before the data is read."""
+    """The model folder's files, the chat template's syntax and the attention implementation's
+    packages, checked without torch or transformers, so a wrong path, a broken template or a
+    missing kernel fails before the data is read."""
+    check_installed(cfg.attn_implementation)
     if cfg.name_or_path != "embedded":
         check_model_folder(cfg.name_or_path)
     if cfg.chat_template_path:
@@ -194,8 +199,8 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
             attn_implementation=cfg.attn_implementation,
             dtype=torch.float32,
         )
-    except ValueError as exc:  # transformers alone knows which kernels this model and machine support
-        if "attn_implementation" not in str(exc):
+    except (ValueError, ImportError) as exc:  # transformers alone knows which kernels this model and machine support
+        if not any(word in str(exc) for word in ATTENTION_WORDS):
             raise
         raise ConfigError(f"model.attn_implementation={cfg.attn_implementation}: {exc}") from exc
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -8,6 +8,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft.attention import check_packing
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.config.data import check_tree_overrides
 from sweep_sft.config.schema import ALIASES, Config
@@ -28,6 +29,7 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"expected a sweep_sft config, got {type(obj).__name__}")
     _reject_unknown_keys(obj)
     _check_aliases(cfg, obj)
+    check_packing(obj.model.attn_implementation, obj.data.packing)
     _check_mix_overrides()
     return obj
 

@@ -1,16 +1,23 @@
 """Micro-batches and accumulation windows, in a data order fixed by the seed.
 
 A micro-batch is always the same `batch_size` examples, whether they are padded one per
-row (`packing=none`) or bin-packed into rows of at most `max_seq_len`
-(`packing=packed`): packing changes how the examples are laid out, never which examples an
-optimizer step sees. In a packed row every example keeps its own position ids (restarting
-at 0) and a block-diagonal causal mask stops any token attending across examples.
+row (`packing=none`) or packed (`packing=packed`): packing changes how the examples are laid
+out, never which examples an optimizer step sees. Packed examples keep their own position ids
+(restarting at 0) and never attend to one another; how depends on `model.attn_implementation`
+(sweep_sft.attention has the table): with eager, sdpa and flex_attention the examples are
+bin-packed into rows of at most `max_seq_len` and a block-diagonal causal mask (an additive
+float mask, a boolean mask, a BlockMask) is built for the forward; with flash_attention_2/3 they
+are laid end to end in one unpadded row, and the varlen kernel gets their bounds
+(cu_seq_lens_q/k, max_length_q/k), as TRL's DataCollatorWithFlattening does. Either way an
+example's first label is IGNORE (it is never predicted from the previous example's last token),
+and `segments` says which example each token belongs to, so the loss per example is the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sweep_sft.attention import cumulative_lengths, flattens, packed_inputs
 from sweep_sft.data.tokenize import IGNORE, Tokenized
 
 
@@ -23,8 +30,11 @@ class Batch:
     segments: "torch.Tensor"  # noqa: F821  (B, T), index of the example each token belongs to, -1 on padding
     example_tasks: "torch.Tensor"  # noqa: F821  (E,), task index of each example
     position_ids: "torch.Tensor | None" = None  # noqa: F821  (B, T), restarting per example; None: 0..T-1
-    attention_mask: "torch.Tensor | None" = None  # noqa: F821  (B, 1, T, T) block-diagonal causal; None: causal
     n_tokens: int = 0  # real (non-padding) tokens
+    # Packed: the attention implementation the masks or varlen bounds are made for; None: unpacked,
+    # one example per row, where causal attention alone keeps padding out of view.
+    attn_implementation: str | None = None
+    cu_seq_lens: "torch.Tensor | None" = None  # noqa: F821  (E+1,) int32 example starts and total; flattened only
 
     @property
     def n_computed(self) -> int:
@@ -41,6 +51,15 @@ class Batch:
     def n_supervised(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
+    def model_inputs(self, device) -> dict:
+        """The model's forward kwargs on `device`: input ids, and for a packed batch what keeps its
+        examples apart on its attention implementation."""
+        if self.attn_implementation is None:
+            return {"input_ids": self.input_ids.to(device)}
+        return packed_inputs(
+            self.attn_implementation, self.input_ids, self.segments, self.position_ids, self.cu_seq_lens, device
+        )
+
 
 def collate(
     rows: list[Tokenized],
@@ -48,15 +67,19 @@ def collate(
     pad_id: int,
     packing: str = "none",
     max_seq_len: int | None = None,
+    attn_implementation: str = "sdpa",
 ) -> Batch:
-    """One micro-batch of rows: one padded row per example, or bin-packed rows of max_seq_len."""
+    """One micro-batch of rows: one padded row per example, or packed as `attn_implementation`
+    needs (bin-packed rows of max_seq_len, or one unpadded row for the varlen kernels)."""
     import torch
 
-    layout = (
-        pack_rows([len(r.input_ids) for r in rows], max_seq_len)
-        if packing == "packed"
-        else [[i] for i in range(len(rows))]
-    )
+    packed = packing == "packed"
+    if packed and flattens(attn_implementation):
+        layout = [list(range(len(rows)))]
+    elif packed:
+        layout = pack_rows([len(r.input_ids) for r in rows], max_seq_len)
+    else:
+        layout = [[i] for i in range(len(rows))]
     width = max(sum(len(rows[i].input_ids) for i in line) for line in layout)
     shape = (len(layout), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -75,12 +98,10 @@ def collate(
             start = end
     tasks = torch.tensor([task_index[r.task_type] for r in rows])
     n_tokens = sum(len(r.input_ids) for r in rows)
-    if packing != "packed":
-        # One example per row, right-padded: causal attention alone keeps padding out of view.
+    if not packed:
         return Batch(ids, labels, segments, tasks, n_tokens=n_tokens)
-    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    mask = (segments[:, :, None] == segments[:, None, :]) & causal
-    return Batch(ids, labels, segments, tasks, positions, mask[:, None], n_tokens)
+    cu_seq_lens = cumulative_lengths([len(r.input_ids) for r in rows]) if flattens(attn_implementation) else None
+    return Batch(ids, labels, segments, tasks, positions, n_tokens, attn_implementation, cu_seq_lens)
 
 
 def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:

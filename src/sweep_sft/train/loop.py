@@ -321,10 +321,8 @@ def _step(loop: _Loop, window, epoch_done: float):
     since the last log line, and the divergence finding if this step's loss shows one."""
     cfg, tc, since = loop.cfg, loop.cfg.trainer, loop.since
     task_index = {t: i for i, t in enumerate(loop.tasks)}
-    batches = [
-        collate([loop.rows[j] for j in micro], task_index, loop.pad_id, cfg.data.packing, cfg.data.max_seq_len)
-        for micro in window
-    ]
+    layout = (cfg.data.packing, cfg.data.max_seq_len, cfg.model.attn_implementation)
+    batches = [collate([loop.rows[j] for j in micro], task_index, loop.pad_id, *layout) for micro in window]
     engine = loop.engine
     backward_window(engine.model, batches, loop.device, tc.precision, since.acc, tc.loss_norm, len(loop.tasks), engine)
     since.tokens += sum(b.n_tokens for b in batches)

@@ -25,12 +25,10 @@ def example_loss_sums(model, batch: Batch, device, precision: str = "fp32"):
     import torch
     import torch.nn.functional as F
 
-    kwargs = {}
-    if batch.attention_mask is not None:
-        kwargs = {"attention_mask": batch.attention_mask.to(device), "position_ids": batch.position_ids.to(device)}
+    inputs = batch.model_inputs(device)  # a packed batch's examples kept apart as its attention needs
     targets = batch.labels[:, 1:].to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = model(input_ids=batch.input_ids.to(device), **kwargs).logits[:, :-1]
+        logits = model(**inputs).logits[:, :-1]
     token_loss = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view(targets.shape)

@@ -8,6 +8,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
+from sweep_sft.attention import check_device
 from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
 from sweep_sft.data.records import Example
@@ -25,6 +26,8 @@ def check_early(config: Config, out: Path) -> None:
     starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
+    if config.trainer.device != "auto":  # auto is resolved once torch is imported (trial/run.py)
+        check_device(config.model.attn_implementation, config.trainer.device)
     if config.eval.general_probe:
         check_source(config.eval.general)
     tc = config.trainer

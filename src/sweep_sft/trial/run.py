@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft import modeling
+from sweep_sft.attention import check_device
 from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
 from sweep_sft.config.scorers import scorer_names
@@ -114,6 +115,7 @@ def _load(trial: TrialState) -> None:
     end_of_turn_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
     trial.data = prepare(config, tokenizer, end_of_turn_id, trial.sources)
     device = distributed.device_for(trial.dist_env, modeling.torch_device(config.trainer.device))
+    check_device(config.model.attn_implementation, device.type)
     _, model = modeling.load(config.model, device, tokenizer=tokenizer)
     trial.evaluator = Evaluator.for_trial(model, tokenizer, device, config)
 

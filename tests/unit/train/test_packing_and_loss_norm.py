@@ -60,28 +60,18 @@ def test_an_example_in_a_pack_equals_the_example_alone(model, rows, index, token
         assert torch.equal(counts_p, counts_a)
         torch.testing.assert_close(sums_p, sums_a, rtol=0, atol=1e-4 * counts_a.max().item())
         # logits, position by position, of the first example of the first packed row
+        logits = model(**packed.model_inputs(CPU)).logits
         first = packed.segments[0, 0].item()
         width = len(rows[first].input_ids)
-        logits_p = model(
-            input_ids=packed.input_ids[:1],
-            attention_mask=packed.attention_mask[:1],
-            position_ids=packed.position_ids[:1],
-        ).logits[0]
         start = (packed.segments[0] == first).nonzero()[0].item()
-        logits_p = logits_p[start : start + width]
         logits_a = model(input_ids=torch.tensor([rows[first].input_ids])).logits[0]
-        torch.testing.assert_close(logits_p, logits_a, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[0, start : start + width], logits_a, rtol=0, atol=1e-5)
         # an example placed later in a row: its positions restart, it sees nothing before it
         later = packed.segments[0][packed.segments[0] >= 0].unique_consecutive()[-1].item()
         start = (packed.segments[0] == later).nonzero()[0].item()
         width = len(rows[later].input_ids)
-        logits_p = model(
-            input_ids=packed.input_ids[:1],
-            attention_mask=packed.attention_mask[:1],
-            position_ids=packed.position_ids[:1],
-        ).logits[0, start : start + width]
         logits_a = model(input_ids=torch.tensor([rows[later].input_ids])).logits[0]
-        torch.testing.assert_close(logits_p, logits_a, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[0, start : start + width], logits_a, rtol=0, atol=1e-5)
 
 
 def window(model, rows, index, pad, micro, packing, loss_norm):
