@@ -42,7 +42,8 @@ class LoraConfig:
             raise ConfigError("model.lora.dropout must be in [0, 1), got 1.0 (it would drop every adapter input)")
         if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             raise ConfigError(
-                f"model.lora.target_modules: expected [all-linear] or module names (q_proj, ...), got {self.target_modules}"
+                "model.lora.target_modules: expected [all-linear] or module names (q_proj, ...), "
+                f"got {self.target_modules}"
             )
         if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
             raise ConfigError(

@@ -8,6 +8,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
+from sweep_sft import lora
 from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
 from sweep_sft.data.records import Example
@@ -25,6 +26,7 @@ def check_early(config: Config, out: Path) -> None:
     starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
+    lora.check(config)
     if config.eval.general_probe:
         check_source(config.eval.general)
     tc = config.trainer
