@@ -56,6 +56,7 @@ MAY_CHANGE = {
     "trainer.progress",
     "trainer.num_threads",
     "trainer.device",
+    "model.lora.merge",  # what is saved at the end, not what is trained
 }
 COMPARED = ("model", "data", "optimizer", "scheduler", "trainer")
 
