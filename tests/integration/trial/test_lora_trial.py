@@ -37,8 +37,10 @@ def lora_overrides(tmp_path_factory):
         "trainer.checkpoint_every=2",
         "trainer.num_threads=1",
         "trainer.progress=false",
-        "eval.generate=false",
-        "eval.general_probe=false",
+        "eval.max_new_tokens=4",
+        "eval.pass_k=2",
+        "eval.pass_k_examples=1",
+        "eval.train_recall_examples=2",
         "tracking.enabled=false",
     ]
 
@@ -82,7 +84,11 @@ def test_the_adapter_is_saved_and_evaluates_to_the_trials_loss(straight, capsys)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert "config.json" not in names and "model.safetensors" not in names
     metrics = evaluated(capsys, str(folder))
-    assert metrics["val/loss"] == pytest.approx(result.metrics["val/loss"], abs=1e-5)
+    # Generation (exact match, pass@k, train recall) and the general probe ran on the adapter model too.
+    keys = [k for k in result.metrics if k.startswith(("val/loss", "task/", "general"))]
+    assert {"task/exact_match", "task/pass_at_2", "general/score", "general/base_score"} <= set(keys)
+    for key in keys:
+        assert metrics[key] == pytest.approx(result.metrics[key], abs=1e-5), key
 
 
 def test_a_lora_checkpoint_holds_the_adapter_and_evaluates_to_its_step(straight, capsys):
