@@ -29,7 +29,15 @@ def check(config: Config) -> None:
         raise ConfigError(
             "model.lora.r with deepspeed.zero_stage=3: not supported (ZeRO-3 partitions the frozen base, and the "
             "adapter could be neither checkpointed nor saved); LoRA's small optimizer state rarely needs ZeRO-3: "
-            "use deepspeed=zero2, or no DeepSpeed"
+            "run it without DeepSpeed"
+        )
+    if config.deepspeed is not None:
+        # Seen with ZeRO-2: LoRA trains only matrices, so the optimizer's no-decay group is empty,
+        # DeepSpeed drops it, and the LR scheduler (built over both groups) then fails at its first step.
+        raise ConfigError(
+            f"model.lora.r with deepspeed.zero_stage={config.deepspeed.zero_stage}: not supported yet (DeepSpeed "
+            "drops the optimizer's empty no-decay group and the LR scheduler fails); LoRA's optimizer state is "
+            "small: run it without DeepSpeed (deepspeed=null; several ranks still work)"
         )
     if lora.quantize == "4bit":
         missing = []
@@ -37,8 +45,6 @@ def check(config: Config) -> None:
             missing.append(f"the bitsandbytes package ({BNB_DOCS})")
         if config.trainer.device == "cpu":
             missing.append("a CUDA device (trainer.device=cpu)")
-        if config.deepspeed is not None:
-            missing.append("deepspeed=null (a 4-bit base is not handed to DeepSpeed)")
         if missing:
             raise ConfigError(f"model.lora.quantize=4bit (QLoRA) needs {'; '.join(missing)}")
 

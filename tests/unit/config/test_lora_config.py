@@ -48,10 +48,12 @@ def test_an_r_sweep_composes_into_one_lora_trial_per_rank() -> None:
     assert [(c.r, c.scale_alpha) for c in configs] == [(8, 16.0), (16, 32.0), (64, 128.0)]
 
 
-def test_lora_with_zero3_is_refused_before_training() -> None:
+def test_lora_with_deepspeed_is_refused_before_training() -> None:
     with pytest.raises(ConfigError, match="model.lora.r with deepspeed.zero_stage=3: not supported"):
         lora.check(validate(compose(["model.lora.r=8", "deepspeed=zero3"])))
-    lora.check(validate(compose(["model.lora.r=8", "deepspeed=zero2"])))  # ZeRO-2 is allowed
+    with pytest.raises(ConfigError, match="model.lora.r with deepspeed.zero_stage=2: not supported yet"):
+        lora.check(validate(compose(["model.lora.r=8", "deepspeed=zero2"])))
+    lora.check(validate(compose(["deepspeed=zero3"])))  # full fine-tuning: DeepSpeed's own checks only
 
 
 def test_qlora_without_cuda_names_the_key_and_what_is_missing() -> None:
