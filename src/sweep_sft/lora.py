@@ -37,7 +37,7 @@ def check(config: Config) -> None:
         raise ConfigError(
             f"model.lora.r with deepspeed.zero_stage={config.deepspeed.zero_stage}: not supported yet (DeepSpeed "
             "drops the optimizer's empty no-decay group and the LR scheduler fails); LoRA's optimizer state is "
-            "small: run it without DeepSpeed (deepspeed=null; several ranks still work)"
+            "small: run it without DeepSpeed (deepspeed=null)"
         )
     if lora.quantize == "4bit":
         missing = []

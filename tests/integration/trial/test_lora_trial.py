@@ -100,6 +100,17 @@ def test_a_lora_checkpoint_holds_the_adapter_and_evaluates_to_its_step(straight,
     assert metrics["val/loss"] == pytest.approx(at_2, abs=1e-5)
 
 
+def test_a_lora_checkpoint_refuses_another_rank(straight, lora_overrides):
+    from sweep_sft.config.validate import validate
+    from sweep_sft.errors import ConfigError
+    from sweep_sft.train.checkpoint import check_resume
+
+    folder, _, _ = straight
+    _, overrides = lora_overrides
+    with pytest.raises(ConfigError, match=r"different training config \(model.lora.r: 8 -> 16\)"):
+        check_resume(folder / "checkpoints" / "step-2", validate(compose(overrides + ["model.lora.r=16"])))
+
+
 def test_a_killed_lora_trial_resumes_to_the_same_weights_and_saves_merged(straight, lora_overrides, capsys):
     from sweep_sft.train.checkpoint import Checkpoints
 
