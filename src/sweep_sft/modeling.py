@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from sweep_sft import lora
 from sweep_sft.attention import check_installed
 from sweep_sft.config.schema import ModelConfig
 from sweep_sft.embedded.build import embedded_model
@@ -207,4 +208,4 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
         # New rows start at the mean embedding, so new tokens do not dominate the logits.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device)
+    return lora.apply(cfg, model, path, device)  # LoRA off: model.to(device)

@@ -15,6 +15,7 @@ from typing import Any
 from sweep_sft.config.checks import at_least, one_of, within
 from sweep_sft.config.data import DataConfig
 from sweep_sft.config.general import GeneralConfig
+from sweep_sft.config.lora import LoraConfig
 from sweep_sft.config.scorers import check_scorers
 from sweep_sft.diagnostics.findings import DiagnosticsConfig
 from sweep_sft.errors import ConfigError
@@ -63,6 +64,8 @@ class ModelConfig:
     # so pad == EOS/end-of-turn is fine and EOS stays supervised. A text: that token pads (added,
     # with resized embeddings, when not in the vocabulary), even where the tokenizer has a pad.
     pad_token: str | None = None
+    # LoRA adapters (peft) instead of full fine-tuning: model.lora.r=16 turns them on (docs/lora.md).
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         # An empty token is added as nothing: no pad id to pad with, or a token silently missing.

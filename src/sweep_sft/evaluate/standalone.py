@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweep_sft import modeling
+from sweep_sft import lora, modeling
 from sweep_sft.config.general import EMBEDDED
 from sweep_sft.config.schema import Config, StudyLinkConfig
 from sweep_sft.config.scorers import is_function_spec, scorer_names
@@ -130,21 +130,35 @@ def _schema():
 
 
 def load_trained(config: Config, target: Target, device):
-    """Tokenizer and model: a saved model folder as is, or a checkpoint's weights over the base model."""
+    """Tokenizer and model: a saved model folder as is (a LoRA adapter folder over the trial's base
+    model), or a checkpoint's weights over the base model (with fresh adapters when the trial had
+    LoRA, which the checkpoint's adapter weights fill)."""
     if target.model_dir is not None:
-        model_cfg = replace(config.model, name_or_path=str(target.model_dir), chat_template_path=None)
+        model_cfg = replace(lora.without(config.model), name_or_path=str(target.model_dir), chat_template_path=None)
+        if lora.is_adapter_dir(target.model_dir):
+            return _adapter(config, model_cfg, target.model_dir, device)
         return _pretrained(model_cfg, str(target.model_dir), device)
     tokenizer, model = _pretrained(config.model, modeling.resolve_model_path(config.model), device)
-    model.load_state_dict(load_file(target.checkpoint / CHECKPOINT_WEIGHTS, key="checkpoint"))
+    lora.load_weights(model, load_file(target.checkpoint / CHECKPOINT_WEIGHTS, key="checkpoint"), key="checkpoint")
     return tokenizer, model
 
 
-def _pretrained(model_cfg, path: str, device):
+def _adapter(config: Config, model_cfg, folder: Path, device):
+    """The trained tokenizer beside the adapter, the base model named by the trial's config
+    (model.name_or_path, not the adapter file's base_model_name_or_path), the adapter over it."""
+    check_safetensors(folder)
+    tokenizer = modeling.load_tokenizer(model_cfg, str(folder))
+    base_cfg = lora.without(config.model)
+    _, base = _pretrained(base_cfg, modeling.resolve_model_path(base_cfg), device, tokenizer)
+    return tokenizer, lora.load_adapter(base, folder).to(device)
+
+
+def _pretrained(model_cfg, path: str, device, tokenizer=None):
     """from_pretrained of a tokenizer and model, after checking its weight files are whole; a
     model that needs its own code and was not trusted on this command line is named."""
     check_safetensors(Path(path))
     try:
-        return modeling.load(model_cfg, device, path)
+        return modeling.load(model_cfg, device, path, tokenizer)
     except ValueError as exc:
         if "trust_remote_code" not in str(exc) or model_cfg.trust_remote_code:
             raise
@@ -189,7 +203,10 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     if config.eval.general_probe:  # the trial's general set, with the base model's scores on it (cached)
         base_path = modeling.resolve_model_path(config.model)
         evaluator.general = general_probe.probe_base(
-            config, evaluator, lambda: modeling.load(config.model, device, base_path, tokenizer)[1], base_path
+            config,
+            evaluator,
+            lambda: modeling.load(lora.without(config.model), device, base_path, tokenizer)[1],
+            base_path,
         )
         base = evaluator.general.base
     final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sweep_sft.cache import build_once
 from sweep_sft.errors import UserInputError
+from sweep_sft.lora import ADAPTER_CONFIG
 from sweep_sft.names import CHECKPOINT_WEIGHTS, CONFIG_FILE, MODEL_DIR, OUTPUT_DIR_TAG
 from sweep_sft.tracking.client import find_run
 from sweep_sft.train.checkpoint import problem, step_of, valid_checkpoints
@@ -45,16 +46,21 @@ def _from_path(path: Path) -> Target:
         if not (path / CHECKPOINT_WEIGHTS).is_file():
             raise UserInputError(f"{path}: a DeepSpeed checkpoint; evaluate the trial's saved model folder instead")
         return Target(_config_of(path.parent.parent, path), None, path, path.parent.parent)
-    if (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():  # <trial>/model
+    if _is_model(path) and not (path / CONFIG_FILE).is_file():  # <trial>/model
         return Target(_config_of(path.parent, path), path, None, path.parent)
     if (path / CONFIG_FILE).is_file():
-        if (path / MODEL_DIR / "config.json").is_file():
+        if _is_model(path / MODEL_DIR):
             return Target(path / CONFIG_FILE, path / MODEL_DIR, None, path)
         found = [c for c in valid_checkpoints(path, warn=False) if (c / CHECKPOINT_WEIGHTS).is_file()]
         if found:
             return Target(path / CONFIG_FILE, None, found[-1], path)
         raise UserInputError(f"{path}: no model to evaluate: {_why_no_model(path / CONFIG_FILE)}")
     raise UserInputError(f"{path}: no {CONFIG_FILE} here: expected a trial output folder, or its model or checkpoint")
+
+
+def _is_model(folder: Path) -> bool:
+    """A saved model (config.json) or a LoRA adapter (adapter_config.json) folder."""
+    return (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG).is_file()
 
 
 def _why_no_model(config_file: Path) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from sweep_sft import lora
 from sweep_sft.config.schema import Config
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import CHECKPOINT_WEIGHTS, CHECKPOINTS_DIR
@@ -55,6 +56,7 @@ MAY_CHANGE = {
     "trainer.progress",
     "trainer.num_threads",
     "trainer.device",
+    "model.lora.merge",  # what is saved at the end, not what is trained
 }
 COMPARED = ("model", "data", "optimizer", "scheduler", "trainer")
 
@@ -313,7 +315,7 @@ class Checkpoints:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        write_file(tmp / CHECKPOINT_WEIGHTS, model.state_dict())
+        write_file(tmp / CHECKPOINT_WEIGHTS, lora.weights_state(model))
         write_file(tmp / "optimizer.pt", optimizer.state_dict())
         write_file(tmp / "scheduler.pt", scheduler.state_dict())
         self._finish_folder(tmp, final, position, ranks)
@@ -374,7 +376,7 @@ class Checkpoints:
                 raise ConfigError(f"trainer.resume: DeepSpeed could not load {path / DS_TAG}")
         else:
             # Loaded on the CPU: load_state_dict copies into the parameters' (and their state's) device.
-            model.load_state_dict(load_file(path / CHECKPOINT_WEIGHTS))
+            lora.load_weights(model, load_file(path / CHECKPOINT_WEIGHTS))
             optimizer.load_state_dict(load_file(path / "optimizer.pt"))
             scheduler.load_state_dict(load_file(path / "scheduler.pt", None))
         rng = load_file(path / "rng.pt", None)

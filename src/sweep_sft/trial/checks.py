@@ -8,6 +8,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
+from sweep_sft import lora
 from sweep_sft.attention import check_device
 from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.config.scorers import is_function_spec, matching_pattern, scorer_key
@@ -26,6 +27,7 @@ def check_early(config: Config, out: Path) -> None:
     starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
+    lora.check(config)
     if config.trainer.device != "auto":  # auto is resolved once torch is imported (trial/run.py)
         check_device(config.model.attn_implementation, config.trainer.device)
     if config.eval.general_probe:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep_sft import lora
 from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
 from sweep_sft.diagnostics.findings import SIGNS, Finding, as_tags, format_findings
@@ -75,7 +76,7 @@ def save_model(config: Config, model, tokenizer, out: Path, run) -> None:
     folder = out / MODEL_DIR
     hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in the trial's log
     try:
-        model.save_pretrained(folder)
+        lora.to_save(config.model.lora, model).save_pretrained(folder)  # LoRA: the adapter alone
         tokenizer.save_pretrained(folder)
     except Exception as exc:  # a full disk must not turn a recorded trial into a failed one
         message = f"trainer.save_model: could not save the model to {folder}: {type(exc).__name__}: {exc}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep_sft import modeling
+from sweep_sft import lora, modeling
 from sweep_sft.attention import check_device
 from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
@@ -156,7 +156,8 @@ def _probe_base(trial: TrialState) -> None:
     if trial.config.eval.general_probe:
         ev = trial.evaluator
         path = modeling.resolve_model_path(trial.config.model)
-        probe = general_probe.probe_base(trial.config, ev, lambda: ev.model, path)
+        with lora.disabled(ev.model):  # the base's own answers and scores, whatever the adapters hold
+            probe = general_probe.probe_base(trial.config, ev, lambda: ev.model, path)
         ev.general, trial.base_probe = probe, probe.base
         trial.run.log_params({general_probe.SOURCE_PARAM: probe.source})
         print(probe.summary())
