@@ -54,7 +54,7 @@ def without(cfg: ModelConfig) -> ModelConfig:
     return replace(cfg, lora=LoraConfig())
 
 
-def apply(cfg: ModelConfig, model, path: str, device):
+def apply(cfg: ModelConfig, model, device):
     """The loaded model on `device`, wrapped with fresh LoRA adapters when model.lora.r is set
     (its base frozen; 4-bit NF4 with model.lora.quantize=4bit); one line of trainable/total
     parameters printed. LoRA off: the model as it is."""
@@ -63,10 +63,7 @@ def apply(cfg: ModelConfig, model, path: str, device):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    if cfg.lora.quantize == "4bit":
-        model = _quantized(cfg, model, path, device)
-    else:
-        model = model.to(device)
+    model = _placed(cfg, model, device)
     targets = check_targets(cfg.lora, model)
     peft_config = PeftLoraConfig(
         r=cfg.lora.r,
@@ -113,35 +110,35 @@ def check_targets(lora: LoraConfig, model) -> str | list[str]:
     return list(lora.target_modules)
 
 
-def _quantized(cfg: ModelConfig, loaded, path: str, device):
-    """The base reloaded in 4-bit NF4 (bf16 compute) on `device`, grown to the loaded model's
-    vocabulary; the fp32 copy `loaded` is dropped."""
+def load_kwargs(cfg: ModelConfig, device) -> dict[str, Any]:
+    """from_pretrained's dtype and placement: fp32 weights (moved to `device` after loading), or
+    with model.lora.quantize=4bit the base loaded straight into 4-bit NF4 (bf16 compute) on the
+    CUDA device, never as a full-precision copy first (a 70B base would not fit in fp32)."""
     import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if cfg.lora.quantize != "4bit":
+        return {"dtype": torch.float32}
+    from transformers import BitsAndBytesConfig
 
     if device.type != "cuda" or not torch.cuda.is_available():
         raise ConfigError(f"model.lora.quantize=4bit (QLoRA) needs a CUDA device; this trial runs on {device}")
-    rows, pad_id = loaded.get_input_embeddings().num_embeddings, loaded.config.pad_token_id
-    del loaded
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,
         bnb_4bit_use_double_quant=True,
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation,
-        quantization_config=quantization,
-        dtype=torch.bfloat16,
-        device_map={"": device},
-    )
-    if rows > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(rows, mean_resizing=True)
-    model.config.pad_token_id = pad_id
-    # Gradient checkpointing stays trainer.gradient_checkpointing's (train/engine.py).
+    return {"quantization_config": quantization, "dtype": torch.bfloat16, "device_map": {"": device}}
+
+
+def _placed(cfg: ModelConfig, model, device):
+    """The loaded model on `device`: moved there, or (4-bit, already placed by from_pretrained)
+    prepared for k-bit training (norms in fp32); gradient checkpointing stays
+    trainer.gradient_checkpointing's (train/engine.py)."""
+    if cfg.lora.quantize != "4bit":
+        return model.to(device)
+    from peft import prepare_model_for_kbit_training
+
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 

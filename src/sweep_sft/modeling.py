@@ -189,8 +189,8 @@ def end_of_turn(cfg: ModelConfig, tokenizer) -> str:
 
 
 def load_model(cfg: ModelConfig, path: str, tokenizer, device):
-    """The model in fp32 on `device`, its embeddings grown to fit any added tokens."""
-    import torch
+    """The model in fp32 on `device` (a 4-bit base with QLoRA), its embeddings grown to fit any
+    added tokens, LoRA adapters on it when model.lora.r is set."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -198,7 +198,7 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
             path,
             trust_remote_code=cfg.trust_remote_code,
             attn_implementation=cfg.attn_implementation,
-            dtype=torch.float32,
+            **lora.load_kwargs(cfg, device),
         )
     except (ValueError, ImportError) as exc:  # transformers alone knows which kernels this model and machine support
         if not any(word in str(exc) for word in ATTENTION_WORDS):
@@ -208,4 +208,4 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
         # New rows start at the mean embedding, so new tokens do not dominate the logits.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return lora.apply(cfg, model, path, device)  # LoRA off: model.to(device)
+    return lora.apply(cfg, model, device)  # LoRA off: model.to(device)
