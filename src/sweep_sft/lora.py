@@ -54,7 +54,7 @@ def without(cfg: ModelConfig) -> ModelConfig:
     return replace(cfg, lora=LoraConfig())
 
 
-def apply(cfg: ModelConfig, model, device):
+def apply(cfg: ModelConfig, model, device, token_ids: list[int] | None = None):
     """The loaded model on `device`, wrapped with fresh LoRA adapters when model.lora.r is set
     (its base frozen; 4-bit NF4 with model.lora.quantize=4bit); one line of trainable/total
     parameters printed. LoRA off: the model as it is."""
@@ -70,6 +70,9 @@ def apply(cfg: ModelConfig, model, device):
         lora_alpha=cfg.lora.scale_alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
+        # The rows of model.add_special_tokens train too (peft's trainable tokens): frozen, a new
+        # end-of-turn token would keep its mean embedding and the model never learn to end a turn.
+        trainable_token_indices=sorted(set(token_ids)) if token_ids else None,
         bias="none",
         task_type="CAUSAL_LM",
     )

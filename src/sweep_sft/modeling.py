@@ -208,4 +208,5 @@ def load_model(cfg: ModelConfig, path: str, tokenizer, device):
         # New rows start at the mean embedding, so new tokens do not dominate the logits.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return lora.apply(cfg, model, device)  # LoRA off: model.to(device)
+    special = [tokenizer.convert_tokens_to_ids(t) for t in cfg.add_special_tokens]
+    return lora.apply(cfg, model, device, special)  # LoRA off: model.to(device)

@@ -135,3 +135,26 @@ def test_gradient_checkpointing_gives_the_adapters_the_same_gradients() -> None:
     assert grads[0].keys() == grads[1].keys() and all(g.abs().sum() > 0 for g in grads[1].values())
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_added_special_tokens_train_under_lora(tmp_path) -> None:
+    """A token of model.add_special_tokens gets a trainable embedding row (the rest stay frozen),
+    and the saved adapter carries it back."""
+    import torch
+
+    cfg, tokenizer, model = lora_model("model.add_special_tokens=['<tool_call>']")
+    new_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+    before = model.get_input_embeddings()(torch.tensor([[new_id, 5]])).detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    model(input_ids=torch.tensor([[1, new_id, 9, 14]]), labels=torch.tensor([[1, new_id, 9, 14]])).loss.backward()
+    optimizer.step()
+    after = model.get_input_embeddings()(torch.tensor([[new_id, 5]])).detach()
+    assert not torch.allclose(after[0, 0], before[0, 0])  # the new token's row learned
+    assert torch.equal(after[0, 1], before[0, 1])  # an old token's row did not
+    model.eval()
+    model.save_pretrained(tmp_path)
+    _, base = modeling.load(lora.without(cfg), torch.device("cpu"), tokenizer=tokenizer)
+    reloaded = lora.load_adapter(base, tmp_path)
+    ids = torch.tensor([[1, new_id, 9, 14]])
+    assert torch.allclose(logits(reloaded, ids), logits(model, ids), atol=1e-5)
