@@ -17,6 +17,7 @@ from sweep_sft.evaluate.general_set import check_source
 from sweep_sft.evaluate.generation import reference
 from sweep_sft.evaluate.scorers import TaskScorers, parse_json
 from sweep_sft.modeling import check_model
+from sweep_sft.train.engine import check_compile
 
 
 def check_early(config: Config, out: Path) -> None:
@@ -25,6 +26,7 @@ def check_early(config: Config, out: Path) -> None:
     starts from the toy's values."""
     make_output_dir(out)
     check_model(config.model)
+    check_compile(config)
     if config.eval.general_probe:
         check_source(config.eval.general)
     tc = config.trainer
