@@ -81,7 +81,8 @@ def test_auto_precision_and_fused_adamw_step_on_cuda(embedded_model_path, tokeni
     optimizer = build_optimizer(model, cfg)
     assert optimizer.defaults["fused"] is True
     eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    rows = tokenize(load_jsonl(embedded_data_path / "train.jsonl")[:8], tokenizer, "all_assistant", 128, "prompt", eot)[0]
+    examples = load_jsonl(embedded_data_path / "train.jsonl")[:8]
+    rows = tokenize(examples, tokenizer, "all_assistant", 128, "prompt", eot)[0]
     batch = collate(rows, {t: 0 for t in {r.task_type for r in rows}}, tokenizer.pad_token_id)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss = backward_window(model, [batch], device, modeling.resolve_precision("auto", device))
