@@ -81,6 +81,15 @@ def step_windows(rows: list[Tokenized], tokens_per_step: int, steps: int) -> lis
     return windows
 
 
+def split(window: list[Tokenized], parts: int) -> list[list[Tokenized]]:
+    """The window's examples in `parts` consecutive micro-batches of about equal tokens."""
+    total, out, n = sum(len(r.input_ids) for r in window), [[] for _ in range(parts)], 0
+    for r in window:
+        out[min(parts - 1, n * parts // total)].append(r)
+        n += len(r.input_ids)
+    return [part for part in out if part]
+
+
 def build_model(size: str, attn: str, device):
     """A randomly initialised Qwen2ForCausalLM of `size`, fp32 weights (bf16 is autocast)."""
     import torch
@@ -109,7 +118,7 @@ def sync(device) -> None:
 
 
 def run_ours(args, attn: str, device, windows) -> dict:
-    """Our step over `windows`: one packed micro-batch per optimizer step through build_engine."""
+    """Our step over `windows`: --accum packed micro-batches per optimizer step through build_engine."""
     import torch
 
     precision = resolve_precision("auto", device)
@@ -124,8 +133,8 @@ def run_ours(args, attn: str, device, windows) -> dict:
         if step == args.warmup:
             sync(device)
             started = time.perf_counter()
-        batch = collate(window, {"synthetic": 0}, 0, "packed", args.pack_len)
-        backward_window(engine.model, [batch], device, precision, engine=engine)
+        batches = [collate(part, {"synthetic": 0}, 0, "packed", args.pack_len) for part in split(window, args.accum)]
+        backward_window(engine.model, batches, device, precision, engine=engine)
         engine.step()
         if step >= args.warmup:
             timed.append([len(r.input_ids) for r in window])
@@ -150,14 +159,14 @@ def run_trl(args, attn: str, device, rows: list[Tokenized], packs_per_step: int)
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    lengths: list[list[int]] = []
+    micro: list[list[int]] = []  # the examples' lengths of each timed micro-batch
     clock: dict[str, float] = {}
 
     class Counting(SFTTrainer):
         def training_step(self, model, inputs, *rest, **kw):
             if self.state.global_step >= args.warmup:  # padding-free: one row, examples restart at 0
                 starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() + [inputs["input_ids"].shape[1]]
-                lengths.append([b - a for a, b in zip(starts, starts[1:], strict=False)])
+                micro.append([b - a for a, b in zip(starts, starts[1:], strict=False)])
             return super().training_step(model, inputs, *rest, **kw)
 
     class Clock(TrainerCallback):
@@ -173,7 +182,8 @@ def run_trl(args, attn: str, device, rows: list[Tokenized], packs_per_step: int)
     model = build_model(args.model_size, attn, device)
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
-            output_dir=out, max_steps=args.warmup + args.steps, per_device_train_batch_size=packs_per_step,
+            output_dir=out, max_steps=args.warmup + args.steps, gradient_accumulation_steps=args.accum,
+            per_device_train_batch_size=max(1, packs_per_step // args.accum),
             learning_rate=1e-5, lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0,
             optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", bf16=bf16, fp16=False,
             completion_only_loss=True, max_length=args.pack_len, packing=True, packing_strategy="bfd",
@@ -185,7 +195,8 @@ def run_trl(args, attn: str, device, rows: list[Tokenized], packs_per_step: int)
         trainer.train()
     del trainer
     seconds = clock[str(args.warmup + args.steps)] - clock[str(args.warmup)]
-    return {"seconds": seconds, "lengths": lengths[: args.steps], "model": model}
+    steps = [sum(micro[i : i + args.accum], []) for i in range(0, len(micro), args.accum)]
+    return {"seconds": seconds, "lengths": steps[: args.steps], "model": model}
 
 
 def row(name: str, attn: str, result: dict, device, peak: float | None) -> list[str]:
@@ -258,7 +269,8 @@ def markdown(table: list[list[str]], args, device_name: str, peak: float | None)
     return (
         f"Device: {device_name} ({peak_note}); {versions}.\n"
         f"Model: Qwen2 {args.model_size} (random weights), pack length {args.pack_len}, "
-        f"~{args.tokens_per_step} tokens/step, {args.steps} timed steps after {args.warmup} warmup.\n\n"
+        f"~{args.tokens_per_step} tokens/step in {args.accum} micro-batches, "
+        f"{args.steps} timed steps after {args.warmup} warmup.\n\n"
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`\n\n" + "\n".join(lines) + "\n"
     )
 
@@ -279,12 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-size", choices=list(SIZES), default="0.5b")
     parser.add_argument("--pack-len", type=int, default=None, help="packed row length (0.5b: 4096, tiny: 256)")
     parser.add_argument("--tokens-per-step", type=int, default=None, help="(0.5b: 32768, tiny: 1024)")
+    parser.add_argument("--accum", type=int, default=None, help="micro-batches per step (0.5b: 4, tiny: 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak, for MFU")
     parser.add_argument("--out", default="docs/performance.md", help="Markdown file the table is written into")
     args = parser.parse_args(argv)
     tiny = args.model_size == "tiny"
     args.pack_len = args.pack_len or (256 if tiny else 4096)
     args.tokens_per_step = args.tokens_per_step or (1024 if tiny else 32768)
+    args.accum = args.accum or (2 if tiny else 4)
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
