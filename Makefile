@@ -73,6 +73,9 @@ bench: $(VENV)/.installed-bench bench-pruning bench-eval ## throughput vs TRL SF
 	$(PY) bench/throughput.py $(ARGS)
 	$(PY) bench/short_answer_study.py
 
+bench-gpu: $(VENV)/.installed-bench ## on a GPU: ours vs TRL SFTTrainer, ~0.5B Qwen2, bf16, packed (tokens/s, MFU, memory) into docs/performance.md
+	$(PY) bench/gpu.py $(ARGS)
+
 bench-pruning: $(VENV)/.installed ## trial-steps an Optuna study saves with a median pruner (table)
 	$(PY) bench/pruning.py
 
@@ -99,4 +102,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-pruning bench-eval bench-eval-real mlflow-ui mlflow-server clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-eval bench-eval-real mlflow-ui mlflow-server clean

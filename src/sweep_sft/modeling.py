@@ -4,12 +4,14 @@ the seeding a trial runs with."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from sweep_sft import lora
 from sweep_sft.attention import check_installed
-from sweep_sft.config.schema import ModelConfig
+from sweep_sft.config.schema import Config, ModelConfig
 from sweep_sft.embedded.build import embedded_model
 from sweep_sft.errors import ConfigError
 
@@ -40,6 +42,26 @@ def torch_device(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but torch sees no CUDA device")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device, bf16_supported: Callable[[], bool] | None = None) -> str:
+    """trainer.precision as training and evaluation on `device` use it: fp32 or bf16 (autocast).
+    auto: bf16 on a CUDA device that supports it (Ampere and later), else fp32. `bf16_supported`
+    answers for a CUDA device (default torch.cuda.is_bf16_supported); it is not asked elsewhere."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return "bf16" if (bf16_supported or torch.cuda.is_bf16_supported)() else "fp32"
+
+
+def with_precision(config: Config, precision: str) -> Config:
+    """`config` with trainer.precision set to a resolved `precision` (a copy; `config` itself when equal)."""
+    if config.trainer.precision == precision:
+        return config
+    return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, precision=precision))
 
 
 def seed_everything(seed: int) -> None:

@@ -21,6 +21,7 @@ GENERATIONS_FILE = "generations.jsonl"
 # Keys of metrics.json (sweep_sft.trial.state.TrialResult's fields) and of evaluation.json beside
 # the metrics: what they were measured with, so that comparisons can tell when two runs differ.
 SCORERS_FIELD = "scorers"  # task_type -> its scorer spec (eval.scorers)
+PRECISION_FIELD = "precision"  # fp32 or bf16: trainer.precision as resolved for the evaluating device
 GENERAL_SOURCE_FIELD = "general_source"  # the general probe's set: embedded, base_answers or its path
 
 # A sweep folder.

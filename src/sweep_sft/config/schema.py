@@ -23,7 +23,7 @@ from sweep_sft.metrics import VAL_LOSS
 
 LOSS_NORMS = ("token", "sequence", "task_balanced", "sum")
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 ZERO_STAGES = (0, 1, 2, 3)
 # DeepSpeed JSON keys built from our trainer/optimizer config (deepspeed.extra must not set them).
@@ -142,8 +142,10 @@ class TrainerConfig:
     loss_norm: str = "token"
     # Seed for model init of new rows, data order and sampling.
     seed: int = 0
-    # Parameter/compute precision: fp32, or bf16 autocast.
-    precision: str = "fp32"
+    # Compute precision; the weights stay fp32 (master weights) in every case. bf16: bf16 autocast;
+    # fp32: none; auto: bf16 on a CUDA device that supports it, else fp32 (the run's param
+    # trainer.precision_resolved says which).
+    precision: str = "auto"
     # Where to train: auto picks CUDA when available.
     device: str = "auto"
     # CPU threads for torch; null: torch's default.
@@ -156,6 +158,9 @@ class TrainerConfig:
     progress: bool = True
     # Recompute activations in backward (HF gradient_checkpointing_enable): less memory, ~30% more compute.
     gradient_checkpointing: bool = False
+    # torch.compile the model in place (nn.Module.compile) before training: faster steps on a GPU
+    # after a compile of tens of seconds at the start; the saved model is unchanged. Not with DeepSpeed.
+    compile: bool = False
     # Write a checkpoint every N optimizer steps; 0: only when Slurm/submitit signals preemption.
     checkpoint_every: int = 0
     # Keep only the newest N checkpoints under <output_dir>/checkpoints/.

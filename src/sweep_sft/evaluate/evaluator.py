@@ -21,7 +21,8 @@ from sweep_sft.metrics import EXACT_MATCH
 @dataclass
 class Evaluator:
     """A model and what evaluating it takes: its tokenizer and device, the id that ends a turn,
-    the eval settings, the training precision and the seed of sampled evaluations."""
+    the eval settings, the training precision (fp32 or bf16, trainer.precision resolved for the
+    device) and the seed of sampled evaluations."""
 
     model: Any
     tokenizer: Any
@@ -39,7 +40,8 @@ class Evaluator:
 
     @classmethod
     def for_trial(cls, model, tokenizer, device, config: Config) -> Evaluator:
-        """The evaluator of a trial's (or a trained) model under the trial's config."""
+        """The evaluator of a trial's (or a trained) model under the trial's config, its
+        trainer.precision resolved for `device` (auto: bf16 on a CUDA device that supports it)."""
         eot_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
         return cls(
             model,
@@ -47,7 +49,7 @@ class Evaluator:
             device,
             eot_id,
             config.eval,
-            config.trainer.precision,
+            modeling.resolve_precision(config.trainer.precision, device),
             config.trainer.seed,
             max_prompt_len=config.data.max_seq_len,
         )

@@ -30,7 +30,7 @@ from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation
 from sweep_sft.evaluate.target import Target
 from sweep_sft.metrics import EVAL_TIME
-from sweep_sft.names import CHECKPOINT_WEIGHTS, GENERAL_SOURCE_FIELD, SCORERS_FIELD
+from sweep_sft.names import CHECKPOINT_WEIGHTS, GENERAL_SOURCE_FIELD, PRECISION_FIELD, SCORERS_FIELD
 from sweep_sft.train.checkpoint_files import load_file
 
 RESULT_FILE = "evaluation.json"
@@ -214,6 +214,7 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     metrics[EVAL_TIME] = time.perf_counter() - started
     result = {"tasks": data.tasks, "metrics": metrics, "samples": samples}
     result[SCORERS_FIELD] = scorer_names(config.eval.scorers, data.tasks)  # what compare reads back
+    result[PRECISION_FIELD] = evaluator.precision  # trainer.precision=auto differs between CPU and GPU
     if evaluator.general is not None:
         result[GENERAL_SOURCE_FIELD] = evaluator.general.source
     return result

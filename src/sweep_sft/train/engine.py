@@ -197,11 +197,28 @@ def extensions_dir() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
 
 
+def check_compile(cfg: Config) -> None:
+    """trainer.compile is refused with DeepSpeed: DeepSpeed's engine wraps the module (ZeRO-3
+    fetches and frees parameters in hooks on every submodule) and has a compile path of its own
+    (engine.compile), which this project neither wires nor tests; a compiled model handed to it
+    is not trusted to train like our step."""
+    if cfg.trainer.compile and cfg.deepspeed is not None:
+        raise ConfigError(
+            f"trainer.compile=true: not supported with DeepSpeed (deepspeed.zero_stage={cfg.deepspeed.zero_stage}); "
+            "set trainer.compile=false, or train without DeepSpeed (deepspeed=off)"
+        )
+
+
 def build_engine(model, optimizer, scheduler, cfg: Config, env: DistEnv) -> Engine:
     """The engine that steps the model: ours, or DeepSpeed's when cfg.deepspeed is set."""
+    check_compile(cfg)
     if cfg.trainer.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs and with ZeRO-3's parameter hooks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.trainer.compile:
+        # In place (nn.Module.compile): the same module object, so state_dict keys, checkpoints and
+        # save_pretrained are unchanged; after checkpointing, so the compiled graph recomputes.
+        model.compile()
     if cfg.deepspeed is None:
         return Engine(model, optimizer, scheduler, cfg, env)
     try:

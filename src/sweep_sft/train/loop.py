@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep_sft import modeling
 from sweep_sft.config.schema import Config
 from sweep_sft.data.batches import Batch, collate, epoch_windows, steps_per_epoch
 from sweep_sft.data.tokenize import Tokenized
@@ -42,6 +43,7 @@ from sweep_sft.train.checkpoint import Checkpoints, Position
 from sweep_sft.train.distributed import DistEnv
 from sweep_sft.train.engine import Micro, build_engine
 from sweep_sft.train.loss import TaskAccumulator, example_loss_sums, example_weights
+from sweep_sft.train.optimizer import build_optimizer
 from sweep_sft.train.schedule import lr_factor
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -70,21 +72,6 @@ def total_steps(cfg: Config, n_examples: int, world_size: int = 1) -> int:
     per_epoch = steps_per_epoch(n_examples, cfg.trainer.batch_size, cfg.trainer.grad_accum * world_size)
     steps = per_epoch * cfg.trainer.epochs
     return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps else steps
-
-
-def build_optimizer(model, cfg: Config):
-    import torch
-
-    # Norm weights and biases are not decayed, as in every major SFT recipe.
-    decay, no_decay = [], []
-    for _name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optimizer.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
 
 
 def backward_window(
@@ -188,6 +175,8 @@ def train(
     optimizer-step boundaries (see train/checkpoint.py). `notice(finding)` is called the moment a
     divergence shows (the trial tags its run); with trainer.stop_on_divergence a DivergenceError follows.
     """
+    # A trial resolves trainer.precision=auto itself (and records it); a direct caller gets the same.
+    cfg = modeling.with_precision(cfg, modeling.resolve_precision(cfg.trainer.precision, device))
     loop = _start(model, rows, tasks, cfg, device, pad_id, log, evaluate, dist_env or DistEnv(), checkpoints)
     loop.notice = notice
     resumed = _resume(loop)

@@ -19,6 +19,7 @@ from sweep_sft.evaluate.general_set import check_source
 from sweep_sft.evaluate.generation import reference
 from sweep_sft.evaluate.scorers import TaskScorers, parse_json
 from sweep_sft.modeling import check_model
+from sweep_sft.train.engine import check_compile
 
 
 def check_early(config: Config, out: Path) -> None:
@@ -28,6 +29,7 @@ def check_early(config: Config, out: Path) -> None:
     make_output_dir(out)
     check_model(config.model)
     lora.check(config)
+    check_compile(config)
     if config.trainer.device != "auto":  # auto is resolved once torch is imported (trial/run.py)
         check_device(config.model.attn_implementation, config.trainer.device)
     if config.eval.general_probe:

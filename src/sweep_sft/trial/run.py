@@ -140,8 +140,11 @@ def _records(trial: TrialState) -> None:
     run, stats, config_yaml = trial.run, trial.data.report, trial.resolved
     if not trial.reopened:  # the interrupted attempt logged these into the same run
         run.log_params(flatten({k: v for k, v in config_yaml.items() if k not in ALIASES}))
-        # Not a config key (the launcher decides it), yet the effective batch depends on it.
-        run.log_params({"dist.world_size": str(trial.dist_env.world_size)})
+        # Not config keys (the launcher and the device decide them), yet the effective batch and
+        # the numerics depend on them: trainer.precision=auto as trained, fp32 or bf16.
+        run.log_params(
+            {"dist.world_size": str(trial.dist_env.world_size), "trainer.precision_resolved": trial.evaluator.precision}
+        )
         run.log_json(stats, "dataset_stats.json")
         run.log_text(OmegaConf.to_yaml(config_yaml), CONFIG_FILE)
     trial.log(mix_metrics(stats), 0)
@@ -178,7 +181,7 @@ def _train(trial: TrialState) -> TrainState:
         ev.model,
         data.train_rows,
         data.tasks,
-        trial.config,
+        modeling.with_precision(trial.config, ev.precision),  # auto resolved once, by the evaluator
         ev.device,
         ev.tokenizer.pad_token_id,
         trial.log,

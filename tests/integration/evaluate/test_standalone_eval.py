@@ -92,7 +92,9 @@ def trained(tmp_path_factory, greedy_data):
 def evaluation(capsys, *args: str) -> dict:
     assert main(list(args)) == 0, capsys.readouterr().err
     path = re.search(r"results in (\S+) ", capsys.readouterr().out).group(1)
-    return json.loads(open(path).read())["metrics"]
+    record = json.loads(open(path).read())
+    assert record["precision"] == "fp32"  # trainer.precision=auto, evaluated on CPU
+    return record["metrics"]
 
 
 def assert_same(evaluated: dict, final: dict, prefixes=PER_TASK, extra=("general_drop",)) -> None:

@@ -30,6 +30,11 @@ def test_sweep_records_children_under_one_parent(tmp_path, tiny_overrides):
     for child in children:
         assert child.info.status == "FINISHED"
         assert "lr" not in child.data.params  # short names are logged under their full path only
+        # trainer.precision=auto as trained (CPU: fp32), beside the config's own value.
+        assert (child.data.params["trainer.precision"], child.data.params["trainer.precision_resolved"]) == (
+            "auto",
+            "fp32",
+        )
         history = client.get_metric_history(child.info.run_id, "train/loss")
         assert [m.step for m in history] == [1, 2, 3, 4]
         assert {"val/loss", "general_drop", "task/exact_match/classification/topic"} <= set(child.data.metrics)
