@@ -133,7 +133,8 @@ def run_ours(args, attn: str, device, windows) -> dict:
         if step == args.warmup:
             sync(device)
             started = time.perf_counter()
-        batches = [collate(part, {"synthetic": 0}, 0, "packed", args.pack_len) for part in split(window, args.accum)]
+        parts = split(window, args.accum)
+        batches = [collate(part, {"synthetic": 0}, 0, "packed", args.pack_len, attn) for part in parts]
         backward_window(engine.model, batches, device, precision, engine=engine)
         engine.step()
         if step >= args.warmup:
@@ -218,14 +219,6 @@ def attentions() -> list[str]:
     return ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
 
 
-def ours_supports(attn: str) -> bool:
-    """Our packed batch (a block-diagonal 4D mask) feeds flash_attention_2 only where collate has a
-    layout for it (its attention-implementation argument)."""
-    import inspect
-
-    return attn == "sdpa" or any("attn" in p for p in inspect.signature(collate).parameters)
-
-
 def run_all(args, device) -> list[list[str]]:
     import importlib.util
 
@@ -241,9 +234,7 @@ def run_all(args, device) -> list[list[str]]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            if name == "ours" and not ours_supports(attn):
-                table.append([name, attn, "needs collate's flash layout (not in this version)"] + [""] * 4)
-            elif name == "ours":
+            if name == "ours":
                 table.append(row(name, attn, run_ours(args, attn, device, windows), device, peak))
             elif importlib.util.find_spec("trl") is None:
                 table.append([name, attn, "TRL not installed"] + [""] * 4)
