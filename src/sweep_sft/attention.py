@@ -83,10 +83,16 @@ def check_installed(attn_implementation: str) -> None:
     )
 
 
-def check_device(attn_implementation: str, device_type: str) -> None:
-    """The implementation can train on this device: FlashAttention only on CUDA; torch's
-    flex_attention has no backward on CPU."""
+def check_device(attn_implementation: str, device_type: str, precision: str = "auto") -> None:
+    """The implementation can train on this device and in this precision (trainer.precision,
+    resolved or not): FlashAttention only on CUDA and in bf16; torch's flex_attention has no
+    backward on CPU."""
     key = f"{KEY}={attn_implementation}"
+    if attn_implementation in FLASH_PACKAGES and precision == "fp32":
+        raise ConfigError(
+            f"{key}: FlashAttention computes in bf16/fp16 only, and trainer.precision is fp32 here (the weights "
+            f"load in fp32); set trainer.precision=bf16 (auto picks it on a GPU that supports bf16), or use {KEY}=sdpa"
+        )
     if attn_implementation in FLASH_PACKAGES and device_type != "cuda":
         raise ConfigError(
             f"{key}: FlashAttention runs on CUDA GPUs only, and this trial runs on {device_type} "

@@ -73,4 +73,6 @@ class Evaluator:
     def general_probe(self) -> dict[str, float]:
         """The general-ability probe's scores of this model, on the set the base model was probed on."""
         pairs = self.general.pairs if self.general is not None else general_probe.embedded_pairs(self.tokenizer)
-        return general_probe.score(self.model, self.tokenizer.pad_token_id, self.device, pairs, self.eval.batch_size)
+        return general_probe.score(
+            self.model, self.tokenizer.pad_token_id, self.device, pairs, self.eval.batch_size, self.precision
+        )

@@ -28,6 +28,7 @@ from sweep_sft.evaluate import general_answers, general_set
 from sweep_sft.evaluate.general_set import Pair
 from sweep_sft.metrics import GENERAL_EXACT_MATCH, GENERAL_LOSS, GENERAL_SCORE
 from sweep_sft.names import GENERAL_SOURCE_PARAM
+from sweep_sft.train.loss import autocast
 
 if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
@@ -79,6 +80,9 @@ def probe_base(config: Config, ev: Evaluator, load_untrained: Callable[[], Any],
     model `model_id`, its weights' stamp and the set; `load_untrained` gives the base model, called
     once at most and only when a cache lacks what it gives)."""
     source, gen = resolve_source(config), config.eval.general
+    # How the base computes is part of its scores: bf16 vs fp32, a 4-bit QLoRA base vs the full one.
+    base = {"model": model_id, "stamp": stamp(model_id), "precision": ev.precision}
+    base["quantize"] = config.model.lora.quantize
     loaded: list[Any] = []
 
     def untrained() -> Any:
@@ -89,32 +93,36 @@ def probe_base(config: Config, ev: Evaluator, load_untrained: Callable[[], Any],
     if source == EMBEDDED:
         pairs = embedded_pairs(ev.tokenizer, gen.max_items)
     elif source == BASE_ANSWERS:
-        items = general_answers.base_answers(gen, ev, untrained, {"model": model_id, "stamp": stamp(model_id)})
+        items = general_answers.base_answers(gen, ev, untrained, base)
         pairs = general_set.pairs(items, ev.tokenizer, ev.end_of_turn_id, gen.max_seq_len)
     else:
         items = general_set.read_set(source, gen.max_items)
         pairs = general_set.pairs(items, ev.tokenizer, ev.end_of_turn_id, gen.max_seq_len)
-    return GeneralProbe(source, pairs, base_scores(model_id, pairs, untrained, ev))
+    return GeneralProbe(source, pairs, base_scores(base, pairs, untrained, ev))
 
 
-def base_scores(model_id: str, pairs: list[Pair], untrained: Callable[[], Any], ev: Evaluator) -> dict[str, float]:
-    """The base model's scores on `pairs`, computed once per model, weights and set, and cached."""
+def base_scores(
+    base: dict[str, Any], pairs: list[Pair], untrained: Callable[[], Any], ev: Evaluator
+) -> dict[str, float]:
+    """The base model's scores on `pairs`, computed once per base (model, weights' stamp,
+    precision, quantization) and set, and cached."""
     digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
     spec: dict[str, Any] = {
-        "model": model_id,
-        "stamp": stamp(model_id),
+        **base,
         "pairs": digest,
         "version": source_hash(sys.modules[__name__]),
     }
 
     def build(folder: Path) -> None:
-        scores = score(untrained(), ev.tokenizer.pad_token_id, ev.device, pairs, ev.eval.batch_size)
+        scores = score(untrained(), ev.tokenizer.pad_token_id, ev.device, pairs, ev.eval.batch_size, ev.precision)
         (folder / SCORES_FILE).write_text(json.dumps(scores))
 
     return json.loads((build_once("probe", spec, build) / SCORES_FILE).read_text())
 
 
-def score(model, pad_token_id: int, device, pairs: list[Pair], batch_size: int) -> dict[str, float]:
+def score(
+    model, pad_token_id: int, device, pairs: list[Pair], batch_size: int, precision: str = "fp32"
+) -> dict[str, float]:
     """The model's probe scores on `pairs`: general/score, general/loss, general/exact_match."""
     import torch
 
@@ -129,7 +137,8 @@ def score(model, pad_token_id: int, device, pairs: list[Pair], batch_size: int) 
             for i, (p, c) in enumerate(chunk):
                 ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             # Right padding under a causal mask: no real token sees a pad, so no attention mask is needed.
-            logits = model(input_ids=ids.to(device)).logits
+            with autocast(device, precision):
+                logits = model(input_ids=ids.to(device)).logits
             for i, (p, c) in enumerate(chunk):
                 # logits at position t predict token t + 1: the scored tokens' predictors
                 positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)

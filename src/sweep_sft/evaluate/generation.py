@@ -17,6 +17,7 @@ from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate.progress import LINES, Phase
 from sweep_sft.evaluate.scorers import TaskScorers
 from sweep_sft.metrics import EXACT_MATCH, SAMPLE_MATCH, pass_at
+from sweep_sft.train.loss import autocast
 
 if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
@@ -98,7 +99,7 @@ def generate_answers(
     per_batch = max(1, ev.eval.batch_size // samples)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), plain_generation(model):
+    with torch.no_grad(), plain_generation(model), autocast(ev.device, ev.precision):
         for start in range(0, len(order), per_batch):
             chunk = order[start : start + per_batch]
             width = max(len(prompts[i]) for i in chunk)

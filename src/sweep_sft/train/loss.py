@@ -20,6 +20,15 @@ from sweep_sft.data.batches import Batch
 from sweep_sft.data.tokenize import IGNORE
 
 
+def autocast(device, precision: str):
+    """The trial's compute precision around a forward (training, evaluation, generation alike):
+    bf16 autocast over the fp32 weights, or nothing for fp32. FlashAttention computes in
+    bf16/fp16 only, so every forward of such a model needs it."""
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def example_loss_sums(model, batch: Batch, device, precision: str = "fp32"):
     """(loss sum, supervised token count) of each example of the batch, shape (E,)."""
     import torch
@@ -27,7 +36,7 @@ def example_loss_sums(model, batch: Batch, device, precision: str = "fp32"):
 
     inputs = batch.model_inputs(device)  # a packed batch's examples kept apart as its attention needs
     targets = batch.labels[:, 1:].to(device)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(device, precision):
         logits = model(**inputs).logits[:, :-1]
     token_loss = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"

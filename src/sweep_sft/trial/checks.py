@@ -31,7 +31,7 @@ def check_early(config: Config, out: Path) -> None:
     lora.check(config)
     check_compile(config)
     if config.trainer.device != "auto":  # auto is resolved once torch is imported (trial/run.py)
-        check_device(config.model.attn_implementation, config.trainer.device)
+        check_device(config.model.attn_implementation, config.trainer.device, config.trainer.precision)
     if config.eval.general_probe:
         check_source(config.eval.general)
     tc = config.trainer

@@ -115,7 +115,8 @@ def _load(trial: TrialState) -> None:
     end_of_turn_id = tokenizer.convert_tokens_to_ids(modeling.end_of_turn(config.model, tokenizer))
     trial.data = prepare(config, tokenizer, end_of_turn_id, trial.sources)
     device = distributed.device_for(trial.dist_env, modeling.torch_device(config.trainer.device))
-    check_device(config.model.attn_implementation, device.type)
+    precision = modeling.resolve_precision(config.trainer.precision, device)
+    check_device(config.model.attn_implementation, device.type, precision)
     _, model = modeling.load(config.model, device, tokenizer=tokenizer)
     trial.evaluator = Evaluator.for_trial(model, tokenizer, device, config)
 

@@ -131,3 +131,13 @@ def test_an_implementation_that_cannot_train_on_the_device_is_refused(tmp_path, 
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_early(config, tmp_path / "trial")
     attention.check_device(name, "cuda")
+
+
+@pytest.mark.parametrize("name", ["flash_attention_2", "flash_attention_3"])
+def test_flash_attention_in_fp32_is_refused_naming_the_precision(name) -> None:
+    # fp32 weights reach flash_attn as fp32 without autocast, which it rejects mid-trial.
+    with pytest.raises(ConfigError, match=re.escape(f"model.attn_implementation={name}: ") + ".*trainer.precision"):
+        attention.check_device(name, "cuda", "fp32")
+    attention.check_device(name, "cuda", "bf16")
+    attention.check_device(name, "cuda", "auto")  # resolved (and checked again) once torch sees the device
+    attention.check_device("sdpa", "cuda", "fp32")

@@ -141,6 +141,9 @@ def test_base_answers_are_generated_once_per_base_model_and_cached(cache, embedd
     config, ev = setup(embedded, embedded_model_path, source="base_answers", max_items=3, max_new_tokens=7)
     general_probe.probe_base(config, ev, load_untrained, str(embedded_model_path))
     assert calls == [3, 3]
+    # So is a base computing in another precision (bf16 autocast on a GPU, fp32 on a CPU).
+    general_probe.probe_base(config, replace(ev, precision="bf16"), load_untrained, str(embedded_model_path))
+    assert calls == [3, 3, 3]
 
 
 def test_base_answers_drop_is_zero_untrained_and_moves_after_a_training_step(
