@@ -189,6 +189,10 @@ def to_save(lora: LoraConfig, model):
     return model
 
 
+# adapter_config.json fields that change the base model's structure or import code by name.
+UNLOADED_FIELDS = ("layer_replication", "megatron_config", "loftq_config", "eva_config")
+
+
 def is_adapter_dir(folder: Path) -> bool:
     """A folder peft's save_pretrained wrote (adapter_config.json, no config.json)."""
     return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
@@ -211,6 +215,12 @@ def load_adapter(base, folder: Path):
         raise DataError(f"{file}: peft_type {kind!r}; only LoRA adapters (peft_type LORA) are loaded")
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise DataError(f"{folder}: no {ADAPTER_WEIGHTS} (only safetensors adapter weights are loaded)")
+    unsupported = [key for key in UNLOADED_FIELDS if saved.get(key)]
+    if unsupported:
+        raise DataError(f"{file}: {', '.join(unsupported)} set; sweep_sft trains and loads plain LoRA adapters only")
     config = PeftLoraConfig.from_pretrained(str(folder))  # a local JSON file: data, nothing run
     config.inference_mode = True
+    # The saved weights replace the adapters' initial values; an init such as "pissa" or "olora"
+    # would first rewrite the base weights themselves, silently.
+    config.init_lora_weights = False
     return PeftModel.from_pretrained(base, str(folder), config=config, is_trainable=False)

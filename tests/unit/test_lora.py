@@ -158,3 +158,27 @@ def test_added_special_tokens_train_under_lora(tmp_path) -> None:
     reloaded = lora.load_adapter(base, tmp_path)
     ids = torch.tensor([[1, new_id, 9, 14]])
     assert torch.allclose(logits(reloaded, ids), logits(model, ids), atol=1e-5)
+
+
+def test_an_adapter_config_cannot_rewrite_or_restructure_the_base(tmp_path) -> None:
+    """adapter_config.json is data: an init that rewrites the base weights (olora, pissa) is not
+    run on load, and fields that change the model's structure are refused."""
+    import torch
+
+    cfg, _, model = lora_model()
+    ids = torch.tensor(IDS)
+    expected = logits(model, ids)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / lora.ADAPTER_CONFIG).read_text())
+    (tmp_path / lora.ADAPTER_CONFIG).write_text(json.dumps({**saved, "init_lora_weights": "olora"}))
+    _, base = modeling.load(lora.without(cfg), torch.device("cpu"))
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    reloaded = lora.load_adapter(base, tmp_path)
+    torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=1e-5)
+    names = {k: k.replace("base_model.model.", "").replace(".base_layer", "") for k in reloaded.state_dict()}
+    after = {names[k]: v for k, v in reloaded.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (tmp_path / lora.ADAPTER_CONFIG).write_text(json.dumps({**saved, "layer_replication": [[0, 1], [0, 1]]}))
+    _, base = modeling.load(lora.without(cfg), torch.device("cpu"))
+    with pytest.raises(DataError, match="layer_replication set"):
+        lora.load_adapter(base, tmp_path)
