@@ -182,3 +182,18 @@ def test_an_adapter_config_cannot_rewrite_or_restructure_the_base(tmp_path) -> N
     _, base = modeling.load(lora.without(cfg), torch.device("cpu"))
     with pytest.raises(DataError, match="layer_replication set"):
         lora.load_adapter(base, tmp_path)
+
+
+def test_generation_leaves_the_wrapped_models_generation_config_as_it_was() -> None:
+    """Evaluation generates with transformers' defaults; afterwards the base inside a LoRA model
+    keeps its own sampling defaults (saved with it when merged)."""
+    import torch
+
+    from sweep_sft.evaluate.generation import plain_generation
+
+    _, _, model = lora_model()
+    base = model.get_base_model()
+    base.generation_config.temperature, base.generation_config.do_sample = 0.6, True
+    with plain_generation(model):
+        model.generate(input_ids=torch.tensor(IDS), max_new_tokens=2, do_sample=False)
+    assert base.generation_config.temperature == 0.6 and base.generation_config.do_sample

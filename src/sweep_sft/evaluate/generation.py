@@ -36,13 +36,18 @@ def plain_generation(model) -> Iterator[None]:
     min_new_tokens=0, ...) makes transformers warn on every generate() call that both are set."""
     from transformers import GenerationConfig
 
-    saved = model.generation_config
-    kept = {key: getattr(saved, key) for key in KEPT_GENERATION if getattr(saved, key, None) is not None}
-    model.generation_config = GenerationConfig(**kept)
+    # A peft model's generate() copies its own config into the model it wraps: both are swapped
+    # and both restored, so the base (saved when merged) keeps its own sampling defaults.
+    models = [model, model.get_base_model()] if hasattr(model, "get_base_model") else [model]
+    saved = [m.generation_config for m in models]
+    kept = {key: getattr(saved[0], key) for key in KEPT_GENERATION if getattr(saved[0], key, None) is not None}
+    for m in models:
+        m.generation_config = GenerationConfig(**kept)
     try:
         yield
     finally:
-        model.generation_config = saved
+        for m, config in zip(models, saved, strict=True):
+            m.generation_config = config
 
 
 def _prompt_ids(tokenizer, examples: list[Example], max_len: int | None) -> list[list[int]]:
