@@ -21,24 +21,11 @@ BNB_DOCS = "pip install bitsandbytes on a machine with an NVIDIA GPU"
 
 
 def check(config: Config) -> None:
-    """What LoRA cannot run with, named before the data is read or torch imported."""
+    """What QLoRA needs of this machine, named before the data is read or torch imported (LoRA
+    with DeepSpeed is refused when the config is validated: config.lora.check_with)."""
     lora = config.model.lora
     if not lora.enabled:
         return
-    if config.deepspeed is not None and config.deepspeed.zero_stage == 3:
-        raise ConfigError(
-            "model.lora.r with deepspeed.zero_stage=3: not supported (ZeRO-3 partitions the frozen base, and the "
-            "adapter could be neither checkpointed nor saved); LoRA's small optimizer state rarely needs ZeRO-3: "
-            "run it without DeepSpeed"
-        )
-    if config.deepspeed is not None:
-        # Seen with ZeRO-2: LoRA trains only matrices, so the optimizer's no-decay group is empty,
-        # DeepSpeed drops it, and the LR scheduler (built over both groups) then fails at its first step.
-        raise ConfigError(
-            f"model.lora.r with deepspeed.zero_stage={config.deepspeed.zero_stage}: not supported yet (DeepSpeed "
-            "drops the optimizer's empty no-decay group and the LR scheduler fails); LoRA's optimizer state is "
-            "small: run it without DeepSpeed (deepspeed=null)"
-        )
     if lora.quantize == "4bit":
         missing = []
         if importlib.util.find_spec("bitsandbytes") is None:

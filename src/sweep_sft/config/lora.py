@@ -73,3 +73,24 @@ class LoraConfig:
         if self.r is None:
             raise ConfigError("model.lora.r is null: LoRA is off, it has no alpha")
         return float(self.alpha) if self.alpha is not None else 2.0 * self.r
+
+
+def check_with(lora: LoraConfig, deepspeed) -> None:
+    """What LoRA cannot be combined with in one config (so a sweep's preflight names it before
+    any job starts): DeepSpeed, for now."""
+    if not lora.enabled:
+        return
+    if deepspeed is not None and deepspeed.zero_stage == 3:
+        raise ConfigError(
+            "model.lora.r with deepspeed.zero_stage=3: not supported (ZeRO-3 partitions the frozen base, and the "
+            "adapter could be neither checkpointed nor saved); LoRA's small optimizer state rarely needs ZeRO-3: "
+            "run it without DeepSpeed"
+        )
+    if deepspeed is not None:
+        # Seen with ZeRO-2: LoRA trains only matrices, so the optimizer's no-decay group is empty,
+        # DeepSpeed drops it, and the LR scheduler (built over both groups) then fails at its first step.
+        raise ConfigError(
+            f"model.lora.r with deepspeed.zero_stage={deepspeed.zero_stage}: not supported yet (DeepSpeed "
+            "drops the optimizer's empty no-decay group and the LR scheduler fails); LoRA's optimizer state is "
+            "small: run it without DeepSpeed (deepspeed=null)"
+        )

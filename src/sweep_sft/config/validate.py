@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.attention import check_packing
+from sweep_sft.config import lora
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.config.data import check_tree_overrides
 from sweep_sft.config.schema import ALIASES, Config
@@ -30,6 +31,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     _reject_unknown_keys(obj)
     _check_aliases(cfg, obj)
     check_packing(obj.model.attn_implementation, obj.data.packing)
+    lora.check_with(obj.model.lora, obj.deepspeed)
     _check_mix_overrides()
     return obj
 
