@@ -197,3 +197,19 @@ def test_generation_leaves_the_wrapped_models_generation_config_as_it_was() -> N
     with plain_generation(model):
         model.generate(input_ids=torch.tensor(IDS), max_new_tokens=2, do_sample=False)
     assert base.generation_config.temperature == 0.6 and base.generation_config.do_sample
+
+
+def test_evaluating_an_adapter_whose_base_is_not_here_names_the_key(tmp_path) -> None:
+    """A run trained elsewhere names a base this machine lacks: one line saying which key to set."""
+    import torch
+
+    from sweep_sft.evaluate import standalone
+
+    _, tokenizer, model = lora_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    config = validate(compose(["model.lora.r=4", "model.name_or_path=/elsewhere/base"]))
+    adapter_cfg = replace(lora.without(config.model), name_or_path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model.name_or_path=/elsewhere/base: the base model of the adapter in .*"
+                       r"give a local copy of it on this command line"):
+        standalone._adapter(config, adapter_cfg, tmp_path, torch.device("cpu"))

@@ -149,7 +149,13 @@ def _adapter(config: Config, model_cfg, folder: Path, device):
     check_safetensors(folder)
     tokenizer = modeling.load_tokenizer(model_cfg, str(folder))
     base_cfg = lora.without(config.model)
-    _, base = _pretrained(base_cfg, modeling.resolve_model_path(base_cfg), device, tokenizer)
+    try:
+        _, base = _pretrained(base_cfg, modeling.resolve_model_path(base_cfg), device, tokenizer)
+    except OSError as exc:  # a run trained elsewhere names a base this machine lacks
+        raise ConfigError(
+            f"model.name_or_path={base_cfg.name_or_path}: the base model of the adapter in {folder} cannot be "
+            f"loaded here ({exc}); give a local copy of it on this command line (model.name_or_path=<folder>)"
+        ) from None
     return tokenizer, lora.load_adapter(base, folder).to(device)
 
 
@@ -201,13 +207,7 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     metrics = evaluator.validation_loss(data.val_rows, data.tasks)
     base = None
     if config.eval.general_probe:  # the trial's general set, with the base model's scores on it (cached)
-        base_path = modeling.resolve_model_path(config.model)
-        evaluator.general = general_probe.probe_base(
-            config,
-            evaluator,
-            lambda: modeling.load(lora.without(config.model), device, base_path, tokenizer)[1],
-            base_path,
-        )
+        evaluator.general = _probe_base(config, evaluator, model, tokenizer, device)
         base = evaluator.general.base
     final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)
     metrics.update(final)
@@ -218,6 +218,20 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     if evaluator.general is not None:
         result[GENERAL_SOURCE_FIELD] = evaluator.general.source
     return result
+
+
+def _probe_base(config: Config, evaluator: Evaluator, model, tokenizer, device):
+    """The general set with the base model's scores: a LoRA model's own base (its adapters off,
+    no second copy loaded), else the base loaded when the cache lacks its scores. The base loads
+    unquantized here, so a QLoRA trial's is keyed as such."""
+    plain = replace(config, model=lora.without(config.model))
+    base_path = modeling.resolve_model_path(config.model)
+    if lora.is_peft(model):
+        with lora.disabled(model):
+            return general_probe.probe_base(plain, evaluator, lambda: model, base_path)
+    return general_probe.probe_base(
+        plain, evaluator, lambda: modeling.load(plain.model, device, base_path, tokenizer)[1], base_path
+    )
 
 
 def write(result: dict[str, Any], target: Target, ref: str, overrides: list[str], out: Path | None) -> Path:
