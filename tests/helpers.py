@@ -168,3 +168,13 @@ def guarded_sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str
     args = [f"tracking.uri=sqlite:///{cwd / 'mlflow.db'}", f"hydra.sweep.dir={cwd / 's'}", *overrides]
     args += ["trainer.num_threads=1", "trainer.progress=false", "data.max_train_examples=32", "trainer.max_steps=1"]
     return run_cli("-m", *args, guarded=True, cwd=cwd)
+
+
+def embedded_rows(tokenizer, data_path: Path, n: int):
+    """The first n embedded training examples, tokenised as a trial does by default (all assistant
+    turns, 256 tokens, prompt truncation, EOS ends a turn)."""
+    from sweep_sft.data.records import load_jsonl
+    from sweep_sft.data.tokenize import tokenize
+
+    eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    return tokenize(load_jsonl(data_path / "train.jsonl")[:n], tokenizer, "all_assistant", 256, "prompt", eot)[0]

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import embedded_rows
 from sweep_sft import attention
 from sweep_sft.data.batches import collate
-from sweep_sft.data.records import load_jsonl
-from sweep_sft.data.tokenize import IGNORE, Tokenized, tokenize
+from sweep_sft.data.tokenize import IGNORE, Tokenized
 from sweep_sft.train.loss import example_loss_sums, example_weights
 
 CPU = torch.device("cpu")
@@ -49,9 +49,7 @@ def uncompiled_flex(query, key, value, training=False, **kwargs):
 
 @pytest.fixture(scope="module")
 def rows(tokenizer, embedded_data_path):
-    examples = load_jsonl(embedded_data_path / "train.jsonl")[:10]
-    eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    return tokenize(examples, tokenizer, "all_assistant", 256, "prompt", eot)[0]
+    return embedded_rows(tokenizer, embedded_data_path, 10)
 
 
 @pytest.fixture(scope="module")

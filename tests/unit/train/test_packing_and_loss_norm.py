@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import load_embedded
+from helpers import embedded_rows, load_embedded
 from sweep_sft.config.schema import LOSS_NORMS
 from sweep_sft.data.batches import best_fit_decreasing, collate, pack_rows
-from sweep_sft.data.records import load_jsonl
-from sweep_sft.data.tokenize import tokenize
 from sweep_sft.train.loop import backward_window
 from sweep_sft.train.loss import example_loss_sums
 
@@ -19,9 +17,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def rows(tokenizer, embedded_data_path):
-    examples = load_jsonl(embedded_data_path / "train.jsonl")[:32]
-    eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    return tokenize(examples, tokenizer, "all_assistant", 256, "prompt", eot)[0]
+    return embedded_rows(tokenizer, embedded_data_path, 32)
 
 
 @pytest.fixture(scope="module")
