@@ -96,7 +96,9 @@ SLURM = (
 
 @pytest.mark.slurm
 def test_slurm_jobs_are_submitted_one_by_one_as_slots_free(tmp_path, sweep):
-    proc = sweep("x=tag(log,interval(1e-6,1e-1))", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", *SLURM, env=SLOW)
+    proc = sweep(
+        "x=tag(log,interval(1e-6,1e-1))", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", *SLURM, env=SLOW
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = spans(tmp_path)
     assert sorted(t) == [0, 1, 2]
