@@ -103,3 +103,22 @@ def test_slurm_jobs_are_submitted_one_by_one_as_slots_free(tmp_path, sweep):
     t = spans(tmp_path)
     assert sorted(t) == [0, 1, 2]
     assert t[2][0] < t[0][1], t
+
+
+def test_successive_halving_across_independent_jobs_is_asha(tmp_path, sweep):
+    proc = sweep(
+        "x=tag(log,interval(1e-6,1e-1))",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra.sweeper.pruner.min_resource=5",
+        "hydra.sweeper.pruner.reduction_factor=3",
+        *LAUNCHER,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep" / "optuna_result.json").read_text())
+    assert len(result["trials"]) == 8
+    pruned = [t for t in result["trials"] if t["state"] == "PRUNED"]
+    # each pruned trial stopped at a rung (step 5 * 3^k) of its own, decided when it got there
+    assert pruned and all(t["steps"] in (5, 15, 45) for t in pruned), result["trials"]
+    assert result["best"]["number"] not in {t["number"] for t in pruned}
