@@ -20,6 +20,7 @@ from sweep_sft.errors import ConfigError
 from sweep_sft.names import MULTIRUN_FILE, SUMMARY_FILE
 from sweep_sft.sweep.jobs import log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
+from sweep_sft.sweep.resume import done_entries, hydra_folders, todo_batches
 from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)
@@ -54,19 +55,24 @@ class GridSweeper(BasicSweeper):
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         n_jobs = sum(len(batch) for batch in self.overrides)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        # Run again in its folder, the sweep carries over the jobs that finished (sweep_sft.sweep.resume).
+        folders = hydra_folders(self.config, self.hydra_context.config_loader)
+        done = done_entries(sweep_dir, [job for batch in self.overrides for job in batch], folders)
+        self.overrides, starts = todo_batches(self.overrides, done)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         returns: list[list[JobReturn]] = []
-        entries: list[dict[str, Any]] = []
-        job_idx = 0
+        entries: list[dict[str, Any]] = list(done.values())
+        summary = summarize(entries, n_jobs, self.max_failure_rate)
+        write(sweep_dir, summary)
         while not self.is_done():
             batch = self.get_job_batch()
+            job_idx = starts[self.batch_index - 1]
             tic = time.perf_counter()
             self.validate_batch_is_legal(batch)
             log.debug(f"validated {len(batch)} job configs in {time.perf_counter() - tic:.2f} s")
             results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
             entries += [job_entry(job_idx + i, r) for i, r in enumerate(results)]
-            job_idx += len(batch)
             returns.append(results)
             summary = summarize(entries, n_jobs, self.max_failure_rate)
             write(sweep_dir, summary)

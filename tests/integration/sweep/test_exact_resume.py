@@ -30,3 +30,48 @@ def test_an_extended_study_proposes_new_points_and_a_fresh_one_is_unchanged(tmp_
     fresh_dir.mkdir()
     assert sweep(SPACE, "hydra.sweeper.n_trials=2", cwd=fresh_dir).returncode == 0
     assert [t["params"]["x"] for t in optuna_trials(fresh_dir)] == before
+
+
+def grid_summary(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+
+
+def job_times(tmp_path: Path, numbers) -> dict[int, int]:
+    return {n: (tmp_path / "sweep" / str(n) / "metrics.json").stat().st_mtime_ns for n in numbers}
+
+
+@pytest.mark.sweep_app("synthetic_trial.py", "grid", "hydra.sweeper.max_failure_rate=0.5")
+@pytest.mark.parametrize("batch", ["null", "1"], ids=["one-batch", "batches-of-1"])
+def test_a_rerun_grid_redoes_only_the_jobs_that_did_not_finish(tmp_path, sweep, batch):
+    # KILL_ONCE: job 2 (lr 1e-3) kills the sweep process itself (the basic launcher runs jobs in it),
+    # before any summary was written in one batch; its rerun raises (lr > 9e-4): FAILED.
+    args = ("lr=0.0001,0.0002,0.001,0.0003", f"hydra.sweeper.max_batch_size={batch}")
+    killed = sweep(*args, env={"KILL_ONCE": str(tmp_path / "killed")})
+    assert killed.returncode != 0 and (tmp_path / "killed").exists()
+    first = job_times(tmp_path, [0, 1])
+    rerun = sweep(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert job_times(tmp_path, [0, 1]) == first  # finished jobs carried over, not redone
+    s = grid_summary(tmp_path)
+    assert [(e["number"], e["overrides"], e["state"]) for e in s["jobs"]] == [
+        (0, ["lr=0.0001"], "COMPLETE"),
+        (1, ["lr=0.0002"], "COMPLETE"),
+        (2, ["lr=0.001"], "FAILED"),
+        (3, ["lr=0.0003"], "COMPLETE"),
+    ]
+    done = job_times(tmp_path, [0, 1, 3])
+    again = sweep(*args)  # only the failed job runs again, under its own number
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert job_times(tmp_path, [0, 1, 3]) == done
+    assert "#2 : lr=0.001" in again.stdout and "#0 :" not in again.stdout and "#3 :" not in again.stdout
+    assert [e["state"] for e in grid_summary(tmp_path)["jobs"]] == ["COMPLETE", "COMPLETE", "FAILED", "COMPLETE"]
+
+
+@pytest.mark.sweep_app("synthetic_trial.py", "grid")
+def test_a_changed_grid_reruns_a_job_whose_overrides_differ_at_its_number(tmp_path, sweep):
+    assert sweep("lr=0.0001,0.0002").returncode == 0
+    first = job_times(tmp_path, [0])
+    changed = sweep("lr=0.0001,0.0003")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert job_times(tmp_path, [0]) == first and "#1 : lr=0.0003" in changed.stdout
+    assert [e["overrides"] for e in grid_summary(tmp_path)["jobs"]] == [["lr=0.0001"], ["lr=0.0003"]]
