@@ -5,6 +5,10 @@ parent run per sweep folder, the dead controller's cut-off runs ended KILLED."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +79,123 @@ def test_a_changed_grid_reruns_a_job_whose_overrides_differ_at_its_number(tmp_pa
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert job_times(tmp_path, [0]) == first and "#1 : lr=0.0003" in changed.stdout
     assert [e["overrides"] for e in grid_summary(tmp_path)["jobs"]] == [["lr=0.0001"], ["lr=0.0003"]]
+
+
+def _store(tmp_path: Path, empty_store: Path) -> str:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _sleeper(*args: str) -> subprocess.Popen:
+    """A process in a session (and process group) of its own, as a local job's controller."""
+    code = "import time; time.sleep(60)"
+    return subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
+
+
+def test_a_rerun_reopens_the_parent_stops_the_jobs_left_and_ends_the_cut_off_runs(tmp_path, empty_store):
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from sweep_sft.errors import UserInputError
+    from sweep_sft.sweep.callback import MlflowParentRun
+    from sweep_sft.tracking.client import read_parent
+
+    uri, sweep_dir = _store(tmp_path, empty_store), tmp_path / "sweep"
+    config = OmegaConf.create(
+        {
+            "tracking": {"enabled": True, "uri": uri},
+            "hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["lr=1,2"]}},
+        }
+    )
+    first = MlflowParentRun()
+    first.on_multirun_start(config)
+    parent_id = read_parent(sweep_dir)["run_id"]
+    # What a controller killed outright leaves: its parent ended by its guardian, a trial's run
+    # RUNNING, and in the record of jobs in flight that trial's local job, still running.
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    done = client.create_run(experiment, run_name="0: lr=1", tags={"mlflow.parentRunId": parent_id})
+    client.set_terminated(done.info.run_id)
+    cut = client.create_run(experiment, run_name="1: lr=2", tags={"mlflow.parentRunId": parent_id})
+    first.run.finish("KILLED")
+    client.set_tag(parent_id, "sweep_sft.error", "the process running it died; ended by its guardian")
+    first.run = first.sweep_dir = None
+    job_folder = sweep_dir / ".submitit" / "%j"
+    job = _sleeper(str(job_folder), "submitit")
+    stranger = _sleeper("not a job")  # the record names its pid too (reused): left alone
+    record = {
+        "controller": {"pid": stranger.pid + 10**6, "host": socket.gethostname(), "argv": ["x", "gone"]},
+        "jobs": {
+            str(job.pid): {"executor": "local", "num": 1, "folder": str(sweep_dir / ".submitit" / str(job.pid))},
+            str(stranger.pid): {"executor": "local", "num": 2, "folder": str(sweep_dir / ".submitit" / "9")},
+        },
+    }
+    (sweep_dir / "inflight_jobs.json").write_text(json.dumps(record))
+    try:
+        rerun = MlflowParentRun()
+        rerun.on_multirun_start(config)
+        assert job.wait(timeout=10) == -9 and stranger.poll() is None
+        assert read_parent(sweep_dir)["run_id"] == parent_id  # the same parent, RUNNING again
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "RUNNING" and parent.data.tags["sweep_sft.resumes"] == "1"
+        assert "sweep_sft.error" not in parent.data.tags
+        cut_off = client.get_run(cut.info.run_id)
+        assert cut_off.info.status == "KILLED" and cut_off.data.tags["sweep_sft.local_job_id"] == str(job.pid)
+        assert "cut off" in cut_off.data.tags["sweep_sft.error"]
+        assert client.get_run(done.info.run_id).info.status == "FINISHED"
+        assert json.loads((sweep_dir / "inflight_jobs.json").read_text())["jobs"] == {}
+        rerun.on_multirun_end(config)
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials"] == 2
+        assert len(client.search_runs([experiment], "tags.`sweep_sft.kind` = 'sweep'")) == 1
+        # a controller of the folder still running is refused, before anything is stopped
+        record["controller"] = {"pid": stranger.pid, "host": socket.gethostname(), "argv": ["x", "not a job"]}
+        (sweep_dir / "inflight_jobs.json").write_text(json.dumps(record))
+        with pytest.raises(UserInputError, match=f"another sweep \\(pid {stranger.pid}\\) is still running"):
+            MlflowParentRun().on_multirun_start(config)
+        assert stranger.poll() is None
+    finally:
+        for p in (job, stranger):
+            p.kill()
+            p.wait()
+
+
+PARENT_CALLBACK = "+hydra.callbacks.parent._target_=sweep_sft.sweep.callback.MlflowParentRun"
+
+
+def runs_by_job(uri: str) -> tuple[list, dict[int, list]]:
+    """(parent runs, the child runs by job number, oldest first) of the store."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep_sft.names import run_number
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time ASC"])
+    parents = [r for r in found if r.data.tags.get("sweep_sft.kind") == "sweep"]
+    children: dict[int, list] = {}
+    for r in found:
+        if r not in parents:
+            children.setdefault(run_number(r.info.run_name), []).append(r)
+    return parents, children
+
+
+@pytest.mark.slow
+@pytest.mark.sweep_app("tracked_trial.py", "grid", PARENT_CALLBACK)
+def test_one_parent_run_per_sweep_folder_across_reruns(tmp_path, sweep, empty_store):
+    # KILL_ONCE: job 1 kills the sweep's process (the basic launcher runs jobs in it), its run open
+    uri = _store(tmp_path, empty_store)
+    args = ("lr=0.1,0.2,0.3", f"tracking.uri={uri}")
+    killed = sweep(*args, env={"KILL_ONCE": str(tmp_path / "killed")})
+    assert killed.returncode != 0 and (tmp_path / "killed").exists()
+    rerun = sweep(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    again = sweep(*args)  # nothing left to do: no new run at all
+    assert again.returncode == 0, again.stderr[-3000:]
+    parents, children = runs_by_job(uri)
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_sft.resumes"] == "2"
+    assert {c.data.tags["mlflow.parentRunId"] for cs in children.values() for c in cs} == {parent.info.run_id}
+    states = [[c.info.status for c in children[n]] for n in range(3)]
+    assert states == [["FINISHED"], ["KILLED", "FINISHED"], ["FINISHED"]]
+    assert parent.data.metrics["sweep/finished"] == 3

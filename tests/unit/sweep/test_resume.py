@@ -42,7 +42,12 @@ def test_finished_jobs_are_read_from_the_summary_else_from_their_folders(tmp_pat
     done = done_entries(tmp_path, jobs, folders)
     assert sorted(done) == [0, 3]
     assert done[3] == {
-        "number": 3, "overrides": ["a=3"], "state": "PRUNED", "value": 0.5, "error": None, "objective": "val/loss"
+        "number": 3,
+        "overrides": ["a=3"],
+        "state": "PRUNED",
+        "value": 0.5,
+        "error": None,
+        "objective": "val/loss",
     }
 
 
