@@ -5,12 +5,14 @@ no training: to test what becomes of a sweep's runs when its controller dies.
 The sweep's parent run comes from our callback (sweep_sft.sweep.callback.MlflowParentRun), on
 with `+hydra.callbacks.parent._target_=...` as conf/config.yaml sets it. With HOLD_ONCE=<file>,
 job number HOLD_AT (default 1) touches the file and then sleeps HOLD_S seconds (default 120) with
-its run open, once (a rerun finds the file): the test kills the sweep's controller meanwhile.
+its run open and SIGINT ignored, once (a rerun finds the file): the test kills the sweep's
+controller meanwhile.
 With KILL_ONCE=<file> instead, that job kills its own process once, its run open: under Hydra's
 basic launcher, the sweep's controller."""
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ def main(cfg: App) -> float:
         Path(once).write_text(str(os.getpid()))
         if kill:
             os._exit(9)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stuck in a long op: only SIGKILL ends it
         time.sleep(float(os.environ.get("HOLD_S", "120")))
     value = cfg.lr * 100
     run.log_metrics({"val/loss": value}, 1)

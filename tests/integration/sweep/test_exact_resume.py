@@ -4,14 +4,19 @@ parent run per sweep folder, the dead controller's cut-off runs ended KILLED."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import start_cli, wait_for
 
 SPACE = "x=tag(log,interval(1e-6,1e-1))"
 
@@ -199,3 +204,62 @@ def test_one_parent_run_per_sweep_folder_across_reruns(tmp_path, sweep, empty_st
     states = [[c.info.status for c in children[n]] for n in range(3)]
     assert states == [["FINISHED"], ["KILLED", "FINISHED"], ["FINISHED"]]
     assert parent.data.metrics["sweep/finished"] == 3
+
+
+def _kill_mid_sweep(tmp_path: Path, args: tuple[str, ...]) -> tuple[str, int]:
+    """Start the tracked grid, wait until job 0 finished and job 1 holds its run open, then
+    SIGKILL the sweep's controller; (job 1's job id, as recorded in flight, its trial's pid)."""
+    head = ("-m", "hydra/sweeper=grid", f"hydra.sweep.dir={tmp_path / 'sweep'}", PARENT_CALLBACK)
+    hold, log = tmp_path / "hold", tmp_path / "first.log"
+    env = {"HOLD_ONCE": str(hold), "HOLD_S": "300"}  # job 1 holds its run open, long
+    proc = start_cli(*head, *args, app="tracked_trial.py", cwd=tmp_path, log=log, env=env)
+    try:
+        wait_for("job 1 holding", lambda: hold.exists() and hold.read_text(), timeout=180, proc=proc, log=log)
+        wait_for("job 0's result", lambda: (tmp_path / "sweep" / "0" / "metrics.json").exists(), timeout=120)
+        record = json.loads((tmp_path / "sweep" / "inflight_jobs.json").read_text())["jobs"]
+        return next(j for j, job in record.items() if job["num"] == 1), int(hold.read_text())
+    finally:
+        proc.kill()  # the controller, SIGKILLed mid-sweep
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.sweep_app("tracked_trial.py", "grid", PARENT_CALLBACK)
+def test_a_rerun_right_after_a_killed_local_sweep_stops_its_trial_first(tmp_path, sweep, empty_store):
+    uri = _store(tmp_path, empty_store)
+    args = ("lr=0.1,0.2", f"tracking.uri={uri}", "hydra/launcher=sweep_sft_local", "hydra.launcher.stop_grace_s=60")
+    job_id, trial = _kill_mid_sweep(tmp_path, args)
+    try:
+        rerun = sweep(*args)  # at once: the orphaned trial would still run for stop_grace_s
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert f"#1 (local job {job_id})" in rerun.stdout
+        with pytest.raises(ProcessLookupError):
+            os.kill(trial, 0)
+    finally:
+        with contextlib.suppress(OSError):  # the job's process group, if the test failed first
+            os.killpg(int(job_id), signal.SIGKILL)
+    parents, children = runs_by_job(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert [c.info.status for c in children[0]] == ["FINISHED"]
+    assert [c.info.status for c in children[1]] == ["KILLED", "FINISHED"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.sweep_app("tracked_trial.py", "grid", PARENT_CALLBACK)
+def test_a_rerun_cancels_the_slurm_job_its_killed_controller_left_and_ends_its_run(tmp_path, sweep, empty_store):
+    uri = _store(tmp_path, empty_store)
+    args = ("lr=0.1,0.2", f"tracking.uri={uri}", "hydra/launcher=slurm_local", "hydra.searchpath=[pkg://sweep_sft.conf]")
+    job_id, _ = _kill_mid_sweep(tmp_path, args)  # job 1 runs on in Slurm
+    try:
+        rerun = sweep(*args)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+    state = subprocess.run(["sacct", "-nPX", "-j", job_id, "-o", "State"], capture_output=True, text=True).stdout
+    assert state.startswith("CANCELLED")  # stopped before the rerun redid job 1 in its folder
+    parents, children = runs_by_job(uri)
+    assert len(parents) == 1 and parents[0].data.tags["sweep_sft.resumes"] == "1"
+    assert [c.info.status for c in children[0]] == ["FINISHED"]  # finished before the kill: not redone
+    assert [c.info.status for c in children[1]] == ["KILLED", "FINISHED"]
+    assert children[1][0].data.tags["sweep_sft.slurm_job_id"] == job_id
