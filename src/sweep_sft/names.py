@@ -30,6 +30,8 @@ SUMMARY_FILE = "sweep_summary.json"  # the grid sweeper's per-job states
 OPTUNA_FILE = "optuna_result.json"
 SANDWICH_FILE = "sandwich_result.json"
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep's overrides
+# The jobs our launchers have in flight (sweep_sft.sweep.inflight): what a killed controller left.
+INFLIGHT_FILE = "inflight_jobs.json"
 
 # MLflow tags.
 ERROR_TAG = "sweep_sft.error"

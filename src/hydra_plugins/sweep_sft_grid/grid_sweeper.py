@@ -6,7 +6,6 @@ composes and validates every job's config before the first is launched (sweep_sf
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import MULTIRUN_FILE, SUMMARY_FILE
-from sweep_sft.sweep.dispatch import check_settings, warn_unless_possible
+from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, is_async, warn_unless_possible
 from sweep_sft.sweep.jobs import log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
+from sweep_sft.sweep.resume import done_entries, hydra_folders
 from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed, write
 
 log = logging.getLogger(__name__)
@@ -58,31 +58,39 @@ class GridSweeper(BasicSweeper):
         check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Launch the grid batch by batch, writing the summary after each; stop once too many failed."""
+        """Launch the grid (max_in_flight jobs at a time, or batch by batch), writing the summary as
+        each job ends; start no more once too many failed."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        n_jobs = sum(len(batch) for batch in self.overrides)
+        jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
+        n_jobs = len(jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        # Run again in its folder, the sweep carries over the jobs that finished (sweep_sft.sweep.resume).
+        done = done_entries(sweep_dir, jobs, hydra_folders(self.config, self.hydra_context.config_loader))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
-        returns: list[list[JobReturn]] = []
-        entries: list[dict[str, Any]] = []
-        job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            tic = time.perf_counter()
-            self.validate_batch_is_legal(batch)
-            log.debug(f"validated {len(batch)} job configs in {time.perf_counter() - tic:.2f} s")
-            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
-            entries += [job_entry(job_idx + i, r) for i, r in enumerate(results)]
-            job_idx += len(batch)
-            returns.append(results)
+        entries: list[dict[str, Any]] = list(done.values())
+        summary = summarize(entries, n_jobs, self.max_failure_rate)
+        write(sweep_dir, summary)
+        todo = iter([Job(list(job), num) for num, job in enumerate(jobs) if num not in done])
+
+        def next_job() -> Job | None:
+            job = next(todo, None)
+            if job is not None:
+                self.validate_batch_is_legal([job.overrides])
+            return job
+
+        def on_done(job: Job, result: JobReturn) -> bool:
+            nonlocal summary
+            entries.append(job_entry(job.num, result))
             summary = summarize(entries, n_jobs, self.max_failure_rate)
             write(sweep_dir, summary)
-            if too_many_failed(summary["states"]["FAILED"], n_jobs, self.max_failure_rate):
-                break
+            return not too_many_failed(summary["states"]["FAILED"], n_jobs, self.max_failure_rate)
+
+        asynchronous = is_async(self.launcher, self.dispatch)
+        in_flight = (self.max_in_flight if asynchronous else None) or self.max_batch_size or n_jobs
+        returns = dispatch(self.launcher, "async" if asynchronous else "batch", in_flight, next_job, on_done)
         log.info("sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, table(summary))
         states = summary["states"]
         log_to_parent(sweep_dir, SUMMARY_FILE, summary, {f"sweep/{k.lower()}": v for k, v in states.items()})

@@ -26,7 +26,7 @@ from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE
 from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
-from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
+from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record, resumed_sampler
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,9 @@ class OptunaSweeper(Sweeper):
             directions=self.directions,
             load_if_exists=True,
         )
+        held = len(study.get_trials(deepcopy=False))
+        if held:  # continued: a sampler seeded as in the first process would propose its points again
+            study.sampler = build("sampler", resumed_sampler(sampler_spec, held), **extra)
         # Trials rebuild this pruner from the study: one source of truth across processes.
         study.set_user_attr(PRUNER_ATTR, pruner)
         _requeue_interrupted(study)

@@ -25,6 +25,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.sweep_sft_submitit import inflight
 from hydra_plugins.sweep_sft_submitit.local_job_state import ended, kill_job, write_trial_file
 from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
 from sweep_sft.sweep.jobs import hydra_values
@@ -139,6 +140,7 @@ class RetryingLauncher(BaseSubmititLauncher):
             outcome = self._collect(p)
             if isinstance(outcome, JobReturn):
                 ended.append((p.num, outcome))
+                inflight.collected(self, p)
                 continue
             self._wait_until_gone(p.job)
             if p.attempt <= self.retries:
@@ -149,6 +151,7 @@ class RetryingLauncher(BaseSubmititLauncher):
             else:
                 log.error(f"#{p.num} failed: {outcome}")
                 ended.append((p.num, self._failed_return(p, outcome)))
+            inflight.collected(self, p)  # its death recorded (and a retry, if any, submitted)
         return ended
 
     @property
@@ -201,7 +204,8 @@ class RetryingLauncher(BaseSubmititLauncher):
         return executor
 
     def _submitted(self, p: _Pending) -> None:
-        """A job was just submitted."""
+        """A job was just submitted: named in the sweep folder's record of jobs in flight."""
+        inflight.submitted(self, p)
 
     def _refresh(self, pending: list[_Pending]) -> None:
         """Ask the scheduler for the jobs' states now (every sacct_interval_s); done() reads them."""
@@ -331,6 +335,7 @@ class LocalLauncher(RetryingLauncher):
     def _submitted(self, p: _Pending) -> None:
         """Tell the job's controller where its trial writes: if this process dies, the controller
         ends the run the trial leaves RUNNING."""
+        super()._submitted(p)
         try:
             write_trial_file(p.job.paths.folder, str(p.job.job_id), _job_output_dir(self, p, None))
         except Exception as exc:  # noqa: BLE001 - bookkeeping for a crash; the sweep goes on without it

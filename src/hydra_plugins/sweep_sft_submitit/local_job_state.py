@@ -5,11 +5,11 @@ writes), how a job that left no result ended, and stopping what is left of one."
 from __future__ import annotations
 
 import json
-import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
+
+from sweep_sft.sweep.inflight import kill_group as kill_job  # noqa: F401 - the launcher's name for it
 
 # Why a controller stopped its tasks, in its exit file.
 TIMEOUT, CANCELLED, ORPHANED = "timeout", "cancelled", "launcher gone"
@@ -67,33 +67,3 @@ def _signalled(number: int) -> str:
         return f"KILLED by {signal.Signals(number).name} (signal {number})"
     except ValueError:
         return f"KILLED by signal {number}"
-
-
-def kill_job(job_id: str, timeout_s: float = 10.0) -> None:
-    """SIGKILL the job's process group (its controller started one: the group's id is the job
-    id) and wait until none of it runs: a trial left by a controller that was killed must not
-    run on beside a retry in its folder. (A group's id is not given to another process while a
-    member lives.)"""
-    pgid = int(job_id)
-    if not _group_members(pgid):
-        return  # empty: its id may be free for another process to take
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and fields[2] == str(pgid):
-            found.append(int(stat.parent.name))
-    return found

@@ -17,8 +17,10 @@ from sweep_sft.config.compose import task_overrides
 from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import KIND_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.report.html import write_report as write_html
-from sweep_sft.tracking.client import TrackingError, retry_until
-from sweep_sft.tracking.runs import Run
+from sweep_sft.sweep import inflight
+from sweep_sft.tracking.client import TrackingError, read_parent, retry_until, tracking_uri
+from sweep_sft.tracking.dead_runs import end_cut_off
+from sweep_sft.tracking.runs import Run, reopen
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,12 @@ class MlflowParentRun(Callback):
         return {**self.__dict__, "run": None, "sweep_dir": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Open the parent run (tracking on) and name it in the sweep folder; report at exit either way."""
+        """Open the parent run (tracking on; the one the sweep folder names, reopened, when the sweep
+        runs again there) and name it in the folder; report at exit either way."""
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
+        # Run again after its controller was killed: the jobs it left in flight must not race the rerun.
+        stopped = inflight.stop_left(sweep_dir)
         # A sweep that raises never reaches on_multirun_end: report it, and mark the parent
         # FAILED, then.
         self.sweep_dir = sweep_dir
@@ -54,15 +59,11 @@ class MlflowParentRun(Callback):
         if not tracking.enabled:
             return
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = task_overrides(config.hydra)  # as typed: `${hydra:job.num}` means each job's
-        self.run = Run(
+        overrides = " ".join(task_overrides(config.hydra))  # as typed: `${hydra:job.num}` means each job's
+        self.run = _reopened(tracking, sweep_dir, stopped, overrides) or Run(
             tracking,
             run_name=f"sweep {sweep_dir.name}",
-            tags={
-                KIND_TAG: "sweep",
-                SWEEP_DIR_TAG: str(sweep_dir.resolve()),
-                OVERRIDES_TAG: " ".join(overrides),
-            },
+            tags={KIND_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir.resolve()), OVERRIDES_TAG: overrides},
         )
         parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
         (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
@@ -106,6 +107,31 @@ class MlflowParentRun(Callback):
             "sweep/failed": states.count("FAILED"),
             "sweep/pruned": sum(c.data.tags.get(TRIAL_STATE_TAG) == "PRUNED" for c in children),
         }
+
+
+def _reopened(tracking: TrackingConfig, sweep_dir: Path, stopped: dict[int, dict], overrides: str) -> Run | None:
+    """The parent run the sweep folder names, reopened if it is in this store (one parent per
+    sweep folder across reruns), its children the dead controller left RUNNING ended KILLED."""
+    named = read_parent(sweep_dir)
+    if not named.get("run_id") or named.get("tracking_uri") != tracking_uri(tracking):
+        return None
+    run = reopen(tracking, named["run_id"], sweep_dir)
+    if run is None:
+        where = f"{tracking_uri(tracking)}, experiment {tracking.experiment}"
+        log.warning(f"{sweep_dir / PARENT_FILE}: run {named['run_id']} is not in {where}: a new parent run")
+        return None
+    run.set_tag(OVERRIDES_TAG, overrides)
+    log.info(f"sweep run again in {sweep_dir}: continuing its MLflow parent run {run.run_id}")
+    try:
+        ended = retry_until(
+            lambda: end_cut_off(run.client, run.run_id, stopped), run.timeout_s, "end the cut-off runs", run.uri
+        )
+    except TrackingError as exc:
+        log.warning(f"sweep parent run: {exc}")
+        return run
+    if ended:
+        log.warning(f"{len(ended)} run(s) the previous sweep left RUNNING ended KILLED: {', '.join(ended)}")
+    return run
 
 
 def write_report(sweep_dir: Path) -> Path | None:

@@ -11,6 +11,7 @@ make them run anything.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,19 @@ def build(kind: str, spec: dict[str, Any], **extra: Any):
     except Exception as exc:  # Hydra wraps the constructor's TypeError/ValueError
         cause = exc.__cause__ or exc
         raise ConfigError(f"hydra.sweeper.{kind} ({spec.get('_target_')}): {cause}") from exc
+
+
+def resumed_sampler(spec: dict[str, Any], n_held: int) -> dict[str, Any]:
+    """The sampler config for a study that already holds `n_held` trials: its seed derived from
+    the configured one and `n_held`. A seeded sampler rebuilt in a new process starts its random
+    stream over, so a resumed or extended study would propose its first trials' points again;
+    a fresh study (n_held 0), an unseeded sampler and QMC (its points are indexed by the study's
+    trials, and its seed is its scrambling) keep their config as is."""
+    seed = spec.get("seed")
+    if n_held == 0 or seed is None or str(spec.get("_target_", "")).endswith("QMCSampler"):
+        return spec
+    digest = hashlib.sha256(f"sweep_sft.sampler:{seed}:{n_held}".encode()).digest()
+    return {**spec, "seed": int.from_bytes(digest[:4], "big")}
 
 
 def pruner_record(spec: dict[str, Any], key: str = "hydra.sweeper.pruner") -> dict[str, Any]:

@@ -41,7 +41,8 @@ def job_entry(number: int, job: JobReturn) -> dict[str, Any]:
 
 
 def summarize(entries: list[dict[str, Any]], n_jobs: int, max_failure_rate: float) -> dict[str, Any]:
-    """The summary: the jobs' entries, counts per state and the failure-rate verdict."""
+    """The summary: the jobs' entries (by job number), counts per state and the failure-rate verdict."""
+    entries = sorted(entries, key=lambda e: e["number"])
     states = {s: sum(e["state"] == s for e in entries) for s in STATES}
     return {
         "n_jobs": n_jobs,

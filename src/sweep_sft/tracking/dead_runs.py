@@ -8,8 +8,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_sft.names import ERROR_TAG, OUTPUT_DIR_TAG, PARENT_FILE, RUN_FILE, child_run_name
+from sweep_sft.names import (
+    ENDED_BY_TAG,
+    ERROR_TAG,
+    JOB_STATE_TAG,
+    OUTPUT_DIR_TAG,
+    PARENT_FILE,
+    RUN_FILE,
+    child_run_name,
+    job_id_tag,
+    run_number,
+)
 from sweep_sft.tracking.client import read_parent
+
+# On a trial's run the sweep's rerun found RUNNING under its parent (end_cut_off).
+RERUN = "sweep rerun"
+CUT_OFF = (
+    "cut off: the sweep controller running this trial died (killed) before it ended; "
+    "ended when the same sweep was run again in its folder"
+)
 
 
 def is_tracked(sweep_dir: str | Path, output_dir: str | Path) -> bool:
@@ -68,6 +85,27 @@ def end_running_trial(output_dir: str | Path, error: str, tags: dict[str, str]) 
         return None  # the trial ended it itself
     _end(client, run_id, "KILLED", {ERROR_TAG: error[:5000], **tags})
     return run_id
+
+
+def end_cut_off(client, parent_run_id: str, stopped: dict[int, dict]) -> list[str]:
+    """End KILLED the children of the sweep's parent still RUNNING when the sweep is run again
+    in its folder: the controller that ran them died, and the jobs it left in flight are stopped
+    by now (`stopped`, by job number: executor and job id, named on the run). Returns their ids."""
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    ended = []
+    for run in children:
+        job = stopped.get(run_number(run.info.run_name or ""))
+        tags = {ERROR_TAG: CUT_OFF, ENDED_BY_TAG: RERUN}
+        if job is not None:
+            tags[job_id_tag(str(job["executor"]))] = str(job["job_id"])
+            tags[JOB_STATE_TAG] = "CANCELLED (its sweep was gone; stopped by the rerun)"
+        _end(client, run.info.run_id, "KILLED", tags)
+        ended.append(run.info.run_id)
+    return ended
 
 
 def _end(client, run_id: str, status: str, tags: dict[str, str]) -> None:

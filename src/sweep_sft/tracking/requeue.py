@@ -15,7 +15,7 @@ from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import ENDED_BY_TAG, ERROR_TAG, RESUMES_TAG, RUN_FILE
 from sweep_sft.tracking import run_guard
 from sweep_sft.tracking.client import delete_tags, http_defaults, retry_until, tracking_uri
-from sweep_sft.tracking.runs import Run
+from sweep_sft.tracking.runs import Run, existing_run
 
 
 class ReopenedRun(Run):
@@ -77,7 +77,6 @@ def open_run(
 
 
 def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     if not path.exists():
@@ -91,17 +90,9 @@ def _reopen(cfg: TrackingConfig, path: Path, out: Path) -> ReopenedRun | None:
     http_defaults(uri)
     client = MlflowClient(tracking_uri=uri)
 
-    def get():
-        try:
-            return client.get_run(run_id)
-        except MlflowException as exc:  # gone from the store (not an outage: that is retried)
-            if exc.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
-                return None
-            raise
-
     # An outage is waited out: a new run here would orphan the interrupted one, RUNNING forever.
-    previous = retry_until(get, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
-    if previous is None or previous.info.lifecycle_stage == "deleted":
+    previous = existing_run(client, run_id, cfg.outage_timeout_s, uri)
+    if previous is None:
         print(f"warning: MLflow run {run_id} no longer exists: the trial gets a new run", file=sys.stderr)
         return None
 

@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from sweep_sft.config.schema import TrackingConfig
-from sweep_sft.names import OUTPUT_DIR_TAG, SWEEP_DIR_TAG, UNDELIVERED_FILE
+from sweep_sft.names import ENDED_BY_TAG, ERROR_TAG, OUTPUT_DIR_TAG, RESUMES_TAG, SWEEP_DIR_TAG, UNDELIVERED_FILE
 from sweep_sft.tracking import run_guard
-from sweep_sft.tracking.client import TrackingError, experiment_id, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking.client import (
+    TrackingError,
+    delete_tags,
+    experiment_id,
+    http_defaults,
+    retry_until,
+    tracking_uri,
+)
 from sweep_sft.tracking.delivery import Delivery
 
 log = logging.getLogger(__name__)
@@ -186,6 +193,52 @@ class Run:
             path,
         )
         return path.resolve()
+
+
+def existing_run(client, run_id: str, timeout_s: float, uri: str):
+    """The run, or None when it is gone from the store (deleted, or never there); an outage is
+    waited out (up to `timeout_s`), not taken for a missing run."""
+    from mlflow.exceptions import MlflowException
+
+    def get():
+        try:
+            return client.get_run(run_id)
+        except MlflowException as exc:  # gone from the store (not an outage: that is retried)
+            if exc.get_http_status_code() == 404 or "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+                return None
+            raise
+
+    run = retry_until(get, timeout_s, f"read MLflow run {run_id}", uri)
+    return None if run is None or run.info.lifecycle_stage == "deleted" else run
+
+
+def reopen(cfg: TrackingConfig, run_id: str, spill_dir: str | Path) -> Run | None:
+    """The run `run_id` of the store `cfg` names set RUNNING again and continued (a sweep's parent
+    run, when the sweep runs again in its folder), its resumes tag counting the reopenings and a
+    dead process's error removed; None when the run is not in this store and experiment."""
+    if not cfg.enabled:
+        return None
+    uri = tracking_uri(cfg)
+    http_defaults(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    previous = existing_run(client, run_id, cfg.outage_timeout_s, uri)
+    if previous is None:
+        return None
+    experiment = retry_until(lambda: experiment_id(client, cfg.experiment), cfg.outage_timeout_s, "find it", uri)
+    if previous.info.experiment_id != experiment:
+        return None
+    resumes = int(previous.data.tags.get(RESUMES_TAG, "0")) + 1
+
+    def claim() -> None:
+        # The tag first: the dead process's guardian, still ending the run, leaves a run whose tag moved.
+        client.set_tag(run_id, RESUMES_TAG, str(resumes))
+        client.update_run(run_id, status="RUNNING")
+        delete_tags(client, run_id, [ERROR_TAG, ENDED_BY_TAG])
+
+    retry_until(claim, cfg.outage_timeout_s, f"reopen MLflow run {run_id}", uri)
+    return Run(cfg, None, spill_dir=spill_dir, run_id=run_id, resumes=resumes)
 
 
 def replay(path: str | Path, uri: str | None = None) -> int:
