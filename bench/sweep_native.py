@@ -14,8 +14,10 @@ Each returns (trials, origin, wall_s): trial records as sweep_rows reads them.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def ray_asha(n_trials: int, slots: int, step_s: float, seed: int, root: Path) ->
     # Ray's workers unpickle the trainable and import sweep_objective by name.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    print(f"  ray.init(): {time.time() - origin:.1f} s (imports included)", file=sys.stderr, flush=True)
     try:
         scheduler = ASHAScheduler(time_attr="step", max_t=STEPS, grace_period=EVAL_EVERY, reduction_factor=4)
         tuner = tune.Tuner(
@@ -52,7 +55,8 @@ def ray_asha(n_trials: int, slots: int, step_s: float, seed: int, root: Path) ->
             ),
             run_config=tune.RunConfig(storage_path=str(root / "ray"), name="asha", verbose=0),
         )
-        results = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's progress boxes; stdout is the table
+            results = tuner.fit()
         wall = time.time() - origin
         trials = [_ray_record(r.metrics_dataframe) for r in results if r.metrics_dataframe is not None]
     finally:
