@@ -60,6 +60,7 @@ def main(cfg: App) -> float:
         "steps": record["steps"],
         "timing": {"t_start": record["t_start"], "t_end": record["t_end"]},
         "number": HydraConfig.get().job.num,
+        "params": {"x": cfg.x, "w": cfg.w},
     }
     (Path(HydraConfig.get().runtime.output_dir) / "metrics.json").write_text(json.dumps(out))
     return record["value"]

@@ -5,9 +5,10 @@ successive halving; then, on the same objective and slots, Ray Tune with ASHA an
 pattern (4 worker processes on one journal file), each with the same pruner. The trial is the
 synthetic curve of bench/sweep_objective.py (bench/sweep_app.py runs it as a Hydra app).
 
-Every arm samples at random (Optuna's RandomSampler, seed --seed; Ray's random search, same
-seed): the Optuna sweeper rows propose the same points whatever the dispatch, so their best
-values differ only by what the pruner stopped. Columns: see bench/sweep_rows.py.
+Every arm evaluates the same points, those Optuna's RandomSampler (seed --seed) proposes: our
+sweeper rows draw them (hydra/sweeper/sampler=random), Ray Tune and the Optuna workers are given
+them in that order (bench/sweep_objective.py). So best values differ only by what the pruner
+stopped, and times by dispatch. Columns: see bench/sweep_rows.py.
 
     python bench/sweep_efficiency.py [--quick] [--trials 32] [--step-s 0.1] [--json rows.json]
     python bench/sweep_efficiency.py --arms batch,async --pruners none     # some rows only
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 from sweep_native import optuna_workers, ray_asha
-from sweep_objective import STEPS, W_RANGE, X_RANGE
+from sweep_objective import STEPS, W_RANGE, X_RANGE, points
 from sweep_rows import add_run_best, make_row, table
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +102,7 @@ def job_records(sweep_dir: Path) -> list[dict]:
                 "state": m["state"],
                 "steps": m["steps"],
                 "number": m["number"],
+                "params": m["params"],
                 **m["timing"],
             }
         )
@@ -121,12 +123,28 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
     return rows
 
 
-def run_row(root: Path, args: argparse.Namespace, dispatch: str, pruner: str) -> tuple[list[dict], float, float]:
-    if dispatch in SWEEPER_ARMS:
-        return sweeper_arm(root, args, dispatch, pruner)
+def run_row(
+    root: Path, args: argparse.Namespace, dispatch: str, pruner: str, shared: list[dict]
+) -> tuple[list[dict], float, float]:
+    """One row's trials, origin and wall time; a sweeper row that drew other points than the
+    shared ones says so (the arms would not be comparable)."""
     if dispatch == "ray_asha":
-        return ray_asha(args.trials, args.slots, args.step_s, args.seed, root)
-    return optuna_workers(args.trials, args.slots, args.step_s, args.seed, root, pruner)
+        return ray_asha(shared, args.slots, args.step_s, root)
+    if dispatch == "optuna_workers":
+        return optuna_workers(shared, args.slots, args.step_s, args.seed, root, pruner)
+    trials, origin, wall = sweeper_arm(root, args, dispatch, pruner)
+    if not same_points(trials, shared):
+        print(f"  warning: {dispatch}/{pruner} evaluated other points than the other arms", file=sys.stderr)
+    return trials, origin, wall
+
+
+def same_points(trials: list[dict], shared: list[dict]) -> bool:
+    """Whether the trials evaluated exactly the shared points (in any order)."""
+
+    def key(p: dict) -> tuple:
+        return (round(p["x"], 12), round(p["w"], 12))
+
+    return sorted(key(t["params"]) for t in trials) == sorted(key(p) for p in shared)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,10 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows, trials_of, origins = [], [], []
+    shared = points(args.trials, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         for dispatch, pruner in plan(args):
             print(f"running {dispatch} / {pruner} ...", file=sys.stderr, flush=True)
-            trials, origin, wall = run_row(Path(tmp), args, dispatch, pruner)
+            trials, origin, wall = run_row(Path(tmp), args, dispatch, pruner, shared)
             rows.append(make_row(dispatch, pruner, trials, origin, wall, args.slots))
             trials_of.append(trials)
             origins.append(origin)

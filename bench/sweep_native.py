@@ -2,12 +2,14 @@
 (bench/sweep_objective.py) and the same number of slots, all local processes:
 
 - ray_asha: Ray Tune, its ASHA scheduler (time_attr=step, grace period = one evaluation,
-  reduction factor 4 as Optuna's SuccessiveHalvingPruner default), random search, `slots`
-  concurrent trials; ray.init() counts in its wall time as our controller's start-up counts in ours;
+  reduction factor 4 as Optuna's SuccessiveHalvingPruner default), `slots` concurrent trials, the
+  given points in order (a grid_search over them); ray.init() counts in its wall time as our
+  controller's start-up counts in ours;
 - optuna_workers: Optuna's own multi-worker pattern: `slots` processes on one JournalStorage file,
   each calling study.optimize() with the same objective and pruner until the study holds n trials
-  (MaxTrialsCallback over all states: a worker may start one more trial while another finishes,
-  so a row can hold a trial or two over n; its row says how many).
+  (MaxTrialsCallback over all but waiting trials); the points are enqueued first, so the workers
+  take them in order (two workers may both start a trial as the count reaches n: a row can hold
+  one or two random extra trials; its row says how many).
 
 Each returns (trials, origin, wall_s): trial records as sweep_rows reads them.
 """
@@ -28,13 +30,12 @@ HERE = Path(__file__).resolve().parent
 OPTUNA_PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner"}
 
 
-def ray_asha(n_trials: int, slots: int, step_s: float, seed: int, root: Path) -> tuple[list[dict], float, float]:
+def ray_asha(points: list[dict], slots: int, step_s: float, root: Path) -> tuple[list[dict], float, float]:
     """Ray Tune + ASHAScheduler over the objective; the trials' records from their reports."""
     origin = time.time()
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Ray's workers unpickle the trainable and import sweep_objective by name.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
@@ -44,21 +45,21 @@ def ray_asha(n_trials: int, slots: int, step_s: float, seed: int, root: Path) ->
         scheduler = ASHAScheduler(time_attr="step", max_t=STEPS, grace_period=EVAL_EVERY, reduction_factor=4)
         tuner = tune.Tuner(
             _ray_trainable(step_s),
-            param_space={"x": tune.loguniform(*X_RANGE), "w": tune.uniform(*W_RANGE)},
+            param_space={"point": tune.grid_search(points)},
             tune_config=tune.TuneConfig(
                 metric="loss",
                 mode="min",
                 scheduler=scheduler,
-                num_samples=n_trials,
                 max_concurrent_trials=slots,
-                search_alg=BasicVariantGenerator(random_state=seed),
             ),
             run_config=tune.RunConfig(storage_path=str(root / "ray"), name="asha", verbose=0),
         )
         with contextlib.redirect_stdout(sys.stderr):  # Ray's progress boxes; stdout is the table
             results = tuner.fit()
         wall = time.time() - origin
-        trials = [_ray_record(r.metrics_dataframe) for r in results if r.metrics_dataframe is not None]
+        trials = [
+            _ray_record(r.metrics_dataframe, r.config["point"]) for r in results if r.metrics_dataframe is not None
+        ]
     finally:
         ray.shutdown()
     return trials, origin, wall
@@ -70,8 +71,8 @@ def _ray_trainable(step_s: float):
 
         start = time.time()
         run_curve(
-            config["x"],
-            config["w"],
+            config["point"]["x"],
+            config["point"]["w"],
             lambda step, value: tune.report({"loss": value, "step": step, "t_start": start, "t_now": time.time()}),
             step_s,
         )
@@ -79,7 +80,7 @@ def _ray_trainable(step_s: float):
     return trainable
 
 
-def _ray_record(frame) -> dict:
+def _ray_record(frame, point: dict) -> dict:
     """A Ray trial's record from its reports: stopped by ASHA before STEPS means PRUNED."""
     last = frame.iloc[-1]
     steps = int(last["step"])
@@ -90,11 +91,12 @@ def _ray_record(frame) -> dict:
         "steps": steps,
         "t_start": float(last["t_start"]),
         "t_end": float(last["t_now"]),
+        "params": point,
     }
 
 
 def optuna_workers(
-    n_trials: int, slots: int, step_s: float, seed: int, root: Path, pruner: str
+    points: list[dict], slots: int, step_s: float, seed: int, root: Path, pruner: str
 ) -> tuple[list[dict], float, float]:
     """`slots` processes running study.optimize() on one journal file; the trials from the study."""
     import optuna
@@ -103,7 +105,10 @@ def optuna_workers(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     origin = time.time()
     path = str(root / f"workers-{pruner}.journal")
-    optuna.create_study(study_name="workers", storage=JournalStorage(JournalFileBackend(path)))
+    study = optuna.create_study(study_name="workers", storage=JournalStorage(JournalFileBackend(path)))
+    for point in points:
+        study.enqueue_trial(point)
+    n_trials = len(points)
     spawn = multiprocessing.get_context("spawn")  # fresh processes, as separate workers would be
     procs = [spawn.Process(target=_worker, args=(path, n_trials, step_s, seed + i, pruner)) for i in range(slots)]
     for p in procs:
@@ -147,7 +152,8 @@ def _worker(path: str, n_trials: int, step_s: float, seed: int, pruner: str) -> 
             raise optuna.TrialPruned()
         return record["value"]
 
-    study.optimize(objective, callbacks=[MaxTrialsCallback(n_trials, states=None)])
+    counted = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING)
+    study.optimize(objective, callbacks=[MaxTrialsCallback(n_trials, states=counted)])
 
 
 def _optuna_record(trial) -> dict:

@@ -6,7 +6,9 @@ as a pruner does). No training: the arms differ only in how they dispatch and st
 loss(t) = floor + 2 / (1 + t / tau) + noise, with floor = (log10(x) + 3.5)^2 + (w - 0.3)^2 / 2
 and tau = 4 + 12 * w: the best x is 10^-3.5 and the best w 0.3; a bad x shows at the first
 evaluations, a large w learns slowly (its curve catches up late, which a pruner can misjudge).
-The noise is a function of (x, w, step), so a point scores the same in every arm.
+The noise is a function of (x, w, step), so a point scores the same in every arm, and every arm
+evaluates the same points: `points(n, seed)`, the first n that Optuna's seeded RandomSampler
+proposes, which our sweeper's rows draw themselves and the other arms are given.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ def loss(x: float, w: float, step: int) -> float:
     floor = (math.log10(x) + 3.5) ** 2 + (w - 0.3) ** 2 / 2
     noise = random.Random(f"{x!r}/{w!r}/{step}").gauss(0.0, NOISE)
     return floor + 2 / (1 + step / (4 + 12 * w)) + noise
+
+
+def points(n: int, seed: int) -> list[dict[str, float]]:
+    """The first n points {x, w} Optuna's RandomSampler(seed) proposes, asked one trial at a time
+    with x then w, as hydra/sweeper=optuna5 asks them for `x=tag(log,interval(..)) w=interval(..)`."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    space = {"x": FloatDistribution(*X_RANGE, log=True), "w": FloatDistribution(*W_RANGE)}
+    return [study.ask(space).params for _ in range(n)]
 
 
 def run_curve(

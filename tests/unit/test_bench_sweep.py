@@ -96,6 +96,7 @@ def test_job_records_read_the_trials_metrics_files(bench, tmp_path):
     for num, state in ((0, "COMPLETE"), (1, "PRUNED")):
         (tmp_path / str(num)).mkdir()
         record = {"metrics": {"val/loss": 0.5 + num}, "state": state, "steps": 60 - 50 * num, "number": num}
+        record["params"] = {"x": 1e-3 * (num + 1), "w": 0.5}
         record["timing"] = {"t_start": 10.0 + num, "t_end": 20.0}
         (tmp_path / str(num) / "metrics.json").write_text(json.dumps(record))
     records = bench["eff"].job_records(tmp_path)
@@ -104,6 +105,16 @@ def test_job_records_read_the_trials_metrics_files(bench, tmp_path):
         (1, "PRUNED", 10, 1.5),
     ]
     assert bench["rows"].slot_busy(records, slots=2, wall_s=10.0) == pytest.approx(19 / 20)
+    assert bench["eff"].same_points(records, [{"x": 2e-3, "w": 0.5}, {"x": 1e-3, "w": 0.5}])
+    assert not bench["eff"].same_points(records, [{"x": 2e-3, "w": 0.5}, {"x": 1e-3, "w": 0.6}])
+
+
+def test_the_shared_points_are_what_a_seeded_random_sampler_proposes(bench):
+    o = bench["obj"]
+    first = o.points(5, seed=0)
+    assert first == o.points(5, seed=0) != o.points(5, seed=1)
+    assert o.points(3, seed=0) == first[:3]  # a longer run extends a shorter one
+    assert all(o.X_RANGE[0] <= p["x"] <= o.X_RANGE[1] and o.W_RANGE[0] <= p["w"] <= o.W_RANGE[1] for p in first)
 
 
 def test_the_curve_is_seeded_and_a_stop_prunes_it(bench):
