@@ -2,11 +2,14 @@
 floor(x) + 2 / (1 + t / 8), floor(x) = (log10(x) + 3.5)^2, so the best x is 10^-3.5 and a bad x
 shows early. It reports to the study through sweep_sft.sweep.study (as real trials do) and writes
 metrics.json. With FAIL_ABOVE, x above it raises; with KILL_ONCE=<file>, job number KILL_AT
-kills the whole sweep process once (to test resuming)."""
+kills the whole sweep process once (to test resuming). With SLOW_JOB=<n>, job n sleeps SLOW_S
+seconds (default 4) before it starts; every job records when it started and ended (to test
+which jobs overlapped)."""
 
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,9 @@ def loss(x: float, t: int) -> float:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="app")
 def main(cfg: App) -> float:
+    started = time.time()
+    if str(HydraConfig.get().job.num) == os.environ.get("SLOW_JOB"):
+        time.sleep(float(os.environ.get("SLOW_S", "4")))
     kill = os.environ.get("KILL_ONCE")
     if kill and HydraConfig.get().job.num == int(os.environ.get("KILL_AT", "3")) and not Path(kill).exists():
         Path(kill).touch()
@@ -55,6 +61,7 @@ def main(cfg: App) -> float:
     value = series[-1][1]
     record = {"metrics": {"val/loss": value, "x_error": abs(math.log10(cfg.x) + 3.5)}, "state": state, "steps": step}
     record["series"] = {"val/loss": series}
+    record["started"], record["ended"] = started, time.time()
     (out / "metrics.json").write_text(json.dumps(record))
     return value
 

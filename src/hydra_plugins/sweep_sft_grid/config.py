@@ -11,8 +11,14 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class GridSweeperConf:
     _target_: str = "hydra_plugins.sweep_sft_grid.grid_sweeper.GridSweeper"
-    # Jobs launched together (one job array on Slurm); null: all of them.
+    # Jobs launched together (one job array on Slurm) when dispatched in batches; null: all of them.
     max_batch_size: int | None = None
+    # Jobs running at once through our launchers (local_jobs, the Slurm profiles), the next
+    # started the moment one ends; null: max_batch_size (null: all of them).
+    max_in_flight: int | None = None
+    # auto: job by job through our launchers, in batches through others. async: the same,
+    # warning when the launcher can only do batches. batch: Hydra's batches of max_batch_size.
+    dispatch: str = "auto"
     # The grid in Hydra's override grammar, e.g. lr: 1e-4,1e-3; the command line adds to it.
     params: dict[str, str] | None = None
     # The sweep exits 1 (after writing sweep_summary.json) once more than this share of its

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import MULTIRUN_FILE, SUMMARY_FILE
+from sweep_sft.sweep.dispatch import check_settings, warn_unless_possible
 from sweep_sft.sweep.jobs import log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.summary import job_entry, summarize, table, too_many_failed, write
@@ -33,15 +34,25 @@ class GridSweeper(BasicSweeper):
     """hydra/sweeper=grid: Hydra's basic grid, each job recorded and a failed one no end of the sweep."""
 
     def __init__(
-        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, max_failure_rate: float = 0.5
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        max_failure_rate: float = 0.5,
+        max_in_flight: int | None = None,
+        dispatch: str = "auto",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         if not 0 <= max_failure_rate <= 1:
             raise ConfigError(f"hydra.sweeper.max_failure_rate: expected a share in [0, 1], got {max_failure_rate}")
+        check_settings(dispatch, max_in_flight, "hydra.sweeper.max_in_flight")
+        check_settings(dispatch, max_batch_size, "hydra.sweeper.max_batch_size")
         self.max_failure_rate = max_failure_rate
+        self.max_in_flight = max_in_flight
+        self.dispatch = dispatch
 
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Compose and validate every job of the grid (sweep_sft.sweep.preflight, before any launch)."""
+        warn_unless_possible(config, self.dispatch)
         parser = OverridesParser.create(config_loader=config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *task_overrides(config.hydra)])
         check_jobs(config_loader, config, [job for batch in self.split_arguments(overrides, None) for job in batch])

@@ -23,7 +23,9 @@ class TPESamplerConf:
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = False
-    constant_liar: bool = False  # better suggestions for parallel trials
+    # Trials still running count as if they had the worst value seen: parallel trials are asked
+    # away from the points already being tried.
+    constant_liar: bool = True
 
 
 @dataclass
@@ -165,8 +167,12 @@ class OptunaSweeperConf:
     storage: str | None = None
     # Trials the study should hold when done (complete, pruned and failed ones count).
     n_trials: int = 20
-    # Trials launched together (in parallel when the launcher can).
+    # Trials running at once (in parallel when the launcher can).
     n_jobs: int = 1
+    # auto: through our launchers (local_jobs, the Slurm profiles) the next trial is asked the
+    # moment one ends, so no slot waits for the slowest trial; through others, in batches of
+    # n_jobs. async: the same, warning when the launcher can only do batches. batch: batches.
+    dispatch: str = "auto"
     # Stop the sweep once more than this share of n_trials has failed.
     max_failure_rate: float = 0.25
     # The search space in Hydra's override grammar, e.g. lr: tag(log, interval(1e-5, 1e-2));

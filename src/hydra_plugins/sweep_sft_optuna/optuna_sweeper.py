@@ -1,8 +1,9 @@
-"""Our Optuna 5 sweeper: asks the study for trials, launches them in batches through any Hydra
-launcher, and tells the study what each became (COMPLETE, PRUNED by the trial itself while it
-trained, or FAIL). The study lives in a storage (a journal file in the sweep folder by
-default), so running the same command again continues it: finished trials are kept, numbers
-and job folders go on, and a trial cut off by a dead sweep is run again under a new number."""
+"""Our Optuna 5 sweeper: asks the study for trials, keeps n_jobs of them running (a new one asked
+the moment one ends, through our launchers; in batches through other Hydra launchers), and
+tells the study what each became (COMPLETE, PRUNED by the trial itself while it trained, or
+FAIL). The study lives in a storage (a journal file in the sweep folder by default), so running
+the same command again continues it: finished trials are kept, numbers and job folders go on,
+and a trial cut off by a dead sweep is run again under a new number."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE
+from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record
@@ -52,6 +54,7 @@ class OptunaSweeper(Sweeper):
         self.pruning = not str(self.conf.pruner._target_).endswith("NopPruner")
         if len(self.directions) > 1 and self.pruning:
             raise ConfigError("hydra.sweeper.pruner: Optuna prunes single-objective studies only; use pruner=none")
+        check_settings(str(self.conf.dispatch), conf["n_jobs"], "hydra.sweeper.n_jobs")
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -66,6 +69,7 @@ class OptunaSweeper(Sweeper):
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Before the study opens (sweep_sft.sweep.preflight): the fixed overrides, and each searched
         parameter at both ends of its range (or at each of its values), composed and validated."""
+        warn_unless_possible(config, str(self.conf.dispatch))
         space, fixed = parse(task_overrides(config.hydra), dict(self.conf.params or {}))
         jobs, names = [fixed], ["the fixed overrides"]
         for p in space:
@@ -75,7 +79,8 @@ class OptunaSweeper(Sweeper):
         check_jobs(config_loader, config, jobs, names)
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        """Ask the study for trials, launch them in batches of n_jobs and tell it their outcomes."""
+        """Ask the study for trials, keep n_jobs of them in flight (the next asked the moment one
+        ends, or in batches with other launchers) and tell the study each outcome."""
         import optuna
 
         assert self.config is not None and self.launcher is not None
@@ -88,29 +93,38 @@ class OptunaSweeper(Sweeper):
         storage_url = c.storage or str((sweep_dir / "optuna.journal").resolve())
         study, n_trials = self._open_study(space, storage_url)
         prune_metric = self._prune_metric()
-        returns: list[list[JobReturn]] = []
-        while (left := n_trials - len(_finished(study))) > 0:
-            trials = [study.ask({p.key: p.distribution for p in space}) for _ in range(min(c.n_jobs, left))]
-            batch = [self._overrides(t, space, fixed, storage_url, prune_metric) for t in trials]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            returns.append(list(results))
-            for trial, job in zip(trials, results, strict=True):
-                self._tell_job(study, trial, job)
-            result = self._write_result(study, sweep_dir, storage_url, n_trials)
-            failed = result["states"].get("FAIL", 0)
-            # With nothing to search the sweep is one plain run: its job's outcome is recorded, as
-            # Hydra's basic sweeper would run it, without a failure-rate verdict.
-            if space and failed > c.max_failure_rate * n_trials:
-                raise SweepFailed(
-                    f"{failed} of {len(_finished(study))} trials failed, more than hydra.sweeper.max_failure_rate="
-                    f"{c.max_failure_rate} of {n_trials}; finished trials are kept in {storage_url} and "
-                    f"{sweep_dir / OPTUNA_FILE}. Errors: "
-                    + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
-                )
+        distributions = {p.key: p.distribution for p in space}
+        flying: dict[int, Any] = {}
+
+        def next_job() -> Job | None:
+            if len(_finished(study)) + len(flying) >= n_trials:
+                return None
+            trial = study.ask(distributions)
+            overrides = self._overrides(trial, space, fixed, storage_url, prune_metric)
+            self.validate_batch_is_legal([overrides])
+            flying[trial.number] = trial
+            return Job(overrides, trial.number, trial)
+
+        def on_done(job: Job, result: JobReturn) -> bool:
+            self._tell_job(study, flying.pop(job.num), result)
+            return not self._too_many_failed(self._write_result(study, sweep_dir, storage_url, n_trials), space)
+
+        returns = dispatch(self.launcher, c.dispatch, c.n_jobs, next_job, on_done)
         result = self._write_result(study, sweep_dir, storage_url, n_trials)
+        if self._too_many_failed(result, space):
+            raise SweepFailed(
+                f"{result['states']['FAIL']} of {len(_finished(study))} trials failed, more than "
+                f"hydra.sweeper.max_failure_rate={c.max_failure_rate} of {n_trials}; finished trials are kept in "
+                f"{storage_url} and {sweep_dir / OPTUNA_FILE}. Errors: "
+                + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
+            )
         self._log_parent(sweep_dir, result)
         return returns
+
+    def _too_many_failed(self, result: dict[str, Any], space: list[Param]) -> bool:
+        # With nothing to search the sweep is one plain run: its job's outcome is recorded, as
+        # Hydra's basic sweeper would run it, without a failure-rate verdict.
+        return bool(space) and result["states"].get("FAIL", 0) > self.conf.max_failure_rate * result["n_trials"]
 
     def _open_study(self, space: list[Param], storage_url: str):
         """The study (created, or continued from its storage) and how many trials it is to finish."""
@@ -222,7 +236,8 @@ def summarize(study, n_trials: int) -> dict[str, Any]:
     """The study as JSON: every trial, counts per state, trial-steps, the best or the Pareto front."""
     from optuna.trial import TrialState
 
-    trials = [t for t in study.trials if not t.user_attrs.get(INTERRUPTED_TAG)]
+    # read only: no copy of every trial at every trial's end (1,000-trial sweeps)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED_TAG)]
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1

@@ -39,6 +39,9 @@ class SandwichSweeperConf:
     # Run the passing side once first and stop with an error if it fails (a data ratio's
     # full share must be learned; lr ~ 0 passes by definition and needs no trial).
     verify_passing: bool = False
+    # A round's probes all run at once (the next round needs them all). auto: through our
+    # launchers each result is kept as it arrives, so a resumed sweep reruns only the cut-off ones.
+    dispatch: str = "auto"
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sandwich", node=SandwichSweeperConf, provider="sweep_sft")

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError, UserInputError
 from sweep_sft.names import MULTIRUN_FILE, SANDWICH_FILE
+from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
 from sweep_sft.sweep.jobs import job_metrics, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs, refuse
 from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
@@ -31,6 +32,7 @@ class SandwichFailed(RuntimeError):
 
 
 STATE_FILE = "sandwich_state.json"
+ROUND_FILE = "sandwich_round.json"  # the results of the round under way, as they arrive
 
 
 class SandwichSweeper(Sweeper):
@@ -47,7 +49,10 @@ class SandwichSweeper(Sweeper):
         seeds: int,
         constraint: DictConfig | dict,
         verify_passing: bool = False,
+        dispatch: str = "auto",
     ) -> None:
+        check_settings(dispatch, probes_per_round * seeds, "hydra.sweeper.probes_per_round")
+        self.dispatch = dispatch
         self.param = param
         self.spec = SandwichSpec(passing, failing, scale, precision, probes_per_round, seeds, verify_passing)
         self.constraint = Constraint(**OmegaConf.to_container(OmegaConf.create(constraint)))
@@ -80,14 +85,13 @@ class SandwichSweeper(Sweeper):
             # One seed: the config's own trainer.seed; several: 0..seeds-1.
             seeds = [[f"trainer.seed={seed}"] for seed in range(self.spec.seeds)] if self.spec.seeds > 1 else [[]]
             batch = [[*base, f"{self.param}={value!r}", *seed] for value in probes for seed in seeds]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            metrics, launched = self._run_round(sweep_dir, search.rounds, batch, job_idx)
+            returns += launched
             job_idx += len(batch)
-            returns.append(list(results))
-            metrics = [job_metrics(r) for r in results]
             n = self.spec.seeds
             search.record({v: metrics[i * n : (i + 1) * n] for i, v in enumerate(probes)})
             (sweep_dir / STATE_FILE).write_text(json.dumps(search.state_dict(), indent=1))
+            (sweep_dir / ROUND_FILE).unlink(missing_ok=True)
             log.info(
                 f"sandwich round {search.rounds}: {self.param} in "
                 f"[{search.passing:.4g} passes, {search.failing:.4g} fails]"
@@ -119,9 +123,35 @@ class SandwichSweeper(Sweeper):
             )
         return returns
 
+    def _run_round(
+        self, sweep_dir: Path, round_no: int, batch: list[list[str]], first: int
+    ) -> tuple[list[dict[str, float] | None], list[list[JobReturn]]]:
+        """A round's jobs (numbered from `first`), each result kept in ROUND_FILE as it ends: a
+        sweep cut off mid-round reruns only the jobs that had not ended."""
+        done = _round_so_far(sweep_dir / ROUND_FILE, round_no, batch, first)
+        if done:
+            log.info(f"sandwich round {round_no + 1}: {len(done)} of {len(batch)} jobs ended before the sweep stopped")
+        todo = iter([Job(overrides, first + i) for i, overrides in enumerate(batch) if first + i not in done])
+
+        def next_job() -> Job | None:
+            job = next(todo, None)
+            if job is not None:
+                self.validate_batch_is_legal([job.overrides])
+            return job
+
+        def on_done(job: Job, result: JobReturn) -> bool:
+            done[job.num] = job_metrics(result)
+            record = {"round": round_no, "first": first, "jobs": batch, "results": {str(k): v for k, v in done.items()}}
+            (sweep_dir / ROUND_FILE).write_text(json.dumps(record, indent=1))
+            return True
+
+        launched = dispatch(self.launcher, self.dispatch, len(batch), next_job, on_done)
+        return [done[first + i] for i in range(len(batch))], launched
+
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Before any trial (sweep_sft.sweep.preflight): the arguments, a state to resume, and both
         sides composed and validated; every probe lies between them, so they stand for the range."""
+        warn_unless_possible(config, self.dispatch)
         base = self._base(task_overrides(config.hydra))
         self._saved(Path(config.hydra.sweep.dir) / STATE_FILE)
         sides = {"hydra.sweeper.passing": self.spec.passing, "hydra.sweeper.failing": self.spec.failing}
@@ -154,3 +184,17 @@ class SandwichSweeper(Sweeper):
                 f"({self.spec}, {self.constraint}); resume with the same settings, or pass a new hydra.sweep.dir"
             )
         return search
+
+
+def _round_so_far(path: Path, round_no: int, batch: list[list[str]], first: int) -> dict[int, dict[str, float] | None]:
+    """The results (by job number) of this very round that a cut-off sweep recorded; none when the
+    file is of another round or other jobs."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        same = (record["round"], record["first"], record["jobs"]) == (round_no, first, batch)
+        return {int(k): v for k, v in record["results"].items()} if same else {}
+    except (ValueError, KeyError, TypeError):
+        log.warning(f"{path}: unreadable; the round is run again in full")
+        return {}

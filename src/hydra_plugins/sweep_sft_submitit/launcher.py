@@ -3,7 +3,11 @@ each job separately. A job that died without a result (submitit raises from `res
 killed by Slurm for memory, time limit, scancel, node failure) is submitted again up to
 `retries` times, then returned as a FAILED JobReturn, so the sweeper records a failed trial
 and goes on instead of the whole sweep ending. The task's own exception is not retried: Hydra
-already returns it as a FAILED JobReturn from inside the job."""
+already returns it as a FAILED JobReturn from inside the job.
+
+Besides Hydra's blocking launch(), a non-blocking path: submit() one job, poll() for the ones that
+ended, stop() the rest; our sweepers use it (sweep_sft.sweep.dispatch) to start a job the moment
+another ends."""
 
 from __future__ import annotations
 
@@ -51,13 +55,23 @@ class _Pending:
     """One submitted job being waited on. (Not a dataclass: Hydra's plugin scan executes this
     module outside sys.modules, where dataclasses with string annotations fail.)"""
 
-    def __init__(self, index: int, num: int, overrides: list[str], job: Any, attempt: int) -> None:
-        self.index = index  # position in this launch's batch
+    def __init__(self, num: int, overrides: list[str], job: Any, attempt: int) -> None:
         self.num = num  # Hydra job number
         self.overrides = overrides
         self.job = job  # a submitit Job
         self.attempt = attempt  # 1 for the first submission
         self.submitted_ms = int(time.time() * 1000) - 1000  # runs it opened start after this
+
+
+class _Flight:
+    """The jobs a sweep has in flight on one launcher: its executor, the jobs not returned yet (by
+    job number) and every attempt submitted."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.pending: dict[int, _Pending] = {}
+        self.submitted: list[_Pending] = []
+        self.asked = time.monotonic()  # the last scheduler query
 
 
 class RetryingLauncher(BaseSubmititLauncher):
@@ -72,66 +86,101 @@ class RetryingLauncher(BaseSubmititLauncher):
         self.sacct_interval_s = float(own.get("sacct_interval_s", 15.0))
         if self.retries < 0:
             raise ValueError(f"hydra.launcher.retries: expected an integer >= 0, got {self.retries}")
+        self._flight: _Flight | None = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Submit the batch and wait for every job; a job dead for good becomes a FAILED JobReturn."""
+        """Submit the batch (one array) and wait for every job; a job dead for good becomes a FAILED JobReturn."""
         assert self.config is not None
         assert len(job_overrides) > 0
-        executor = self._executor()
-        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if "mode" in self.config.hydra.sweep:
-            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        flight = self._open_flight()
         params = []
         for i, overrides in enumerate(job_overrides):
             num = initial_job_idx + i
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             params.append(self._job_args(list(overrides), num))
-        jobs = executor.map_array(self, *zip(*params, strict=True))
-        pending = [_Pending(i, p[2], p[0], job, 1) for i, (p, job) in enumerate(zip(params, jobs, strict=True))]
-        submitted = list(pending)  # every attempt, so that a launcher that raises can stop them all
+        results: dict[int, JobReturn] = {}
         try:
-            for p in pending:
-                self._submitted(p)
-            return self._wait(executor, pending, submitted, len(job_overrides))
+            jobs = flight.executor.map_array(self, *zip(*params, strict=True))
+            for p, job in zip(params, jobs, strict=True):
+                self._track(_Pending(p[2], p[0], job, 1))
+            while len(results) < len(job_overrides):
+                results.update(self.poll())
+                if len(results) < len(job_overrides):
+                    time.sleep(self.poll_s)
         except BaseException as exc:
-            self._abandon(submitted, exc)
+            self.stop(exc)
             raise
+        return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
-    def _wait(self, executor, pending: list[_Pending], submitted: list[_Pending], count: int) -> list[JobReturn]:
-        """Wait for every job, resubmitting the dead ones up to `retries` times."""
-        results: list[JobReturn | None] = [None] * count
-        asked = time.monotonic()
-        while pending:
-            if time.monotonic() - asked >= self.sacct_interval_s:
-                self._refresh(pending)
-                asked = time.monotonic()
-            still = []
-            for p in pending:
-                if not p.job.done():
-                    still.append(p)
-                    continue
-                outcome = self._collect(p)
-                if isinstance(outcome, JobReturn):
-                    results[p.index] = outcome
-                    continue
-                self._wait_until_gone(p.job)
-                if p.attempt <= self.retries:
-                    self._end_attempt(p, outcome, "KILLED", retried=True)
-                    job = executor.submit(self, *self._job_args(p.overrides, p.num))
-                    log.warning(f"#{p.num}: {outcome}; submitted again as job {job.job_id}")
-                    still.append(_Pending(p.index, p.num, p.overrides, job, p.attempt + 1))
-                    submitted.append(still[-1])
-                    self._submitted(still[-1])
-                else:
-                    log.error(f"#{p.num} failed: {outcome}")
-                    results[p.index] = self._failed_return(p, outcome)
-            pending = still
-            if pending:
-                time.sleep(self.poll_s)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+    # The non-blocking path (sweep_sft.sweep.dispatch): sweepers keep slots busy by submitting one
+    # job as soon as another ends, rather than waiting for a batch's slowest.
+    def submit(self, overrides: Sequence[str], num: int) -> None:
+        """Submit one job (Hydra job number `num`) and return at once; poll() returns its result."""
+        flight = self._open_flight()
+        log.info(f"\t#{num} : {' '.join(filter_overrides(list(overrides)))}")
+        job = flight.executor.submit(self, *self._job_args(list(overrides), num))
+        self._track(_Pending(num, list(overrides), job, 1))
+
+    def poll(self) -> list[tuple[int, JobReturn]]:
+        """The jobs that ended since the last call, as (job number, JobReturn), without waiting. A job
+        that died is submitted again up to `retries` times, then returned FAILED. The scheduler is
+        asked once for all jobs, at most every sacct_interval_s."""
+        flight = self._flight
+        if flight is None or not flight.pending:
+            return []
+        if time.monotonic() - flight.asked >= self.sacct_interval_s:
+            self._refresh(list(flight.pending.values()))
+            flight.asked = time.monotonic()
+        ended = []
+        for p in list(flight.pending.values()):
+            if not p.job.done():
+                continue
+            del flight.pending[p.num]
+            outcome = self._collect(p)
+            if isinstance(outcome, JobReturn):
+                ended.append((p.num, outcome))
+                continue
+            self._wait_until_gone(p.job)
+            if p.attempt <= self.retries:
+                self._end_attempt(p, outcome, "KILLED", retried=True)
+                job = flight.executor.submit(self, *self._job_args(p.overrides, p.num))
+                log.warning(f"#{p.num}: {outcome}; submitted again as job {job.job_id}")
+                self._track(_Pending(p.num, p.overrides, job, p.attempt + 1))
+            else:
+                log.error(f"#{p.num} failed: {outcome}")
+                ended.append((p.num, self._failed_return(p, outcome)))
+        return ended
+
+    @property
+    def in_flight(self) -> int:
+        """How many submitted jobs have not been returned by poll() yet."""
+        return len(self._flight.pending) if self._flight is not None else 0
+
+    def stop(self, error: BaseException) -> None:
+        """The sweep ends with `error` (e.g. KeyboardInterrupt): what becomes of the jobs still running."""
+        if self._flight is not None:
+            self._abandon(self._flight.submitted, error)
+
+    def _open_flight(self) -> _Flight:
+        if self._flight is None:
+            assert self.config is not None
+            log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if "mode" in self.config.hydra.sweep:
+                os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+            self._flight = _Flight(self._executor())
+        return self._flight
+
+    def _track(self, p: _Pending) -> None:
+        assert self._flight is not None
+        self._flight.pending[p.num] = p
+        self._flight.submitted.append(p)  # every attempt, so that a launcher that raises can stop them all
+        self._submitted(p)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # submitit pickles the launcher into every job: the jobs in flight stay with the sweep.
+        return {**self.__dict__, "_flight": None}
 
     def _executor(self):
         """The submitit executor, parameters mapped as hydra-submitit-launcher maps them."""
