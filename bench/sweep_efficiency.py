@@ -177,11 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         for dispatch, pruner in plan(args):
             print(f"running {dispatch} / {pruner} ...", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]  # a busy machine (or cluster) slows every arm: said per row
             trials, origin, wall = run_row(Path(tmp), args, dispatch, pruner, shared)
-            rows.append(make_row(dispatch, pruner, trials, origin, wall, args.slots))
+            rows.append({**make_row(dispatch, pruner, trials, origin, wall, args.slots), "load_1m": load})
             trials_of.append(trials)
             origins.append(origin)
-            print(f"  {wall:.1f} s, {len(trials)} trials", file=sys.stderr, flush=True)
+            print(f"  {wall:.1f} s, {len(trials)} trials (load average {load:.1f} at its start)", file=sys.stderr)
     run_best = add_run_best(rows, trials_of, origins)
     print(f"{args.trials} trials of {STEPS} steps x {args.step_s} s, {args.slots} slots; run best {run_best}")
     print(table(rows))

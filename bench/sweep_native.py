@@ -8,8 +8,8 @@
 - optuna_workers: Optuna's own multi-worker pattern: `slots` processes on one JournalStorage file,
   each calling study.optimize() with the same objective and pruner until the study holds n trials
   (MaxTrialsCallback over all but waiting trials); the points are enqueued first, so the workers
-  take them in order (two workers may both start a trial as the count reaches n: a row can hold
-  one or two random extra trials; its row says how many).
+  take them in order (a worker that finds the queue empty, another having taken the last point,
+  stops without recording a trial).
 
 Each returns (trials, origin, wall_s): trial records as sweep_rows reads them.
 """
@@ -51,6 +51,8 @@ def ray_asha(points: list[dict], slots: int, step_s: float, root: Path) -> tuple
                 mode="min",
                 scheduler=scheduler,
                 max_concurrent_trials=slots,
+                # not the default: a trial reuses a finished trial's worker process, Ray at its fastest
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(storage_path=str(root / "ray"), name="asha", verbose=0),
         )
@@ -108,9 +110,8 @@ def optuna_workers(
     study = optuna.create_study(study_name="workers", storage=JournalStorage(JournalFileBackend(path)))
     for point in points:
         study.enqueue_trial(point)
-    n_trials = len(points)
     spawn = multiprocessing.get_context("spawn")  # fresh processes, as separate workers would be
-    procs = [spawn.Process(target=_worker, args=(path, n_trials, step_s, seed + i, pruner)) for i in range(slots)]
+    procs = [spawn.Process(target=_worker, args=(path, points, step_s, seed + i, pruner)) for i in range(slots)]
     for p in procs:
         p.start()
     for p in procs:
@@ -123,12 +124,13 @@ def optuna_workers(
     return [_optuna_record(t) for t in study.trials if "t_end" in t.user_attrs], origin, wall
 
 
-def _worker(path: str, n_trials: int, step_s: float, seed: int, pruner: str) -> None:
+def _worker(path: str, points: list[dict], step_s: float, seed: int, pruner: str) -> None:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from optuna.study import MaxTrialsCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = {(p["x"], p["w"]) for p in points}
     study = optuna.load_study(
         study_name="workers",
         storage=JournalStorage(JournalFileBackend(path)),
@@ -139,6 +141,11 @@ def _worker(path: str, n_trials: int, step_s: float, seed: int, pruner: str) -> 
     def objective(trial) -> float:
         x = trial.suggest_float("x", *X_RANGE, log=True)
         w = trial.suggest_float("w", *W_RANGE)
+        if (x, w) not in shared:
+            # The queue of shared points ran dry between this worker's check and its ask: not one
+            # of the n trials, so not recorded (no t_end), and this worker is done.
+            study.stop()
+            raise optuna.TrialPruned()
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
@@ -153,7 +160,7 @@ def _worker(path: str, n_trials: int, step_s: float, seed: int, pruner: str) -> 
         return record["value"]
 
     counted = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING)
-    study.optimize(objective, callbacks=[MaxTrialsCallback(n_trials, states=counted)])
+    study.optimize(objective, callbacks=[MaxTrialsCallback(len(points), states=counted)])
 
 
 def _optuna_record(trial) -> dict:
