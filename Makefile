@@ -79,6 +79,12 @@ bench-gpu: $(VENV)/.installed-bench ## on a GPU: ours vs TRL SFTTrainer, ~0.5B Q
 bench-pruning: $(VENV)/.installed ## trial-steps an Optuna study saves with a median pruner (table)
 	$(PY) bench/pruning.py
 
+bench-sweep: $(VENV)/.installed-bench ## sweep dispatch through the local Slurm cluster (batch vs async, 3 pruners) vs Ray Tune ASHA and Optuna workers (table; ARGS=--quick: ~2 min)
+	$(PY) bench/sweep_efficiency.py $(ARGS)
+
+bench-sweep-scale: $(VENV)/.installed ## the sweep controller over 1,000 short Slurm trials: CPU s per trial, scheduler calls per minute, RSS (ARGS=--trials N)
+	$(PY) bench/sweep_scale.py $(ARGS)
+
 bench-eval: $(VENV)/.installed ## what each final evaluation costs (table); trains one default trial first
 	test -d outputs/bench-eval/model || $(PY) -m sweep_sft tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval
 	$(PY) bench/eval_cost.py outputs/bench-eval $(EVAL_ARGS)
@@ -102,4 +108,4 @@ mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-eval bench-eval-real mlflow-ui mlflow-server clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-sweep bench-sweep-scale bench-eval bench-eval-real mlflow-ui mlflow-server clean
