@@ -11,7 +11,6 @@ another ends."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -20,36 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweep_sft_submitit import inflight
+from hydra_plugins.sweep_sft_submitit.dead_jobs import JobDied, failed_return, job_output_dir, tail
 from hydra_plugins.sweep_sft_submitit.local_job_state import ended, kill_job, write_trial_file
 from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
-from sweep_sft.sweep.jobs import hydra_values
 from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
 
 log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
 OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
-STDERR_LINES = 20
 # squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
 LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 GONE_TIMEOUT_S = 180.0
-
-
-class JobDied(RuntimeError):
-    """A job that ended without a result. Its message names the scheduler's job id, its
-    state and the tail of its stderr (what a user needs to see why)."""
-
-    def __init__(self, executor: str, job_id: str, state: str, attempts: int, detail: str) -> None:
-        self.job_id, self.state, self.attempts = job_id, state, attempts
-        super().__init__(
-            f"{executor} job {job_id} ended {state} without a result "
-            f"(attempt {attempts}; retries: hydra.launcher.retries); {detail}"
-        )
 
 
 class _Pending:
@@ -232,31 +218,14 @@ class RetryingLauncher(BaseSubmititLauncher):
             return p.job.results()[0]
         except Exception as exc:  # noqa: BLE001 - any error here is the job's death, not the task's
             state = self._ended_state(p.job)
-            stderr = _tail(p.job.stderr())
-            detail = f"stderr tail:\n{stderr}" if stderr else f"{type(exc).__name__}: {_tail(str(exc))}"
+            stderr = tail(p.job.stderr())
+            detail = f"stderr tail:\n{stderr}" if stderr else f"{type(exc).__name__}: {tail(str(exc))}"
             return JobDied(self._EXECUTOR, str(p.job.job_id), state, p.attempt, detail)
 
     def _failed_return(self, p: _Pending, error: JobDied) -> JobReturn:
         """A FAILED JobReturn filled as Hydra's run_job fills one, so sweepers read it alike."""
         assert self.hydra_context is not None and self.config is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, p.overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.id = str(p.job.job_id)
-            config.hydra.job.num = p.num
-        output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
-        with open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = output_dir
-        ret = JobReturn()
-        ret.overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
-        ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(config.hydra)})
-        task_cfg = copy.deepcopy(config)
-        with open_dict(task_cfg):
-            del task_cfg["hydra"]
-        ret.cfg = task_cfg
-        ret.working_dir = output_dir
-        ret.task_name = str(config.hydra.job.name)
-        ret.status = JobStatus.FAILED
-        ret.return_value = error
+        ret, config = failed_return(self.hydra_context, self.config, p.overrides, p.num, str(p.job.job_id), error)
         self._end_attempt(p, error, "FAILED", retried=False, config=config)
         return ret
 
@@ -266,7 +235,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         """End the attempt's MLflow run (sweep_sft apps): KILLED when it runs again, else FAILED."""
         assert self.config is not None
         sweep_dir = str(self.config.hydra.sweep.dir)
-        output_dir = _job_output_dir(self, p, config)
+        output_dir = job_output_dir(self, p.overrides, p.num, config)
         if not is_tracked(sweep_dir, output_dir):
             return
         tags = {job_id_tag(self._EXECUTOR): str(p.job.job_id), JOB_STATE_TAG: error.state}
@@ -286,23 +255,6 @@ class RetryingLauncher(BaseSubmititLauncher):
             log.info(f"#{p.num}: MLflow run(s) {', '.join(runs) or '(none)'} ended {status}")
         except Exception as exc:  # noqa: BLE001 - a bookkeeping failure must not end the sweep
             log.warning(f"#{p.num}: could not record the dead job in MLflow: {type(exc).__name__}: {exc}")
-
-
-def _job_output_dir(launcher: RetryingLauncher, p: _Pending, config: DictConfig | None) -> str:
-    """Where the trial writes (its `output_dir`, else Hydra's job folder), as the trial tags it."""
-    if config is None:
-        assert launcher.hydra_context is not None
-        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, p.overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = p.num
-    with hydra_values(config):  # `${hydra:...}` in output_dir resolves for this job
-        job_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
-        own = OmegaConf.select(config, "output_dir", default=None)
-    return str(Path(own or job_dir).resolve())
-
-
-def _tail(text: str | None, lines: int = STDERR_LINES) -> str:
-    return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
 class LocalLauncher(RetryingLauncher):
@@ -337,7 +289,7 @@ class LocalLauncher(RetryingLauncher):
         ends the run the trial leaves RUNNING."""
         super()._submitted(p)
         try:
-            write_trial_file(p.job.paths.folder, str(p.job.job_id), _job_output_dir(self, p, None))
+            write_trial_file(p.job.paths.folder, str(p.job.job_id), job_output_dir(self, p.overrides, p.num, None))
         except Exception as exc:  # noqa: BLE001 - bookkeeping for a crash; the sweep goes on without it
             log.warning(f"#{p.num}: could not name its folder to job {p.job.job_id}: {type(exc).__name__}: {exc}")
 

@@ -122,3 +122,17 @@ def test_successive_halving_across_independent_jobs_is_asha(tmp_path, sweep):
     # each pruned trial stopped at a rung (step 5 * 3^k) of its own, decided when it got there
     assert pruned and all(t["steps"] in (5, 15, 45) for t in pruned), result["trials"]
     assert result["best"]["number"] not in {t["number"] for t in pruned}
+
+
+def test_the_grid_keeps_max_in_flight_jobs_running(tmp_path):
+    sweep_dir = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    proc = run_cli(
+        "-m", "hydra/sweeper=grid", "x=1e-3,1e-4,1e-5", "hydra.sweeper.max_in_flight=2", sweep_dir, *LAUNCHER,
+        app="synthetic_curve.py", cwd=tmp_path, env=SLOW,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = spans(tmp_path)
+    assert sorted(t) == [0, 1, 2]
+    assert t[2][0] < t[0][1], t  # job 2 took job 1's slot while job 0 still ran
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert summary["states"]["COMPLETE"] == 3 and [j["number"] for j in summary["jobs"]] == [0, 1, 2]
