@@ -16,7 +16,7 @@ from typing import Any
 from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import OUTPUT_DIR_TAG, SWEEP_DIR_TAG, UNDELIVERED_FILE
 from sweep_sft.tracking import run_guard
-from sweep_sft.tracking.client import TrackingError, experiment_id, http_defaults, retry_until, tracking_uri
+from sweep_sft.tracking.client import TrackingError, http_defaults, retry_until, run_experiment, tracking_uri
 from sweep_sft.tracking.delivery import Delivery
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Run:
         self.spill_dir = Path(spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get(SWEEP_DIR_TAG) or ".")
 
         def create():
-            experiment = experiment_id(self.client, cfg.experiment)
+            experiment = run_experiment(self.client, cfg.experiment)
             return self.client.create_run(experiment, run_name=run_name, tags=all_tags)
 
         self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
