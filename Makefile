@@ -98,8 +98,8 @@ bench-eval-real: smollm2 ## the same costs for a real model: SmolLM2-135M-Instru
 	test -d outputs/bench-eval-smollm2/model || $(PY) -m sweep_sft model=local model.name_or_path=models/smollm2 data=jsonl data.mix.sources.files.train=tests/fixtures/real_data/train.jsonl data.mix.sources.files.val=tests/fixtures/real_data/val.jsonl trainer.max_steps=2 eval.generate=false tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval-smollm2
 	$(PY) bench/eval_cost.py outputs/bench-eval-smollm2 --repeat 1 $(EVAL_ARGS)
 
-mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over MLFLOW_TRACKING_URI if set, else ./mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 	mkdir -p mlflow-server

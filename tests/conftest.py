@@ -13,6 +13,9 @@ import pytest
 from helpers import ROOT, run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A user's MLflow variables would send the tests' runs to their store (tracking.uri unset honours them).
+for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+    os.environ.pop(_var, None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,8 +1,8 @@
 """Compare two trials per task_type: `python -m sweep_sft.compare A B`.
 
 A and B are trial output folders (their metrics.json), evaluation.json files written by
-`python -m sweep_sft.evaluate`, or MLflow run ids (`--tracking-uri`, default
-the local ./mlflow.db). B is the candidate, A the baseline: every delta is B - A, and a task_type
+`python -m sweep_sft.evaluate`, or MLflow run ids (`--tracking-uri`, default $MLFLOW_TRACKING_URI,
+else the local ./mlflow.db). B is the candidate, A the baseline: every delta is B - A, and a task_type
 whose exact match drops or whose validation loss rises beyond the tolerances is flagged as a
 regression, and so is a general-ability drop (forgetting) beyond A's. Where exact match drops and
 both runs measured pass@k (`eval.pass_k`), pass@k and the share of right samples tell a
@@ -253,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep_sft.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="trial output folder or MLflow run id (A)")
     parser.add_argument("candidate", help="trial output folder or MLflow run id (B)")
-    parser.add_argument("--tracking-uri", help="MLflow store holding run ids (default: sqlite:///./mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store holding run ids (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
     parser.add_argument("--em-tolerance", type=float, default=Tolerances.em, help="exact-match drop still accepted")
     parser.add_argument(
         "--loss-tolerance", type=float, default=Tolerances.loss, help="relative val-loss rise still accepted"

@@ -279,10 +279,10 @@ class TrackingConfig:
 
     # Log to MLflow.
     enabled: bool = True
-    # MLflow tracking URI; null: sqlite:///<working directory>/mlflow.db.
+    # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<working directory>/mlflow.db.
     uri: str | None = None
-    # MLflow experiment name.
-    experiment: str = "sweep-sft"
+    # MLflow experiment name; null: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else sweep-sft.
+    experiment: str | None = None
     # Run name; null: derived from the Hydra job (overrides or the output folder).
     run_name: str | None = None
     # Seconds a trial waits at its start (run creation) and end (delivery) for an unreachable
@@ -296,7 +296,7 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         at_least("tracking.outage_timeout_s", self.outage_timeout_s, 0)
-        if not str(self.experiment).strip():
+        if self.experiment is not None and not str(self.experiment).strip():
             raise ConfigError("tracking.experiment: expected an MLflow experiment name, got an empty string")
         at_least("tracking.max_buffered_points", self.max_buffered_points, 1000)  # one log_batch
 

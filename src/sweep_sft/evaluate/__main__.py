@@ -24,7 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("target", help="trial folder, its model/ folder, a checkpoints/step-N folder, or a run id")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.temperature=1.0 eval.pass_k=8")
-    parser.add_argument("--tracking-uri", help="MLflow store holding a run id (default: sqlite:///./mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store holding a run id (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
     parser.add_argument("--out", type=Path, help="result file (default: <trial folder>/evaluation.json)")
     return parser
 

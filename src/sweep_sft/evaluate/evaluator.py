@@ -4,6 +4,7 @@ evaluation functions (evaluate.loss, evaluate.generation) take it in place of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from sweep_sft.config.schema import Config, EvalConfig
 from sweep_sft.data.records import Example
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate import general_probe
+from sweep_sft.evaluate.general_set import Pair
 from sweep_sft.evaluate.generation import VALIDATION, exact_match, sampled_pass_at_k
 from sweep_sft.evaluate.loss import validation_loss
 from sweep_sft.evaluate.progress import LINES
@@ -54,9 +56,12 @@ class Evaluator:
             max_prompt_len=config.data.max_seq_len,
         )
 
-    def validation_loss(self, rows: list[Tokenized], tasks: list[str]) -> dict[str, float]:
-        """Validation loss and answer log-probability, overall and per task_type."""
-        return validation_loss(self, rows, tasks)
+    def validation_loss(
+        self, rows: list[Tokenized], tasks: list[str], advance: Callable[[int], None] | None = None
+    ) -> dict[str, float]:
+        """Validation loss and answer log-probability, overall and per task_type; `advance(n)`
+        told as each batch of n rows is done."""
+        return validation_loss(self, rows, tasks, advance)
 
     def exact_match(
         self, examples: list[Example], prefix: str = EXACT_MATCH, split: str = VALIDATION, show: str = LINES
@@ -70,9 +75,19 @@ class Evaluator:
         from samples seeded by `seed`."""
         return sampled_pass_at_k(self, examples, show)
 
-    def general_probe(self) -> dict[str, float]:
-        """The general-ability probe's scores of this model, on the set the base model was probed on."""
-        pairs = self.general.pairs if self.general is not None else general_probe.embedded_pairs(self.tokenizer)
+    def general_pairs(self) -> list[Pair]:
+        """The general set the probe scores: the one the base model was probed on, else the embedded one."""
+        return self.general.pairs if self.general is not None else general_probe.embedded_pairs(self.tokenizer)
+
+    def general_probe(self, advance: Callable[[int], None] | None = None) -> dict[str, float]:
+        """The general-ability probe's scores of this model, on the set the base model was probed
+        on; `advance(n)` told as each batch of n items is scored."""
         return general_probe.score(
-            self.model, self.tokenizer.pad_token_id, self.device, pairs, self.eval.batch_size, self.precision
+            self.model,
+            self.tokenizer.pad_token_id,
+            self.device,
+            self.general_pairs(),
+            self.eval.batch_size,
+            self.precision,
+            advance,
         )

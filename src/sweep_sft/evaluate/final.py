@@ -1,6 +1,6 @@
-"""What a trial measures once training ends, and standalone evaluation measures again: exact
-match, pass@k and train recall (each task_type under its own scorer), and the general probe
-against the base model; each phase shown as it runs (evaluate.progress)."""
+"""What a trial measures once training ends, and standalone evaluation measures again: the
+validation loss, exact match, pass@k and train recall (each task_type under its own scorer), and
+the general probe against the base model; each phase shown as it runs (evaluate.progress)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.generation import TRAIN, trained_sample
 from sweep_sft.evaluate.progress import LINES, Phase
 from sweep_sft.metrics import GENERAL_DROP, GENERAL_SCORE, TRAIN_RECALL, base_name
+
+
+def final_validation_loss(
+    evaluator: Evaluator, rows: list[Tokenized], tasks: list[str], show: str = LINES
+) -> dict[str, float]:
+    """The validation loss of the final evaluation, shown as its first phase (the evaluations
+    during training are not: the training bar is showing)."""
+    with Phase(f"validation loss over {len(rows)} examples", len(rows), show) as phase:
+        return evaluator.validation_loss(rows, tasks, phase.advance)
 
 
 def final_evaluation(
@@ -39,9 +48,9 @@ def final_evaluation(
             final.update(recall)
             generations += recalled
     if base_probe is not None:
-        with Phase("general probe", 1, show) as phase:
-            trained_probe = evaluator.general_probe()
-            phase.advance()
+        pairs = len(evaluator.general_pairs())
+        with Phase(f"general probe over {pairs} items", pairs, show) as phase:
+            trained_probe = evaluator.general_probe(phase.advance)
         final.update(trained_probe)
         final.update({base_name(k): v for k, v in base_probe.items()})
         final[GENERAL_DROP] = base_probe[GENERAL_SCORE] - trained_probe[GENERAL_SCORE]

@@ -121,9 +121,16 @@ def base_scores(
 
 
 def score(
-    model, pad_token_id: int, device, pairs: list[Pair], batch_size: int, precision: str = "fp32"
+    model,
+    pad_token_id: int,
+    device,
+    pairs: list[Pair],
+    batch_size: int,
+    precision: str = "fp32",
+    advance: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """The model's probe scores on `pairs`: general/score, general/loss, general/exact_match."""
+    """The model's probe scores on `pairs`: general/score, general/loss, general/exact_match;
+    `advance(n)` is told as each batch of n pairs is done."""
     import torch
 
     scores, token_logps, exact = [], [], []
@@ -148,6 +155,8 @@ def score(
                 scores.append(item_logp.mean().exp().item())
                 token_logps.append(item_logp)
                 exact.append(bool((logp.argmax(-1) == target).all()))
+            if advance is not None:
+                advance(len(chunk))
     model.train(was_training)
     return {
         GENERAL_SCORE: sum(scores) / len(scores),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sweep_sft.data.batches import collate
@@ -14,10 +15,13 @@ if TYPE_CHECKING:
     from sweep_sft.evaluate.evaluator import Evaluator
 
 
-def validation_loss(ev: Evaluator, rows: list[Tokenized], tasks: list[str]) -> dict[str, float]:
+def validation_loss(
+    ev: Evaluator, rows: list[Tokenized], tasks: list[str], advance: Callable[[int], None] | None = None
+) -> dict[str, float]:
     """Token-mean loss over the validation split, overall and per task_type; and the mean over
     examples of log P(supervised tokens | prompt) (`val/answer_logprob`), which moves before exact
-    match does: an answer can become much likelier while greedy decoding still misses it."""
+    match does: an answer can become much likelier while greedy decoding still misses it.
+    `advance(n)` is told as each batch of n rows is done."""
     import torch
 
     model, batch_size, pad_id = ev.model, ev.eval.batch_size, ev.tokenizer.pad_token_id
@@ -30,12 +34,15 @@ def validation_loss(ev: Evaluator, rows: list[Tokenized], tasks: list[str]) -> d
     model.eval()
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = collate([rows[i] for i in order[start : start + batch_size]], task_index, pad_id)
+            chunk = [rows[i] for i in order[start : start + batch_size]]
+            batch = collate(chunk, task_index, pad_id)
             sums, counts = example_loss_sums(model, batch, ev.device, ev.precision)
             acc.add(batch.example_tasks, sums, counts)
             for task, loss_sum in zip(batch.example_tasks.tolist(), sums.tolist(), strict=True):
                 logprob[tasks[task]] -= loss_sum
                 examples[tasks[task]] += 1
+            if advance is not None:
+                advance(len(chunk))
     metrics = acc.means(VAL_LOSS)
     metrics.update({f"{ANSWER_LOGPROB}/{t}": logprob[t] / examples[t] for t in tasks if examples[t]})
     metrics[ANSWER_LOGPROB] = sum(logprob.values()) / max(sum(examples.values()), 1)

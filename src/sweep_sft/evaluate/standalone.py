@@ -27,7 +27,8 @@ from sweep_sft.data.pipeline import prepare
 from sweep_sft.errors import ConfigError, DataError
 from sweep_sft.evaluate import general_probe, general_set
 from sweep_sft.evaluate.evaluator import Evaluator
-from sweep_sft.evaluate.final import final_evaluation
+from sweep_sft.evaluate.final import final_evaluation, final_validation_loss
+from sweep_sft.evaluate.progress import BAR, LINES
 from sweep_sft.evaluate.target import Target
 from sweep_sft.metrics import EVAL_TIME
 from sweep_sft.names import CHECKPOINT_WEIGHTS, GENERAL_SOURCE_FIELD, PRECISION_FIELD, SCORERS_FIELD
@@ -204,12 +205,13 @@ def evaluate(target: Target, config: Config) -> dict[str, Any]:
     tokenizer, model = load_trained(config, target, device)
     evaluator = Evaluator.for_trial(model, tokenizer, device, config)
     data = prepare(config, tokenizer, evaluator.end_of_turn_id)
-    metrics = evaluator.validation_loss(data.val_rows, data.tasks)
+    show = BAR if config.trainer.progress else LINES
+    metrics = final_validation_loss(evaluator, data.val_rows, data.tasks, show)
     base = None
     if config.eval.general_probe:  # the trial's general set, with the base model's scores on it (cached)
         evaluator.general = _probe_base(config, evaluator, model, tokenizer, device)
         base = evaluator.general.base
-    final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base)
+    final, samples = final_evaluation(evaluator, data.val_examples, data.train_rows, base, show)
     metrics.update(final)
     metrics[EVAL_TIME] = time.perf_counter() - started
     result = {"tasks": data.tasks, "metrics": metrics, "samples": samples}

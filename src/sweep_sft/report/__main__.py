@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m sweep_sft.report", description="Write a sweep's report as one self-contained HTML file."
     )
     parser.add_argument("sweep", help="a sweep folder (hydra.sweep.dir) or the MLflow run id of a sweep's parent run")
-    parser.add_argument("--tracking-uri", help="where the parent run is (default: sqlite:///./mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="where the parent run is (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
+    )
     parser.add_argument("--out", help="the HTML file to write (default: report.html in the sweep folder)")
     args = parser.parse_args(argv)
     try:

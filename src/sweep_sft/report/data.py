@@ -25,6 +25,7 @@ from sweep_sft.names import (
     SANDWICH_FILE,
     SUMMARY_FILE,
 )
+from sweep_sft.report.numbers import sig3
 
 SWEEP_FILES = (PARENT_FILE, SUMMARY_FILE, OPTUNA_FILE, SANDWICH_FILE, MULTIRUN_FILE)
 # Objectives a lower value of which is better, when no sweeper recorded a direction.
@@ -64,7 +65,7 @@ class Trial:
     @property
     def label(self) -> str:
         """`#3 lr=0.001` for legends and tables."""
-        values = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in self.params.items())
+        values = " ".join(f"{k.rsplit('.', 1)[-1]}={sig3(v)}" for k, v in self.params.items())
         return f"#{self.number} {values}".strip()
 
 
@@ -135,10 +136,6 @@ def sample_generations(text: str, per_task: int = GENERATIONS_SHOWN) -> list[dic
 def scorers_of(trial: Trial) -> dict[str, str]:
     """Each task_type's scorer, as the trial's generations record it."""
     return {str(g.get("task_type")): str(g.get("scorer", DEFAULT_SCORER)) for g in trial.generations}
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def parse_value(text: str) -> Any:

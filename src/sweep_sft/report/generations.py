@@ -9,6 +9,7 @@ from typing import Any
 
 from sweep_sft.config.scorers import DEFAULT_SCORER
 from sweep_sft.report.data import Sweep, Trial, scorers_of
+from sweep_sft.report.numbers import sig3
 
 # Characters of a prompt or an answer shown; the rest is in generations.jsonl.
 SHOWN_CHARS = 400
@@ -31,7 +32,7 @@ def _prompt(messages: Any) -> str:
 
 
 def _score(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+    return sig3(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
 def generations_table(trial: Trial) -> str:

@@ -18,6 +18,7 @@ from sweep_sft.report.data import Sweep, task_types
 from sweep_sft.report.generations import STYLE as GENERATIONS_STYLE
 from sweep_sft.report.generations import generations_section
 from sweep_sft.report.load import load
+from sweep_sft.report.numbers import sig3
 from sweep_sft.report.plots import Missing
 
 REPORT_FILE = "report.html"
@@ -42,7 +43,7 @@ body { font-family: sans-serif; margin: 1.5em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; display: block; margin: 0.5em 0; }
+img { width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .note { color: #777; font-style: italic; } code { font-size: 0.9em; }
 """ + GENERATIONS_STYLE
 # Records whether every plot decoded (the browser test reads it; a person sees it in the title).
@@ -54,12 +55,6 @@ window.addEventListener('load', function () {
   if (ok < imgs.length) document.title += ' (' + (imgs.length - ok) + ' plots failed to load)';
 });
 """
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 def _img(png: bytes | Missing | None, alt: str) -> str:
@@ -76,7 +71,7 @@ def _table(header: list[str], rows: list[list[Any]], numeric: set[int] = frozens
     head = "".join(f"<th>{escape(h).replace('/', '/<wbr>')}</th>" for h in header) if any(header) else ""
     body = "".join(
         "<tr>"
-        + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(_fmt(c))}</td>" for i, c in enumerate(r))
+        + "".join(f"<td{' class=num' if i in numeric else ''}>{escape(sig3(c))}</td>" for i, c in enumerate(r))
         + "</tr>"
         for r in rows
     )
@@ -104,7 +99,7 @@ def summary_section(sweep: Sweep) -> str:
             f"{len(sweep.trials)}: {sweep.count('COMPLETE')} complete, {sweep.count('PRUNED')} pruned, "
             f"{sweep.count('FAILED')} failed",
         ],
-        ["best trial", f"{best.label}: {sweep.objective} = {_fmt(best.value)}" if best else "none"],
+        ["best trial", f"{best.label}: {sweep.objective} = {sig3(best.value)}" if best else "none"],
     ]
     if sweep.parent_run_id:
         rows.append(["MLflow parent run", f"{sweep.parent_run_id} ({sweep.tracking_uri})"])

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from sweep_sft.metrics import EXACT_MATCH, GENERAL_DROP, TRAIN_LOSS, VAL_LOSS
 from sweep_sft.report.data import Sweep, Trial, is_finite_number, task_types
+from sweep_sft.report.numbers import sig3
 
 MAX_LEGEND = 20  # more trials than this: no legend (unreadable), the tables name them
 STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAILED": "s"}
@@ -34,6 +35,9 @@ def _pyplot():
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Every plot is drawn as wide as the page (the report's 1200 px body): PLOT_WIDTH inches at DPI,
+# shown at the page width (html.STYLE), so its text stays the size it was drawn at.
+PLOT_WIDTH, DPI = 12.0, 100
 
 
 def _plain_text(plot: F) -> F:
@@ -50,7 +54,7 @@ def _plain_text(plot: F) -> F:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -82,7 +86,7 @@ def loss_curves(sweep: Sweep) -> dict[str, bytes | Missing]:
             out[metric] = Missing(f"no trial logged {metric}")
             continue
         plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(PLOT_WIDTH, 4.5))
         for t in trials:
             steps, values = zip(*t.series[metric], strict=True)
             style = "--" if t.state != "COMPLETE" else "-"
@@ -107,7 +111,7 @@ def channel_losses(sweep: Sweep) -> bytes | Missing:
     plt = _pyplot()
     cols = min(4, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PLOT_WIDTH, 3.0 * rows), squeeze=False)
     colors = _colors(sweep.trials)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for t in sweep.trials:
@@ -148,7 +152,7 @@ def objective_vs_params(sweep: Sweep) -> bytes | Missing:
     if not params:
         return Missing("the sweep varies no parameter (nothing to plot the objective against)")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(params), figsize=(max(4.5 * len(params), 6), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(params), figsize=(max(4.5 * len(params), PLOT_WIDTH), 4.0), squeeze=False)
     best = sweep.best()
     for ax, param in zip(axes[0], params, strict=True):
         trials = [t for t in done if param in t.params]
@@ -182,7 +186,7 @@ def _value_ticks(ax, xs: list[float]) -> None:
 
     values = sorted(set(xs))
     if len(values) <= 8:
-        ax.set_xticks(values, [f"{v:.3g}" for v in values], fontsize=7)
+        ax.set_xticks(values, [sig3(v) for v in values], fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -229,7 +233,7 @@ def learn_vs_forget(sweep: Sweep) -> bytes | Missing:
     if not points:
         return Missing("no trial has both general_drop and a task gain (task/exact_match or a val/loss series)")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH, 5.0))
     for t, gain, drop in points:
         ax.scatter([gain], [drop], marker=STATE_MARKERS.get(t.state, "o"), s=30, color="tab:purple")
         ax.annotate(f"#{t.number}", (gain, drop), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -255,7 +259,7 @@ def sandwich(sweep: Sweep) -> bytes | None:
     probes = [p for p in result.get("probes", []) if is_finite_number(p.get("value"))]
     bracket = result.get("bracket") or {}
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.2 + 0.25 * len(probes)))
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH, 3.2 + 0.25 * len(probes)))
     values = [p["value"] for p in probes] + [v for v in bracket.values() if is_finite_number(v)]
     if is_log_axis(values):
         ax.set_xscale("log")
@@ -270,9 +274,9 @@ def sandwich(sweep: Sweep) -> bytes | None:
         color = "tab:green" if p.get("passed") else "tab:red"
         ax.scatter([p["value"]], [p.get("round", 0)], color=color, s=50, zorder=3)
         got = [r.get(metric) for r in p.get("results") or [] if isinstance(r, dict)]
-        text = ", ".join(f"{v:.3g}" for v in got if is_finite_number(v)) or "failed"
+        text = ", ".join(sig3(v) for v in got if is_finite_number(v)) or "failed"
         ax.annotate(
-            f"{p['value']:.3g}: {text}",  # the metric is in the title
+            f"{sig3(p['value'])}: {text}",  # the metric is in the title
             (p["value"], p.get("round", 0)),
             textcoords="offset points",
             xytext=(6, -4),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,15 @@ def write(sweep_dir: str | Path, summary: dict[str, Any]) -> Path:
 
 
 def table(summary: dict[str, Any], width: int = 60) -> str:
-    """The jobs as text, failed ones with their error's first line."""
+    """The jobs as text, failed ones with their error's first line; a job's overrides wrapped at
+    `width` between overrides (one longer than `width` stays whole), never cut."""
     lines = [f"{'#':>4}  {'state':<9}{'value':>12}  overrides"]
     for e in summary["jobs"]:
         value = "-" if e["value"] is None else f"{e['value']:.4g}"
-        lines.append(f"{e['number']:>4}  {e['state']:<9}{value:>12}  {' '.join(e['overrides'])[:width]}")
+        wrapped = textwrap.wrap(" ".join(e["overrides"]), width, break_long_words=False, break_on_hyphens=False)
+        first, *more = wrapped or [""]
+        lines.append(f"{e['number']:>4}  {e['state']:<9}{value:>12}  {first}")
+        lines += [" " * 27 + line for line in more]
     s = summary["states"]
     lines.append(
         f"{summary['launched']} of {summary['n_jobs']} jobs: {s['COMPLETE']} complete, {s['PRUNED']} pruned, "

@@ -36,14 +36,40 @@ class TrackingError(UserInputError):
     """The tracking server did not take a run's records within tracking.outage_timeout_s."""
 
 
+# MLflow's own variables, honoured as MLflow honours them where the config leaves the choice open
+# (tracking.uri, tracking.experiment null); a user's MLFLOW_TRACKING_TOKEN and the like MLflow reads itself.
+URI_ENV = "MLFLOW_TRACKING_URI"
+EXPERIMENT_NAME_ENV, EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"
+DEFAULT_EXPERIMENT = "sweep-sft"
+
+
 def default_uri() -> str:
-    """The local store a trial uses without tracking.uri, and the tools' --tracking-uri default."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The store a trial uses without tracking.uri, and the tools' --tracking-uri default:
+    $MLFLOW_TRACKING_URI, else the local sqlite:///<cwd>/mlflow.db."""
+    return os.environ.get(URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    """The store a tracking config names: tracking.uri, else the local default."""
+    """The store a tracking config names: tracking.uri, else the default (default_uri)."""
     return cfg.uri or default_uri()
+
+
+def run_experiment(client, configured: str | None) -> str:
+    """The id of the experiment a run goes to: tracking.experiment, else $MLFLOW_EXPERIMENT_NAME,
+    else $MLFLOW_EXPERIMENT_ID (which must exist, as MLflow requires), else sweep-sft."""
+    name = configured or os.environ.get(EXPERIMENT_NAME_ENV)
+    wanted_id = None if name else os.environ.get(EXPERIMENT_ID_ENV)
+    if not wanted_id:
+        return experiment_id(client, name or DEFAULT_EXPERIMENT)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_experiment(wanted_id).experiment_id
+    except MlflowException as exc:
+        raise UserInputError(
+            f"{EXPERIMENT_ID_ENV}={wanted_id} (tracking.experiment unset): no such experiment in "
+            f"{client.tracking_uri}; set tracking.experiment or unset {EXPERIMENT_ID_ENV}"
+        ) from exc
 
 
 def experiment_id(client, name: str) -> str:

@@ -19,9 +19,9 @@ from sweep_sft.tracking import run_guard
 from sweep_sft.tracking.client import (
     TrackingError,
     delete_tags,
-    experiment_id,
     http_defaults,
     retry_until,
+    run_experiment,
     tracking_uri,
 )
 from sweep_sft.tracking.delivery import Delivery
@@ -66,7 +66,7 @@ class Run:
         self.spill_dir = Path(spill_dir or all_tags.get(OUTPUT_DIR_TAG) or all_tags.get(SWEEP_DIR_TAG) or ".")
 
         def create():
-            experiment = experiment_id(self.client, cfg.experiment)
+            experiment = run_experiment(self.client, cfg.experiment)
             return self.client.create_run(experiment, run_name=run_name, tags=all_tags)
 
         self.run_id = run_id or retry_until(create, self.timeout_s, "create the MLflow run", self.uri).info.run_id
@@ -226,7 +226,7 @@ def reopen(cfg: TrackingConfig, run_id: str, spill_dir: str | Path) -> Run | Non
     previous = existing_run(client, run_id, cfg.outage_timeout_s, uri)
     if previous is None:
         return None
-    experiment = retry_until(lambda: experiment_id(client, cfg.experiment), cfg.outage_timeout_s, "find it", uri)
+    experiment = retry_until(lambda: run_experiment(client, cfg.experiment), cfg.outage_timeout_s, "find it", uri)
     if previous.info.experiment_id != experiment:
         return None
     resumes = int(previous.data.tags.get(RESUMES_TAG, "0")) + 1

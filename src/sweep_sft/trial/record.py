@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def save_model(config: Config, model, tokenizer, out: Path, run) -> None:
     folder = out / MODEL_DIR
     hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is noise in the trial's log
     try:
-        lora.to_save(config.model.lora, model).save_pretrained(folder)  # LoRA: the adapter alone
+        with _no_deepspeed_unwrap(config.deepspeed is None):
+            lora.to_save(config.model.lora, model).save_pretrained(folder)  # LoRA: the adapter alone
         tokenizer.save_pretrained(folder)
     except Exception as exc:  # a full disk must not turn a recorded trial into a failed one
         message = f"trainer.save_model: could not save the model to {folder}: {type(exc).__name__}: {exc}"
@@ -87,6 +89,27 @@ def save_model(config: Config, model, tokenizer, out: Path, run) -> None:
         hf_logging.enable_progress_bar()
     if config.tracking.log_model:
         run.log_artifacts(folder, MODEL_DIR)
+
+
+@contextmanager
+def _no_deepspeed_unwrap(plain: bool) -> Iterator[None]:
+    """While the block runs, with `plain` (no DeepSpeed engine in this trial), accelerate does not
+    import deepspeed. save_pretrained unwraps the model through accelerate, which imports deepspeed
+    wherever it is installed, only to test isinstance(model, DeepSpeedEngine): seconds of imports
+    and DeepSpeed's "Setting accelerator to CPU" warning, for a model that cannot be one."""
+    try:
+        from accelerate.utils import other
+    except ImportError:  # without accelerate, transformers unwraps by itself
+        other = None
+    if not plain or other is None or not hasattr(other, "is_deepspeed_available"):
+        yield
+        return
+    probe = other.is_deepspeed_available
+    other.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        other.is_deepspeed_available = probe
 
 
 def leave_running(run) -> None:

@@ -25,7 +25,7 @@ from sweep_sft.data.pipeline import load_sources, mix_table, prepare
 from sweep_sft.evaluate import baseline as baseline_comparison
 from sweep_sft.evaluate import general_probe
 from sweep_sft.evaluate.evaluator import Evaluator
-from sweep_sft.evaluate.final import final_evaluation
+from sweep_sft.evaluate.final import final_evaluation, final_validation_loss
 from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
@@ -34,7 +34,7 @@ from sweep_sft.tracking.client import TrackingError, flatten
 from sweep_sft.tracking.requeue import ReopenedRun, open_run
 from sweep_sft.train import distributed
 from sweep_sft.train.checkpoint import Checkpoints, check_resume, find_resume
-from sweep_sft.train.loop import TrainState, train
+from sweep_sft.train.loop import TrainState, total_steps, train
 from sweep_sft.train.preemption import Preemption
 from sweep_sft.trial.checks import check_early, check_scorers, checkpointable
 from sweep_sft.trial.generations import record_generations
@@ -170,9 +170,12 @@ def _probe_base(trial: TrialState) -> None:
 def _train(trial: TrialState) -> TrainState:
     """Training, with the validation loss at every eval (reported to the study, which may prune)."""
     ev, data = trial.evaluator, trial.data
+    last = total_steps(trial.config, len(data.train_rows), trial.dist_env.world_size)
 
     def evaluate(step: int) -> dict[str, float]:
-        metrics = ev.validation_loss(data.val_rows, data.tasks)
+        # The last one (after the training bar closed) is the final evaluation's first phase.
+        show = _show(trial) if step == last else QUIET
+        metrics = final_validation_loss(ev, data.val_rows, data.tasks, show)
         trial.log(metrics, step)
         if trial.study is not None:
             trial.study.report(step, metrics)
@@ -198,9 +201,8 @@ def _evaluate(trial: TrialState, trained: TrainState) -> None:
     comparison with eval.baseline_run_id, logged at the last step."""
     config = trial.config
     final: dict[str, float] = {TRAIN_TIME: trained.seconds}
-    show = (BAR if config.trainer.progress else LINES) if trial.dist_env.is_main else QUIET
     scores, generations = final_evaluation(
-        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe, show
+        trial.evaluator, trial.data.val_examples, trial.data.train_rows, trial.base_probe, _show(trial)
     )
     final.update(scores)
     if trial.dist_env.is_main:
@@ -212,6 +214,14 @@ def _evaluate(trial: TrialState, trained: TrainState) -> None:
             trial.config, trial.baseline, _measured(trial, final_values(trial.series)), trial.out, trial.run
         )
         trial.log(compared, trained.step)
+
+
+def _show(trial: TrialState) -> str:
+    """How the final evaluation's phases show: bars with trainer.progress, else a line each; only
+    on the first rank (the others evaluate the same data)."""
+    if not trial.dist_env.is_main:
+        return QUIET
+    return BAR if trial.config.trainer.progress else LINES
 
 
 def _measured(trial: TrialState, metrics: dict[str, float]) -> Side:

@@ -195,7 +195,7 @@ def _killed_trial_run(tmp_path):
 
     cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(tracking_uri=cfg.uri)
-    run_id = client.create_run(client.create_experiment(cfg.experiment)).info.run_id
+    run_id = client.create_run(client.create_experiment("sweep-sft")).info.run_id
     (tmp_path / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": cfg.uri}))
     watched = {"uri": cfg.uri, "resumes": 0, "timeout_s": 5}
     return cfg, client, run_id, watched

@@ -16,7 +16,7 @@ from sweep_sft.config.schema import EvalConfig
 from sweep_sft.data.records import load_jsonl
 from sweep_sft.data.tokenize import Tokenized
 from sweep_sft.evaluate.evaluator import Evaluator
-from sweep_sft.evaluate.final import final_evaluation
+from sweep_sft.evaluate.final import final_evaluation, final_validation_loss
 from sweep_sft.evaluate.generation import exact_match, generate_answers, sampled_pass_at_k
 from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.evaluate.scorers import chrf
@@ -154,30 +154,37 @@ def replace_generation(config, **changes):
 def test_each_phase_prints_one_line_with_its_seconds_or_shows_a_bar(setup, capsys):
     _, _, _, examples, _ = setup
     ev = evaluator(setup, pass_k=2, train_recall_examples=1)
-    ev.general_probe = lambda: {"general/score": 0.5}  # the probe itself is not what is tested here
+    ev.general_pairs = lambda: [([1], [2])] * 3  # the probe itself is not what is tested here
+    ev.general_probe = lambda advance: advance(3) or {"general/score": 0.5}
+    ev.validation_loss = lambda rows, tasks, advance: advance(len(rows)) or {"val/loss": 1.0}
     rows = [Tokenized([1], [1], e.task_type, example=e) for e in examples]
+    assert final_validation_loss(ev, rows, ["t"], show=LINES) == {"val/loss": 1.0}
     final, records = final_evaluation(ev, examples, rows, {"general/score": 0.6}, show=LINES)
     out = capsys.readouterr()
     lines = [line for line in out.out.splitlines() if line.startswith("final evaluation:")]
     n_tasks = len({e.task_type for e in examples})
     assert [line.rsplit(" in ", 1)[0] for line in lines] == [
+        "final evaluation: validation loss over 8 examples",
         "final evaluation: exact match over 8 prompts",
         "final evaluation: pass@2 over 8 prompts x 2 samples",
         f"final evaluation: train recall over {n_tasks} prompts",
-        "final evaluation: general probe",
+        "final evaluation: general probe over 3 items",
     ]
     assert all(line.endswith("s") and float(line.rsplit(" in ", 1)[1][:-1]) >= 0 for line in lines)
     assert "exact match over" not in out.err  # no bar besides the lines
     assert [r["split"] for r in records] == ["validation"] * 8 + ["train"] * n_tasks
     assert final["general_drop"] == pytest.approx(0.1)
 
-    final_evaluation(ev, examples, rows, None, show=BAR)
+    final_validation_loss(ev, rows, ["t"], show=BAR)
+    final_evaluation(ev, examples, rows, {"general/score": 0.6}, show=BAR)
     out = capsys.readouterr()
     assert "final evaluation:" not in out.out  # the bars instead of the lines
-    for title in ("exact match over 8 prompts", "pass@2 over 8 prompts x 2 samples", "train recall over"):
+    titles = ("validation loss over 8 examples", "exact match over 8 prompts", "pass@2 over 8 prompts x 2 samples")
+    for title in (*titles, "train recall over", "general probe over 3 items: 100%"):
         assert title in out.err
 
-    final_evaluation(ev, examples, rows, None, show=QUIET)  # another rank than the first
+    final_validation_loss(ev, rows, ["t"], show=QUIET)  # another rank than the first
+    final_evaluation(ev, examples, rows, {"general/score": 0.6}, show=QUIET)
     assert capsys.readouterr() == ("", "")
 
 

@@ -101,6 +101,31 @@ def test_every_section_present_with_its_plots(sweep_dir):
     assert "<th>general_drop</th>" in summary and "<td class=num>0.03</td>" in summary  # trial #3's line
 
 
+def _png_width(src: str) -> int:
+    import base64
+
+    png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
+    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width
+
+
+def test_numbers_at_three_significant_figures_and_plots_as_wide_as_the_page(tmp_path):
+    sweep = tmp_path / "sweep"
+    record = _record(1e-4)
+    record["value"] = record["metrics"]["val/loss"] = 0.06836
+    record["metrics"].update({"general_drop": -0.01637, "general/score": 0.007726, "steps_run": 600.0})
+    _job(sweep, 0, ["lr=0.00012345"], record)
+    _job(sweep, 1, ["lr=0.1"], _record(0.1))
+    html = write_report(sweep).read_text()
+    cells = re.findall(r"<td class=num>([^<]*)</td>", html)
+    assert {"0.0684", "-0.0164", "0.00773"} <= set(cells), cells
+    digits = [re.sub(r"^[-0.]+|e.*$|\.", "", c) for c in cells if "." in c]
+    assert all(len(d) <= 3 for d in digits), cells
+    assert "#0 lr=0.000123" in html and "<td>0.000123</td>" in html  # swept values too
+    assert re.search(r"img \{ width: 100%; height: auto;", html)  # shown at the page width
+    widths = [_png_width(src) for src in re.findall(r'src="([^"]+)"', html)]
+    assert len(widths) == 5 and all(w >= 1150 for w in widths), widths  # drawn at it: 1200 px
+
+
 def test_failed_and_pruned_trials_are_listed_with_the_first_line_of_the_error(sweep_dir):
     html = write_report(sweep_dir).read_text()
     rows = re.findall(r"<tr>(.*?)</tr>", _section(html, "failed"))[1:]

@@ -60,3 +60,18 @@ def test_job_entries_carry_state_value_and_error(tmp_path):
 )
 def test_failure_rate_is_a_share_of_all_jobs(failed, n_jobs, rate, verdict):
     assert too_many_failed(failed, n_jobs, rate) is verdict
+
+
+def test_the_table_wraps_long_overrides_between_them_never_inside_one():
+    from sweep_sft.sweep.summary import table
+
+    overrides = [f"data.mix.task_ratio.reasoning.key{i}=0.{i}" for i in range(5)]
+    entries = [job_entry_like(0, overrides)]
+    text = table(summarize(entries, n_jobs=1, max_failure_rate=0.5), width=60)
+    body = " ".join(line.strip() for line in text.splitlines()[1:-1]).split()
+    assert [o for o in overrides if o not in body] == []  # every override whole
+    assert len(text.splitlines()) > 3  # wrapped onto more lines
+
+
+def job_entry_like(num, overrides):
+    return {"number": num, "state": "COMPLETE", "value": 0.5, "overrides": overrides, "error": None}
