@@ -62,15 +62,16 @@ def test_four_trial_sweep_records_four_finished_child_runs(tmp_path, tracked_ove
     assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0001", "0.0003", "0.001", "0.003"]
     assert parent.info.status == "FINISHED"
     assert [j["state"] for j in sweep_summary(tmp_path)["jobs"]] == ["COMPLETE"] * 4
-    # they ran as Slurm jobs of one array
-    assert len({p.name.split("_")[0] for p in (tmp_path / "s" / ".submitit").glob("[0-9]*_*")}) == 1
+    # dispatched one by one (sweep_sft.sweep.dispatch): four Slurm jobs, no array
+    jobs = [p.name for p in (tmp_path / "s" / ".submitit").glob("[0-9]*") if p.is_dir()]
+    assert len(jobs) == 4 and all(name.isdigit() for name in jobs), jobs
 
 
 def test_a_job_killed_by_slurm_is_a_failed_trial_and_the_sweep_goes_on(tmp_path, tracked_overrides):
     # Trial 1 trains long enough (5000 steps; epochs would stop it first) to be cancelled once
-    # it has opened its MLflow run.
+    # it has opened its MLflow run. In batches (one Slurm array), as through Hydra's launch().
     args = [o for o in tracked_overrides if not o.startswith("trainer.max_steps=")]
-    proc = start(tmp_path, "trainer.max_steps=4,5000,5", "epochs=1000", *args)
+    proc = start(tmp_path, "trainer.max_steps=4,5000,5", "epochs=1000", "hydra.sweeper.dispatch=batch", *args)
     try:
         job_id = wait_for("trial 1's Slurm job", lambda: array_task(tmp_path, 1))
         wait_for("trial 1's MLflow run (its config.yaml)", lambda: (tmp_path / "s" / "1" / "config.yaml").exists())
