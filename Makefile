@@ -60,7 +60,7 @@ pytest = $(PY) -m pytest $(1); status=$$?; \
 
 test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster, install Chromium, test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
-	$(call pytest,$(ARGS))
+	$(call pytest,--durations=15 $(ARGS))
 
 test-quick: $(VENV)/.installed-test ## the tests for development: no Slurm, nothing marked slow (a few minutes); `make test` runs them all
 	$(VENV)/bin/ruff check src tests bench
