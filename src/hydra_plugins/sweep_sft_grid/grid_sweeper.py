@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import MULTIRUN_FILE, SUMMARY_FILE
-from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, is_async, warn_unless_possible
+from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, is_async, queued, warn_unless_possible
 from sweep_sft.sweep.jobs import log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
 from sweep_sft.sweep.resume import done_entries, hydra_folders
@@ -73,13 +73,7 @@ class GridSweeper(BasicSweeper):
         entries: list[dict[str, Any]] = list(done.values())
         summary = summarize(entries, n_jobs, self.max_failure_rate)
         write(sweep_dir, summary)
-        todo = iter([Job(list(job), num) for num, job in enumerate(jobs) if num not in done])
-
-        def next_job() -> Job | None:
-            job = next(todo, None)
-            if job is not None:
-                self.validate_batch_is_legal([job.overrides])
-            return job
+        todo = [Job(list(job), num) for num, job in enumerate(jobs) if num not in done]
 
         def on_done(job: Job, result: JobReturn) -> bool:
             nonlocal summary
@@ -90,7 +84,8 @@ class GridSweeper(BasicSweeper):
 
         asynchronous = is_async(self.launcher, self.dispatch)
         in_flight = (self.max_in_flight if asynchronous else None) or self.max_batch_size or n_jobs
-        returns = dispatch(self.launcher, "async" if asynchronous else "batch", in_flight, next_job, on_done)
+        mode = "async" if asynchronous else "batch"
+        returns = dispatch(self.launcher, mode, in_flight, queued(todo, self.validate_batch_is_legal), on_done)
         log.info("sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, table(summary))
         states = summary["states"]
         log_to_parent(sweep_dir, SUMMARY_FILE, summary, {f"sweep/{k.lower()}": v for k, v in states.items()})

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError, UserInputError
 from sweep_sft.names import MULTIRUN_FILE, SANDWICH_FILE
-from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
+from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, queued, warn_unless_possible
 from sweep_sft.sweep.jobs import job_metrics, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs, refuse
 from sweep_sft.sweep.sandwich import Constraint, Sandwich, SandwichSpec
@@ -131,13 +131,7 @@ class SandwichSweeper(Sweeper):
         done = _round_so_far(sweep_dir / ROUND_FILE, round_no, batch, first)
         if done:
             log.info(f"sandwich round {round_no + 1}: {len(done)} of {len(batch)} jobs ended before the sweep stopped")
-        todo = iter([Job(overrides, first + i) for i, overrides in enumerate(batch) if first + i not in done])
-
-        def next_job() -> Job | None:
-            job = next(todo, None)
-            if job is not None:
-                self.validate_batch_is_legal([job.overrides])
-            return job
+        todo = [Job(overrides, first + i) for i, overrides in enumerate(batch) if first + i not in done]
 
         def on_done(job: Job, result: JobReturn) -> bool:
             done[job.num] = job_metrics(result)
@@ -145,6 +139,7 @@ class SandwichSweeper(Sweeper):
             (sweep_dir / ROUND_FILE).write_text(json.dumps(record, indent=1))
             return True
 
+        next_job = queued(todo, self.validate_batch_is_legal)
         launched = dispatch(self.launcher, self.dispatch, len(batch), next_job, on_done)
         return [done[first + i] for i in range(len(batch))], launched
 

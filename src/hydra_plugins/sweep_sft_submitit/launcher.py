@@ -28,14 +28,12 @@ from hydra_plugins.sweep_sft_submitit import inflight
 from hydra_plugins.sweep_sft_submitit.dead_jobs import JobDied, failed_return, job_output_dir, tail
 from hydra_plugins.sweep_sft_submitit.local_job_state import ended, kill_job, write_trial_file
 from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
+from sweep_sft.sweep.inflight import GONE_TIMEOUT_S, slurm_job_gone
 from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
 
 log = logging.getLogger(__name__)
 # Our keys, read by launch(); not submitit executor parameters.
 OWN_KEYS = ("retries", "result_grace_s", "poll_s", "sacct_interval_s")
-# squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
-LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
-GONE_TIMEOUT_S = 180.0
 
 
 class _Pending:
@@ -348,17 +346,5 @@ class SlurmLauncher(RetryingLauncher):
         """sacct says CANCELLED at once, but the job's processes live on until Slurm's KillWait
         ends (submitit ignores the SIGTERM): a trial could still open its MLflow run after we
         looked for it. Wait until squeue no longer lists the job as running or completing."""
-        import subprocess
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                out = subprocess.run(
-                    ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
-                ).stdout
-            except (OSError, subprocess.SubprocessError):
-                return
-            if not set(out.split()) & LIVE_STATES:
-                return
-            time.sleep(0.5)
-        log.warning(f"slurm job {job.job_id} still listed by squeue after {timeout_s:.0f} s; recording it anyway")
+        if not slurm_job_gone(str(job.job_id), timeout_s):
+            log.warning(f"slurm job {job.job_id} still listed by squeue after {timeout_s:.0f} s; recording it anyway")

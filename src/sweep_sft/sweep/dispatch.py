@@ -42,6 +42,20 @@ NextJob = Callable[[], "Job | None"]
 OnDone = Callable[[Job, JobReturn], bool]
 
 
+def queued(jobs: list[Job], validate: Callable[[list[list[str]]], None]) -> NextJob:
+    """next_job() for a fixed list of jobs, each validated (the sweeper's validate_batch_is_legal)
+    when its turn comes."""
+    todo = iter(jobs)
+
+    def next_job() -> Job | None:
+        job = next(todo, None)
+        if job is not None:
+            validate([job.overrides])
+        return job
+
+    return next_job
+
+
 def check_settings(mode: str, slots: int | None, slots_key: str) -> None:
     """A ConfigError naming the key: an unknown dispatch mode, or fewer than one slot."""
     if mode not in MODES:

@@ -26,7 +26,7 @@ from sweep_sft.errors import UserInputError
 from sweep_sft.names import INFLIGHT_FILE
 
 log = logging.getLogger(__name__)
-# squeue states in which a job's processes may still run (as the Slurm launcher's).
+# squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
 LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PENDING"}
 GONE_TIMEOUT_S = 180.0
 LOCAL_CONTROLLER = "hydra_plugins.sweep_sft_submitit._local_jobs"
@@ -119,6 +119,13 @@ def _cancel_slurm(job_id: str, timeout_s: float = GONE_TIMEOUT_S) -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning(f"could not scancel slurm job {job_id} left by the previous sweep: {exc}")
         return
+    if not slurm_job_gone(job_id, timeout_s):
+        log.warning(f"slurm job {job_id} still listed by squeue {timeout_s:.0f} s after scancel; going on")
+
+
+def slurm_job_gone(job_id: str, timeout_s: float = GONE_TIMEOUT_S) -> bool:
+    """Wait until squeue no longer lists the job as live (its processes live on through Slurm's
+    KillWait after sacct says CANCELLED); False if it still does after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -126,11 +133,11 @@ def _cancel_slurm(job_id: str, timeout_s: float = GONE_TIMEOUT_S) -> None:
                 ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
             ).stdout
         except (OSError, subprocess.SubprocessError):
-            return
+            return True  # no squeue to ask: nothing to wait on
         if not set(out.split()) & LIVE_STATES:
-            return
+            return True
         time.sleep(0.5)
-    log.warning(f"slurm job {job_id} still listed by squeue {timeout_s:.0f} s after scancel; going on")
+    return False
 
 
 def _kill_local(job_id: str, folder: str) -> None:
