@@ -60,6 +60,11 @@ def test_batch_dispatch_waits_for_the_slowest_of_each_batch(tmp_path, sweep):
         ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs"),
         ("hydra.sweeper.dispatch=eager", "hydra.sweeper.dispatch"),
         ("hydra/sweeper=grid hydra.sweeper.max_in_flight=0", "hydra.sweeper.max_in_flight"),
+        (
+            "hydra.sweeper.metrics=[val/loss,general_drop] hydra.sweeper.direction=[minimize,minimize] "
+            "hydra/sweeper/pruner=median",
+            "hydra.sweeper.pruner",
+        ),
     ],
 )
 def test_bad_dispatch_settings_are_refused_before_anything_runs(tmp_path, override, key):
