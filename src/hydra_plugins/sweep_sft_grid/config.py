@@ -19,6 +19,9 @@ class GridSweeperConf:
     # auto: job by job through our launchers, in batches through others. async: the same,
     # warning when the launcher can only do batches. batch: Hydra's batches of max_batch_size.
     dispatch: str = "auto"
+    # Run again in its folder, the sweep carries over the jobs that finished (same overrides at
+    # the same number) and runs the rest; false: every job runs again.
+    resume: bool = True
     # The grid in Hydra's override grammar, e.g. lr: 1e-4,1e-3; the command line adds to it.
     params: dict[str, str] | None = None
     # The sweep exits 1 (after writing sweep_summary.json) once more than this share of its

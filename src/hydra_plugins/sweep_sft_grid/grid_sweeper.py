@@ -40,6 +40,7 @@ class GridSweeper(BasicSweeper):
         max_failure_rate: float = 0.5,
         max_in_flight: int | None = None,
         dispatch: str = "auto",
+        resume: bool = True,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         if not 0 <= max_failure_rate <= 1:
@@ -49,6 +50,7 @@ class GridSweeper(BasicSweeper):
         self.max_failure_rate = max_failure_rate
         self.max_in_flight = max_in_flight
         self.dispatch = dispatch
+        self.resume = resume
 
     def preflight(self, config: DictConfig, config_loader) -> None:
         """Compose and validate every job of the grid (sweep_sft.sweep.preflight, before any launch)."""
@@ -67,7 +69,8 @@ class GridSweeper(BasicSweeper):
         n_jobs = len(jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         # Run again in its folder, the sweep carries over the jobs that finished (sweep_sft.sweep.resume).
-        done = done_entries(sweep_dir, jobs, hydra_folders(self.config, self.hydra_context.config_loader))
+        folders = hydra_folders(self.config, self.hydra_context.config_loader)
+        done = done_entries(sweep_dir, jobs, folders) if self.resume else {}
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         entries: list[dict[str, Any]] = list(done.values())
@@ -83,7 +86,9 @@ class GridSweeper(BasicSweeper):
             return not too_many_failed(summary["states"]["FAILED"], n_jobs, self.max_failure_rate)
 
         asynchronous = is_async(self.launcher, self.dispatch)
-        in_flight = (self.max_in_flight if asynchronous else None) or self.max_batch_size or n_jobs
+        # A Slurm profile's array_parallelism caps the jobs running at once, as it caps an array's.
+        cap = (getattr(self.launcher, "params", None) or {}).get("array_parallelism") if asynchronous else None
+        in_flight = (self.max_in_flight if asynchronous else None) or self.max_batch_size or cap or n_jobs
         mode = "async" if asynchronous else "batch"
         returns = dispatch(self.launcher, mode, in_flight, queued(todo, self.validate_batch_is_legal), on_done)
         log.info("sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, table(summary))

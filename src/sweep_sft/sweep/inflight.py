@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 LIVE_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PENDING"}
 GONE_TIMEOUT_S = 180.0
 LOCAL_CONTROLLER = "hydra_plugins.sweep_sft_submitit._local_jobs"
+JOB_ID = re.compile(r"\d+(_\d+)?")  # a Slurm job id (array task: <array>_<task>) or a local job's pid
 
 
 def read(sweep_dir: str | Path) -> dict[str, Any]:
@@ -45,7 +47,12 @@ def read(sweep_dir: str | Path) -> dict[str, Any]:
 def add(sweep_dir: str | Path, job_id: str, executor: str, num: int, folder: str) -> None:
     """The job was submitted by this process."""
     record = read(sweep_dir)
-    record["controller"] = {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv}
+    record["controller"] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "argv": sys.argv,
+        "started": _start_time(os.getpid()),
+    }
     record["jobs"][str(job_id)] = {"executor": executor, "num": int(num), "folder": str(folder)}
     _write(Path(sweep_dir), record)
 
@@ -75,6 +82,9 @@ def stop_left(sweep_dir: str | Path) -> dict[int, dict[str, Any]]:
     for job_id, job in record["jobs"].items():
         if not isinstance(job, dict) or not isinstance(job.get("num"), int):
             continue
+        if not JOB_ID.fullmatch(str(job_id)):  # data from the folder: never an option to scancel
+            log.warning(f"{sweep_dir / INFLIGHT_FILE}: {job_id!r} is not a job id; left alone")
+            continue
         if job.get("executor") == "slurm":
             _cancel_slurm(job_id)
         elif job.get("executor") == "local":
@@ -93,15 +103,33 @@ def stop_left(sweep_dir: str | Path) -> dict[int, dict[str, Any]]:
 def _refuse_live_controller(sweep_dir: Path, controller: Any) -> None:
     if not isinstance(controller, dict) or controller.get("host") != socket.gethostname():
         return
-    pid, argv = controller.get("pid"), controller.get("argv")
-    if not isinstance(pid, int) or pid == os.getpid() or not isinstance(argv, list) or len(argv) < 2:
+    pid, argv, started = controller.get("pid"), controller.get("argv"), controller.get("started")
+    if not isinstance(pid, int) or pid == os.getpid():
         return
-    running = _cmdline(pid)
-    if len(running) >= len(argv) - 1 and running[len(running) - len(argv) + 1 :] == argv[1:]:
+    if started is not None:  # the same process (whatever its command line), not a reused pid
+        alive = _start_time(pid) == started
+    else:
+        running = _cmdline(pid)
+        alive = (
+            isinstance(argv, list)
+            and len(argv) >= 2
+            and len(running) >= len(argv) - 1
+            and running[len(running) - len(argv) + 1 :] == argv[1:]
+        )
+    if alive:
         raise UserInputError(
             f"hydra.sweep.dir={sweep_dir}: another sweep (pid {pid}) is still running in this folder; "
             f"wait for it or stop it (its jobs are named in {sweep_dir / INFLIGHT_FILE})"
         )
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    pid it names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -82,11 +82,12 @@ class InProcess:
 
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
-    [({}, ["-m", "hydra/sweeper=grid"])],
+    [({}, ["-m", "hydra/sweeper=grid", "hydra.sweeper.resume=false"])],
     ids=["basic_launcher"],
 )
 class TestGridSweeperIntegration(IntegrationTestSuite):
-    """The grid is Hydra's basic sweeper where every job succeeds: every case applies."""
+    """The grid is Hydra's basic sweeper where every job succeeds: every case applies. Hydra's
+    suite reruns a sweep folder with another task and expects it run again, so without resuming."""
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,15 @@ def test_a_changed_grid_reruns_a_job_whose_overrides_differ_at_its_number(tmp_pa
     assert [e["overrides"] for e in grid_summary(tmp_path)["jobs"]] == [["lr=0.0001"], ["lr=0.0003"]]
 
 
+@pytest.mark.sweep_app("synthetic_trial.py", "grid")
+def test_resume_false_runs_every_job_again(tmp_path, sweep):
+    assert sweep("lr=0.0001,0.0002").returncode == 0
+    first = job_times(tmp_path, [0, 1])
+    again = sweep("lr=0.0001,0.0002", "hydra.sweeper.resume=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(job_times(tmp_path, [0, 1])[n] != first[n] for n in (0, 1))
+
+
 def _store(tmp_path: Path, empty_store: Path) -> str:
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -49,3 +49,38 @@ def test_a_continued_study_gets_a_derived_seed_and_a_fresh_one_its_own():
     seeds = {resumed_sampler(spec, n)["seed"] for n in (1, 2, 3)}
     assert len(seeds) == 3 and resumed_sampler(spec, 2) == resumed_sampler(spec, 2)
     assert resumed_sampler({**spec, "seed": None}, 4)["seed"] is None
+
+
+def test_a_recorded_job_id_that_is_not_an_id_is_never_passed_to_scancel(tmp_path, monkeypatch):
+    from sweep_sft.names import INFLIGHT_FILE
+    from sweep_sft.sweep import inflight
+
+    calls = []
+    monkeypatch.setattr(inflight.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    record = {"jobs": {"--me": {"executor": "slurm", "num": 0, "folder": "x"}}}
+    (tmp_path / INFLIGHT_FILE).write_text(json.dumps(record))
+    assert inflight.stop_left(tmp_path) == {}
+    assert calls == []
+
+
+def test_a_live_controller_of_the_folder_is_refused_whatever_its_command_line(tmp_path):
+    import subprocess
+
+    import pytest
+
+    from sweep_sft.errors import UserInputError
+    from sweep_sft.names import INFLIGHT_FILE
+    from sweep_sft.sweep import inflight
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        controller = {"pid": other.pid, "host": inflight.socket.gethostname(), "argv": ["x", "n_trials=4"]}
+        controller["started"] = inflight._start_time(other.pid)
+        (tmp_path / INFLIGHT_FILE).write_text(json.dumps({"controller": controller, "jobs": {}}))
+        with pytest.raises(UserInputError, match="still running in this folder"):
+            inflight.stop_left(tmp_path)
+        controller["started"] = "1"  # the pid reused by another process: not the controller
+        (tmp_path / INFLIGHT_FILE).write_text(json.dumps({"controller": controller, "jobs": {}}))
+        assert inflight.stop_left(tmp_path) == {}
+    finally:
+        other.kill()
