@@ -203,7 +203,11 @@ CASES: list[Case] = [
     Case(
         "unknown grid sweeper key",
         ["hydra.mode=MULTIRUN", "+hydra.sweeper.bogus=1", "lr=1e-3,1e-2"],
-        ["hydra.sweeper.bogus", "hydra/sweeper=grid", "max_batch_size, params, max_failure_rate"],
+        [
+            "hydra.sweeper.bogus",
+            "hydra/sweeper=grid",
+            "max_batch_size, max_in_flight, dispatch, resume, params, max_failure_rate",
+        ],
     ),
     Case(
         "unknown optuna5 sweeper key",

@@ -115,7 +115,7 @@ def test_an_unknown_sweeper_key_fails_before_the_parent_run(tmp_path, tiny_overr
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: hydra.sweeper.bogus: hydra/sweeper=grid has no key 'bogus'; "
-        "its keys under hydra.sweeper: max_batch_size, params, max_failure_rate"
+        "its keys under hydra.sweeper: max_batch_size, max_in_flight, dispatch, resume, params, max_failure_rate"
     ), proc.stderr[-3000:]
     store = tmp_path / "mlflow.db"
     if store.exists():
