@@ -16,6 +16,16 @@ from helpers import run_cli
 SLOW = {"SLOW_JOB": "0", "SLOW_S": "10"}
 LAUNCHER = ("hydra/launcher=sweep_sft_local", "hydra.launcher.poll_s=0.2")
 
+SLURM = (
+    "hydra/launcher=sweep_sft_slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.poll_s=0.5",
+    "hydra.launcher.sacct_interval_s=1",
+    "hydra.launcher.result_grace_s=1",
+)
+
 pytestmark = pytest.mark.sweep_app("synthetic_curve.py", "optuna5")
 
 
@@ -27,9 +37,12 @@ def spans(tmp_path: Path) -> dict[int, tuple[float, float]]:
     return out
 
 
-def test_optuna_asks_the_next_trial_as_soon_as_a_slot_frees(tmp_path, sweep):
+@pytest.mark.parametrize(
+    "launcher", [LAUNCHER, pytest.param(SLURM, marks=pytest.mark.slurm)], ids=["local_jobs", "slurm"]
+)
+def test_optuna_asks_the_next_trial_as_soon_as_a_slot_frees(tmp_path, sweep, launcher):
     proc = sweep(
-        "x=tag(log,interval(1e-6,1e-1))", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", *LAUNCHER, env=SLOW
+        "x=tag(log,interval(1e-6,1e-1))", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", *launcher, env=SLOW
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = spans(tmp_path)
@@ -86,28 +99,6 @@ def test_async_with_a_batch_only_launcher_warns_once_naming_the_key(tmp_path, sw
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "hydra.sweeper.dispatch=async" in line]
     assert len(warnings) == 1 and "batches" in warnings[0], warnings
-
-
-SLURM = (
-    "hydra/launcher=sweep_sft_slurm",
-    "hydra.launcher.partition=debug",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=1",
-    "hydra.launcher.poll_s=0.5",
-    "hydra.launcher.sacct_interval_s=1",
-    "hydra.launcher.result_grace_s=1",
-)
-
-
-@pytest.mark.slurm
-def test_slurm_jobs_are_submitted_one_by_one_as_slots_free(tmp_path, sweep):
-    proc = sweep(
-        "x=tag(log,interval(1e-6,1e-1))", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", *SLURM, env=SLOW
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    t = spans(tmp_path)
-    assert sorted(t) == [0, 1, 2]
-    assert t[2][0] < t[0][1], t
 
 
 def test_successive_halving_across_independent_jobs_is_asha(tmp_path, sweep):
