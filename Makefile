@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 MLFLOW_PORT ?= 5000
+# pytest-xdist workers: most of the suite waits on processes, Slurm and servers, so two workers
+# halve the wall time even on 2 cores (TEST_WORKERS=0 runs in one process, for debugging).
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
@@ -60,11 +63,11 @@ pytest = $(PY) -m pytest $(1); status=$$?; \
 
 test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster, install Chromium, test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
-	$(call pytest,--durations=15 $(ARGS))
+	$(call pytest,-n $(TEST_WORKERS) --dist worksteal --durations=15 $(ARGS))
 
 test-quick: $(VENV)/.installed-test ## the tests for development: no Slurm, nothing marked slow (a few minutes); `make test` runs them all
 	$(VENV)/bin/ruff check src tests bench
-	$(call pytest,-m "not slurm and not slow" $(ARGS))
+	$(call pytest,-n $(TEST_WORKERS) --dist worksteal -m "not slurm and not slow" $(ARGS))
 
 lint: $(VENV)/.installed-test ## ruff on the package and tests
 	$(VENV)/bin/ruff check src tests bench
