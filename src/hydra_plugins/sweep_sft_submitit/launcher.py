@@ -197,6 +197,16 @@ class RetryingLauncher(BaseSubmititLauncher):
     def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
         """The launcher raised (e.g. KeyboardInterrupt): what becomes of the jobs still running."""
 
+    def _end_stopped(self, stopped: list[_Pending], error: BaseException) -> None:
+        """End the MLflow runs of the jobs the sweep stopped as KILLED, naming why."""
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        for p in stopped:
+            died = JobDied(self._EXECUTOR, str(p.job.job_id), "CANCELLED", p.attempt, f"the sweep stopped ({reason})")
+            self._end_attempt(p, died, "KILLED", retried=False)
+        if stopped:
+            ids = ", ".join(str(p.job.job_id) for p in stopped)
+            log.error(f"stopped {len(stopped)} {self._EXECUTOR} job(s) still running: {ids}")
+
     def _ended_state(self, job) -> str:
         """The scheduler's word for how a job without a result ended."""
         raise NotImplementedError
@@ -311,12 +321,7 @@ class LocalLauncher(RetryingLauncher):
             except Exception:  # noqa: BLE001 - a stuck controller: SIGKILL it and its trial
                 pass
             kill_job(str(p.job.job_id))  # also what a controller left (killed, or stuck)
-        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        for p in live:
-            died = JobDied(self._EXECUTOR, str(p.job.job_id), "CANCELLED", p.attempt, f"the sweep stopped ({reason})")
-            self._end_attempt(p, died, "KILLED", retried=False)
-        if live:
-            log.error(f"stopped {len(live)} local job(s) still running: {', '.join(str(p.job.job_id) for p in live)}")
+        self._end_stopped(live, error)
 
 
 def _done(job) -> bool:
@@ -341,6 +346,20 @@ class SlurmLauncher(RetryingLauncher):
             return str(job.get_info().get("State") or job.state)
         except Exception:  # noqa: BLE001 - sacct may be down; the state is for the message only
             return "UNKNOWN"
+
+    def _abandon(self, submitted: list[_Pending], error: BaseException) -> None:
+        """Cancel the sweep's jobs that have not ended (Ctrl-C on the sweep stops its trials, as
+        with local jobs; a rerun would cancel them anyway), wait until Slurm has killed their
+        processes, and end their MLflow runs KILLED."""
+        live = [p for p in submitted if not _done(p.job)]
+        for p in live:
+            try:
+                p.job.cancel(check=False)  # scancel
+            except Exception as exc:  # noqa: BLE001 - the others are still cancelled
+                log.warning(f"could not scancel slurm job {p.job.job_id}: {type(exc).__name__}: {exc}")
+        for p in live:
+            self._wait_until_gone(p.job)
+        self._end_stopped(live, error)
 
     def _wait_until_gone(self, job, timeout_s: float = GONE_TIMEOUT_S) -> None:
         """sacct says CANCELLED at once, but the job's processes live on until Slurm's KillWait

@@ -6,6 +6,7 @@ trial in MLflow and in sweep_summary.json, and the sweep goes on; with retries i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -93,6 +94,35 @@ def test_a_job_killed_by_slurm_is_a_failed_trial_and_the_sweep_goes_on(tmp_path,
     assert job_id in killed.data.tags["sweep_sft.error"] and killed.data.tags["sweep_sft.slurm_job_id"] == job_id
     assert runs_of["0"][0].info.status == runs_of["2"][0].info.status == "FINISHED"
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/failed"] == 1
+
+
+def submitted_ids(tmp_path: Path) -> set[str]:
+    return {p.name for p in (tmp_path / "s" / ".submitit").glob("[0-9]*") if p.is_dir()}
+
+
+def test_ctrl_c_on_a_slurm_sweep_cancels_its_jobs_and_ends_their_runs(tmp_path, tracked_overrides):
+    # SIGINT to the sweep's controller while both trials train: nothing may run on in Slurm
+    # without it (the trials would write into the sweep folder and MLflow behind the user's back).
+    args = [o for o in tracked_overrides if not o.startswith("trainer.max_steps=")]
+    proc = start(tmp_path, "trainer.max_steps=5000", "epochs=1000", "lr=1e-4,1e-3", *args)
+    try:
+        for num in ("0", "1"):
+            wait_for(f"trial {num}'s MLflow run", lambda n=num: (tmp_path / "s" / n / "mlflow_run.json").exists())
+        ids = submitted_ids(tmp_path)
+        assert len(ids) == 2 and all(slurm_state(i) == "RUNNING" for i in ids)
+        os.kill(proc.pid, signal.SIGINT)
+    finally:
+        rc, log = finish(tmp_path, proc)
+    assert rc != 0
+    assert "stopped 2 slurm job(s) still running" in log, log[-3000:]
+    assert all(slurm_state(i).startswith("CANCELLED") for i in ids), {i: slurm_state(i) for i in ids}
+    live = subprocess.run(["squeue", "-h", "-j", ",".join(sorted(ids))], capture_output=True, text=True).stdout
+    assert live.strip() == ""  # gone before the sweep exited, not only marked
+    parent, children = sweep_runs(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert len(children) == 2 and all(c.info.status in ("KILLED", "FAILED") for c in children), [
+        c.info.status for c in children
+    ]
 
 
 def test_a_killed_job_with_retries_succeeds_on_its_retry(tmp_path, tracked_overrides):
