@@ -4,10 +4,40 @@ learns some task types and not others, and the validation loss at least halves."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from helpers import run_cli
+from helpers import ROOT, run_cli
+
+README_TABLE_INTRO = "ends with a per-task_type table:"
+
+
+def readme_table() -> list[str]:
+    """The per-task_type table the README shows for `make run`: its header and rows, before `...`."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(README_TABLE_INTRO, 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines()[1:] if line.strip() and line.strip() != "..."]
+
+
+def shape(line: str) -> list[str]:
+    """A table line's shape: the words as they are, each number as its format (0.508 -> 9.999)."""
+    return [re.sub(r"\d", "9", field) if re.fullmatch(r"[\d.]+", field) else field for field in line.split()]
+
+
+def assert_readme_table_printed(stdout: str) -> None:
+    """The README's table has the printed table's header, and each of its rows has the shape of
+    the printed row of that task_type (same columns, same number formats)."""
+    header, *rows = readme_table()
+    printed = stdout.splitlines()
+    assert header in printed, f"README header {header!r} is not printed:\n{stdout[-2000:]}"
+    start = printed.index(header)
+    by_task = {line.split()[0]: line for line in printed[start + 1 :] if line.split()}
+    assert rows, "the README shows no rows"
+    for row in rows:
+        task = row.split()[0]
+        assert task in by_task, f"README row {task} is not printed"
+        assert shape(row) == shape(by_task[task]), f"README: {row!r}\nprinted: {by_task[task]!r}"
 
 
 @pytest.mark.slow
@@ -25,6 +55,7 @@ def test_default_trial_learns_three_task_types(tmp_path):
     assert val[0][0] == 0 and val[-1][1] < 0.5 * val[0][1]
     # the per-task table is printed, and one MLflow run is in the local store
     assert "classification/sentiment" in proc.stdout and "exact match" in proc.stdout
+    assert_readme_table_printed(proc.stdout)  # the README shows what this command prints
     assert (tmp_path / "mlflow.db").exists()
     # the final evaluation: a line per phase, no library warning (transformers gave 22), every generation kept
     assert "final evaluation: pass@4 over 512 prompts x 4 samples in" in proc.stdout
