@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 MLFLOW_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 # pytest-xdist workers: most of the suite waits on processes, Slurm and servers, so two workers
 # halve the wall time even on 2 cores (TEST_WORKERS=0 runs in one process, for debugging).
 TEST_WORKERS ?= 2
@@ -30,6 +31,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install -q -e '.[bench]'
+	touch $@
+
+$(VENV)/.installed-dashboard: $(VENV)/.installed
+	$(PIP) install -q -e '.[dashboard]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install sweep-sft (torch pinned, installed first)
@@ -106,6 +111,9 @@ mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) ov
 mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 	mkdir -p mlflow-server
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server/mlflow.db --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+optuna-dashboard: $(VENV)/.installed-dashboard ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over STORAGE (journal file or database URL), else SWEEP's recorded storage, else the newest multirun/ sweep
+	$(PY) -m sweep_sft.sweep.dashboard $(if $(STORAGE),--storage '$(STORAGE)') $(if $(SWEEP),'$(SWEEP)') --port $(DASHBOARD_PORT)
 
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache

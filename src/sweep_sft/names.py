@@ -28,6 +28,7 @@ GENERAL_SOURCE_FIELD = "general_source"  # the general probe's set: embedded, ba
 PARENT_FILE = "mlflow_parent_run.json"
 SUMMARY_FILE = "sweep_summary.json"  # the grid sweeper's per-job states
 OPTUNA_FILE = "optuna_result.json"
+OPTUNA_JOURNAL = "optuna.journal"  # the optuna5 study's default storage
 SANDWICH_FILE = "sandwich_result.json"
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep's overrides
 # The jobs our launchers have in flight (sweep_sft.sweep.inflight): what a killed controller left.

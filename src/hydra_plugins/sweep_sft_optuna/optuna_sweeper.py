@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
-from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE
+from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE, OPTUNA_JOURNAL
 from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
 from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
@@ -90,7 +90,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         space, fixed = parse(arguments, dict(c.params))
-        storage_url = c.storage or str((sweep_dir / "optuna.journal").resolve())
+        storage_url = c.storage or str((sweep_dir / OPTUNA_JOURNAL).resolve())
         study, n_trials = self._open_study(space, storage_url)
         prune_metric = self._prune_metric()
         distributions = {p.key: p.distribution for p in space}
