@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # A user's MLflow variables would send the tests' runs to their store (tracking.uri unset honours them).
 for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
     os.environ.pop(_var, None)
+
+
+def pytest_configure(config):
+    """The tests' own cache (the embedded default, general-probe sets) in a temporary folder,
+    never the user's ~/.cache/sweep_sft or $SWEEP_SFT_CACHE. Set by the process that starts the
+    session: pytest-xdist's workers inherit it, so they build each entry once between them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    config.sweep_sft_cache = tempfile.mkdtemp(prefix="sweep-sft-test-cache-")
+    os.environ["SWEEP_SFT_CACHE"] = config.sweep_sft_cache
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "sweep_sft_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

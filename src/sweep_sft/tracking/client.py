@@ -78,12 +78,25 @@ def experiment_id(client, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except Exception:  # another trial created it between our two calls
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: beside the database file
+    (<db folder>/mlruns/<name>), not MLflow's default ./mlruns under whatever folder the process
+    creating it ran in (a sweep job, a test). None (MLflow's default) for other stores: a
+    server has its own artifact root."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
+        return None
+    database = Path(uri[len(prefix) :].split("?", 1)[0])
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+    return (Path.cwd() / database).resolve().parent.joinpath("mlruns", folder).as_uri()
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -42,3 +42,39 @@ def test_the_experiment_is_tracking_experiment_else_mlflow_experiment_name_else_
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "9999")
     with pytest.raises(UserInputError, match="MLFLOW_EXPERIMENT_ID=9999 .*tracking.experiment"):
         run_experiment(client, None)
+
+
+def test_a_sqlite_stores_artifacts_lie_beside_its_database_whatever_the_cwd(tmp_path, monkeypatch, empty_store):
+    # MLflow's default is ./mlruns under the cwd of the process that creates the experiment: a
+    # sweep job's folder, a test's checkout (the suite once left 15 run folders in ours).
+    from mlflow.tracking import MlflowClient
+
+    from sweep_sft.tracking.client import artifact_location
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(empty_store, store / "mlflow.db")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment(run_experiment(client, "my sft/exp"))
+    assert experiment.artifact_location == (store / "mlruns" / "my_sft_exp").as_uri()
+    run = client.create_run(experiment.experiment_id)
+    client.log_text(run.info.run_id, "x", "note.txt")
+    assert list(store.glob("mlruns/my_sft_exp/*/artifacts/note.txt")) and not list(elsewhere.iterdir())
+    # relative paths are the cwd's; servers and other stores keep their own artifact roots
+    assert artifact_location("sqlite:///rel/m.db", "e") == (elsewhere / "rel" / "mlruns" / "e").as_uri()
+    assert artifact_location("http://127.0.0.1:5000", "e") is None
+    assert artifact_location("postgresql://u@h/db", "e") is None
+    assert artifact_location("sqlite://", "e") is None
+
+
+def test_the_tests_cache_is_not_the_users():
+    import os
+    from pathlib import Path
+
+    from sweep_sft.cache import cache_root
+
+    assert cache_root() != Path.home() / ".cache" / "sweep_sft"
+    assert Path(os.environ["SWEEP_SFT_CACHE"]).name.startswith("sweep-sft-test-cache-")
