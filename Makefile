@@ -118,4 +118,4 @@ optuna-dashboard: $(VENV)/.installed-dashboard ## optuna-dashboard on http://127
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-sweep bench-sweep-scale bench-eval bench-eval-real mlflow-ui mlflow-server clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-sweep bench-sweep-scale bench-eval bench-eval-real mlflow-ui mlflow-server optuna-dashboard clean

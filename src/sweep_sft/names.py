@@ -47,6 +47,11 @@ OVERRIDES_TAG = "sweep_sft.overrides"
 JOB_STATE_TAG = "sweep_sft.job_state"
 RETRIED_TAG = "sweep_sft.retried"
 RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+# An experiment tag: the MLflow 3 UI opens an experiment of kind custom_model_development
+# ("Machine learning") on its runs table, not the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # MLflow param naming the set the general probe scored (eval.general.source with auto decided).
 GENERAL_SOURCE_PARAM = "general.source"
 SCORER_TAG = "sweep_sft.scorer"  # sweep_sft.scorer.<task_type>: the scorer of its final metrics (eval.scorers)

@@ -44,6 +44,7 @@ def main(cfg: App) -> float:
     name = child_run_name(hc.job.num, list(hc.overrides.task), parent.get("swept", []))
     tags = {OUTPUT_DIR_TAG: str(out.resolve())}
     run, _ = open_run(TrackingConfig(**cfg.tracking), out, name, parent.get("run_id"), tags, resuming=False)
+    run.log_params({"lr": str(cfg.lr)})
     run.flush()
     hold, kill = os.environ.get("HOLD_ONCE"), os.environ.get("KILL_ONCE")
     once = hold or kill

@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.config.schema import TrackingConfig
-from sweep_sft.names import KIND_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.names import KIND_TAG, NOTE_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.report.data import load_sweep_dir
 from sweep_sft.report.html import write_report as write_html
+from sweep_sft.report.notes import sweep_note
 from sweep_sft.sweep import inflight
 from sweep_sft.tracking.client import TrackingError, read_parent, retry_until, tracking_uri
 from sweep_sft.tracking.dead_runs import end_cut_off
@@ -89,6 +91,9 @@ class MlflowParentRun(Callback):
                 )
             except TrackingError as exc:
                 log.warning("sweep parent run: %s; the report stays in %s", exc, report)
+        note = describe(sweep_dir, report)
+        if note:
+            run.set_tag(NOTE_TAG, note)
         try:
             run.finish(status)
         except TrackingError as exc:
@@ -132,6 +137,18 @@ def _reopened(tracking: TrackingConfig, sweep_dir: Path, stopped: dict[int, dict
     if ended:
         log.warning(f"{len(ended)} run(s) the previous sweep left RUNNING ended KILLED: {', '.join(ended)}")
     return run
+
+
+def describe(sweep_dir: Path | None, report: Path | None) -> str | None:
+    """The parent run's description (sweep_sft.report.notes.sweep_note); a sweep folder that
+    cannot be read costs a warning and no description, never the sweep."""
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return None
+    try:
+        return sweep_note(load_sweep_dir(sweep_dir), str(report) if report else None)
+    except Exception as exc:
+        log.warning("sweep parent run: no description: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def write_report(sweep_dir: Path) -> Path | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep_sft.errors import UserInputError
-from sweep_sft.names import PARENT_FILE
+from sweep_sft.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_FILE
 from sweep_sft.tracking.delivery import BACKOFF_S, transient
 
 if TYPE_CHECKING:
@@ -64,26 +64,39 @@ def run_experiment(client, configured: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_experiment(wanted_id).experiment_id
+        experiment = client.get_experiment(wanted_id)
     except MlflowException as exc:
         raise UserInputError(
             f"{EXPERIMENT_ID_ENV}={wanted_id} (tracking.experiment unset): no such experiment in "
             f"{client.tracking_uri}; set tracking.experiment or unset {EXPERIMENT_ID_ENV}"
         ) from exc
+    return mark_kind(client, experiment)
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created if it does not exist yet."""
+    """The id of experiment `name`, created if it does not exist yet, marked a training experiment."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        return experiment.experiment_id
+        return mark_kind(client, experiment)
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        return client.create_experiment(
+            name,
+            artifact_location=artifact_location(client.tracking_uri, name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:  # another trial created it between our two calls
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return mark_kind(client, experiment)
+
+
+def mark_kind(client, experiment) -> str:
+    """The experiment's id, its mlflow.experimentKind set to a training experiment's unless the user
+    set one: the MLflow 3 UI then opens it on the runs table, not the GenAI overview."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def artifact_location(uri: str, name: str) -> str | None:

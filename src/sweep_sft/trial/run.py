@@ -28,7 +28,8 @@ from sweep_sft.evaluate.evaluator import Evaluator
 from sweep_sft.evaluate.final import final_evaluation, final_validation_loss
 from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
-from sweep_sft.names import CONFIG_FILE, ERROR_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.names import CONFIG_FILE, ERROR_TAG, NOTE_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.report.notes import trial_note
 from sweep_sft.sweep.study import TrialPruned, trial_reporter
 from sweep_sft.tracking.client import TrackingError, flatten
 from sweep_sft.tracking.requeue import ReopenedRun, open_run
@@ -241,7 +242,10 @@ def _save(trial: TrialState, trained: TrainState) -> TrialResult:
     result = record(trial.config, trial.out, run, trial.series, "COMPLETE", trained.step, is_main, findings, measured)
     if trial.config.trainer.save_model and is_main:  # after the results are safe
         save_model(trial.config, trial.evaluator.model, trial.evaluator.tokenizer, trial.out, run)
-    print(summary_table(result, trial.data.tasks, trial.data.report, trial.config.eval.scorers))
+    table = summary_table(result, trial.data.tasks, trial.data.report, trial.config.eval.scorers)
+    print(table)
+    if is_main:
+        run.set_tag(NOTE_TAG, trial_note(table))
     run.finish("FINISHED")
     return result
 
