@@ -92,6 +92,27 @@ def mix_metrics(report: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+# A finished trial's headline numbers once more, final values under one prefix: the printed
+# table's "all" row, the general probe's drop and the objective. MLflow's charts put metrics in
+# sections by the prefix before their last "/", sorted by name: all/ comes first (before data/,
+# general/, task/...), one bar per child run, ready to compare across a sweep.
+HEADLINE_PREFIX = "all/"
+
+
+def headline_metrics(metrics: dict[str, float], objective: float | None) -> dict[str, float]:
+    """The headline numbers of a finished trial's final `metrics` (all/val_loss, all/exact_match,
+    all/pass_at_<k>, all/train_recall, all/general_drop where measured, all/objective)."""
+    keys = {"val_loss": VAL_LOSS, "exact_match": EXACT_MATCH, "train_recall": TRAIN_RECALL}
+    keys["general_drop"] = GENERAL_DROP
+    k = max(pass_ks(metrics), default=None)
+    if k:
+        keys[f"pass_at_{k}"] = pass_at(k)
+    out = {HEADLINE_PREFIX + short: metrics[key] for short, key in keys.items() if key in metrics}
+    if objective is not None:
+        out[HEADLINE_PREFIX + "objective"] = objective
+    return out
+
+
 def _eval_families(ev: EvalConfig) -> list[str]:
     """The per-task_type families of the final evaluation, as eval settings switch them on."""
     families = []

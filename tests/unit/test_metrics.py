@@ -9,7 +9,7 @@ import pytest
 
 from sweep_sft.config.compose import compose
 from sweep_sft.config.validate import validate
-from sweep_sft.metrics import check_objective, metric_names
+from sweep_sft.metrics import check_objective, headline_metrics, metric_names
 from sweep_sft.trial.run import run_trial
 
 TASKS = ["classification/topic", "reasoning/addition"]
@@ -47,3 +47,25 @@ def test_every_metric_of_a_real_trials_metrics_json_is_accepted(tiny_overrides, 
     assert set(written) == set(metric_names(tasks, config.eval)) == set(result.metrics)
     for key in written:
         check_objective(key, tasks, config.eval)
+
+
+def test_the_headline_is_the_tables_all_row_the_general_drop_and_the_objective():
+    final = {
+        "val/loss": 0.65,
+        "val/loss/qa": 0.5,
+        "task/exact_match": 0.41,
+        "task/pass_at_4": 0.43,
+        "task/pass_at_4/qa": 0.2,
+        "task/train_recall": 0.40,
+        "general_drop": 0.48,
+        "data/examples/qa": 800.0,
+    }
+    assert headline_metrics(final, 0.65) == {
+        "all/val_loss": 0.65,
+        "all/exact_match": 0.41,
+        "all/pass_at_4": 0.43,
+        "all/train_recall": 0.40,
+        "all/general_drop": 0.48,
+        "all/objective": 0.65,
+    }
+    assert headline_metrics({"val/loss": 1.0}, None) == {"all/val_loss": 1.0}  # generation off: what there is

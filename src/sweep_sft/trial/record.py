@@ -17,7 +17,7 @@ from sweep_sft.compare import Side
 from sweep_sft.config.schema import ALIASES, Config
 from sweep_sft.diagnostics.findings import SIGNS, Finding, as_tags, format_findings
 from sweep_sft.diagnostics.signs import diagnose
-from sweep_sft.metrics import final_values, objective_value
+from sweep_sft.metrics import final_values, headline_metrics, objective_value
 from sweep_sft.names import METRICS_FILE, MODEL_DIR, OBJECTIVE_FILE, SAVE_ERROR_TAG, TRIAL_STATE_TAG
 from sweep_sft.trial.state import TrialResult
 
@@ -44,6 +44,8 @@ def record(
         result.scorers, result.general_source = measured.scorers, measured.general_source
     if write:  # rank 0 only: one metrics.json per trial, whatever its number of processes
         (out / METRICS_FILE).write_text(json.dumps(asdict(result), indent=1))
+    if state == "COMPLETE":  # a pruned trial's value is a mid-training one: no headline
+        run.log_metrics(headline_metrics(metrics, value), steps)
     run.log_json({"objective": name, "value": value, "state": state, "steps": steps}, OBJECTIVE_FILE)
     return result
 
