@@ -2,7 +2,8 @@
 floor(x) + 2 / (1 + t / 8), floor(x) = (log10(x) + 3.5)^2, so the best x is 10^-3.5 and a bad x
 shows early. It reports to the study through sweep_sft.sweep.study (as real trials do) and writes
 metrics.json. With FAIL_ABOVE, x above it raises; with KILL_ONCE=<file>, job number KILL_AT
-kills the whole sweep process once (to test resuming). With SLOW_JOB=<n>, job n sleeps SLOW_S
+kills the whole sweep process once (to test resuming); with HOLD_ONCE=<file>, the first job
+writes its pid there and hangs (to be killed by the test). With SLOW_JOB=<n>, job n sleeps SLOW_S
 seconds (default 4) before it starts; every job records when it started and ended (to test
 which jobs overlapped)."""
 
@@ -18,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
 from sweep_sft.config.schema import StudyLinkConfig
-from sweep_sft.sweep.study import TrialPruned, reporter
+from sweep_sft.sweep.study import TrialPruned, reporter, start_heartbeat
 
 STEPS, EVAL_EVERY = 60, 5
 
@@ -40,6 +41,15 @@ def loss(x: float, t: int) -> float:
 @hydra.main(version_base="1.3", config_path=None, config_name="app")
 def main(cfg: App) -> float:
     started = time.time()
+    start_heartbeat(StudyLinkConfig(**cfg.study))
+    hold = os.environ.get("HOLD_ONCE")  # <file>: the first job to find it missing writes its pid there and hangs
+    if hold:
+        try:
+            with open(hold, "x") as f:  # exclusive: one job of the sweep holds
+                f.write(str(os.getpid()))
+            time.sleep(600)
+        except FileExistsError:
+            pass
     if str(HydraConfig.get().job.num) == os.environ.get("SLOW_JOB"):
         time.sleep(float(os.environ.get("SLOW_S", "4")))
     kill = os.environ.get("KILL_ONCE")

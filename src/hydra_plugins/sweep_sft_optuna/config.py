@@ -165,8 +165,19 @@ class OptunaSweeperConf:
     # A journal file (*.journal) or a database URL; null: <sweep dir>/optuna.journal.
     # Running the same command with the same storage and study name resumes the study.
     storage: str | None = None
-    # Trials the study should hold when done (complete, pruned and failed ones count).
+    # Trials the study should hold when done (complete, pruned and failed ones count; a trial
+    # retried after its process died counts once).
     n_trials: int = 20
+    # Optuna's heartbeat (database storages): each trial's process records one every heartbeat_s
+    # seconds; a RUNNING trial silent for grace_s (null: 2 x heartbeat_s) is failed by whichever
+    # controller of the study looks next. Set it to run several controllers on one study: they
+    # then share the sweep folder too. grace_s must exceed the time a launcher takes to collect a
+    # finished job (Slurm: sacct_interval_s + result_grace_s).
+    heartbeat_s: int | None = None
+    grace_s: int | None = None
+    # A trial whose process died (its job's death, or its heartbeat stopped) is run again with
+    # the same parameters up to this many times (Optuna's RetryFailedTrialCallback).
+    retries: int = 0
     # Trials running at once (in parallel when the launcher can).
     n_jobs: int = 1
     # auto: through our launchers (local_jobs, the Slurm profiles) the next trial is asked the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,20 @@ from hydra_plugins.sweep_sft_optuna.search_space import Param, parse
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.errors import ConfigError
 from sweep_sft.names import INTERRUPTED_TAG, MULTIRUN_FILE, OPTUNA_FILE, OPTUNA_JOURNAL
+from sweep_sft.redact import redact, split_password
+from sweep_sft.sweep import shared_study
 from sweep_sft.sweep.dispatch import Job, check_settings, dispatch, warn_unless_possible
-from sweep_sft.sweep.jobs import job_error, job_record, log_to_parent
+from sweep_sft.sweep.jobs import job_died, job_error, job_record, log_to_parent
 from sweep_sft.sweep.preflight import check_jobs
-from sweep_sft.sweep.study import PRUNER_ATTR, build, build_pruner, open_storage, pruner_record, resumed_sampler
+from sweep_sft.sweep.study import (
+    PRUNER_ATTR,
+    Heartbeat,
+    build,
+    build_pruner,
+    open_storage,
+    pruner_record,
+    resumed_sampler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,11 @@ class OptunaSweeper(Sweeper):
         if len(self.directions) > 1 and self.pruning:
             raise ConfigError("hydra.sweeper.pruner: Optuna prunes single-objective studies only; use pruner=none")
         check_settings(str(self.conf.dispatch), conf["n_jobs"], "hydra.sweeper.n_jobs")
+        beat = conf.get("heartbeat_s")
+        self.heartbeat = Heartbeat(beat, conf.get("grace_s"), conf.get("retries", 0)) if beat else None
+        self.retries = int(conf.get("retries", 0))
+        if self.retries < 0:
+            raise ConfigError(f"hydra.sweeper.retries: expected an integer >= 0, got {self.retries}")
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -93,14 +109,18 @@ class OptunaSweeper(Sweeper):
         storage_url = c.storage or str((sweep_dir / OPTUNA_JOURNAL).resolve())
         study, n_trials = self._open_study(space, storage_url)
         prune_metric = self._prune_metric()
+        link_url = _link_storage(storage_url)
         distributions = {p.key: p.distribution for p in space}
         flying: dict[int, Any] = {}
 
         def next_job() -> Job | None:
-            if len(_finished(study)) + len(flying) >= n_trials:
-                return None
-            trial = study.ask(distributions)
-            overrides = self._overrides(trial, space, fixed, storage_url, prune_metric)
+            if self.heartbeat is not None:  # trials of dead processes (any controller's) failed and retried
+                shared_study.fail_stale(study)
+            with shared_study.asking(study):
+                if not shared_study.more_to_ask(study, n_trials):
+                    return None
+                trial = study.ask(distributions)
+            overrides = self._overrides(trial, space, fixed, link_url, prune_metric)
             self.validate_batch_is_legal([overrides])
             flying[trial.number] = trial
             return Job(overrides, trial.number, trial)
@@ -113,10 +133,15 @@ class OptunaSweeper(Sweeper):
         result = self._write_result(study, sweep_dir, storage_url, n_trials)
         if self._too_many_failed(result, space):
             raise SweepFailed(
-                f"{result['states']['FAIL']} of {len(_finished(study))} trials failed, more than "
+                f"{result['states']['FAIL']} of {len(shared_study.counted(study.get_trials(deepcopy=False)))} "
+                "trials failed, more than "
                 f"hydra.sweeper.max_failure_rate={c.max_failure_rate} of {n_trials}; finished trials are kept in "
-                f"{storage_url} and {sweep_dir / OPTUNA_FILE}. Errors: "
-                + "; ".join(t.user_attrs.get("error", "?") for t in _finished(study) if _failed(t))[:2000]
+                f"{redact(storage_url)} and {sweep_dir / OPTUNA_FILE}. Errors: "
+                + "; ".join(
+                    t.user_attrs.get("error", "?")
+                    for t in shared_study.counted(study.get_trials(deepcopy=False))
+                    if _failed(t)
+                )[:2000]
             )
         self._log_parent(sweep_dir, result)
         return returns
@@ -150,7 +175,7 @@ class OptunaSweeper(Sweeper):
             n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
         study = optuna.create_study(
             study_name=c.study_name,
-            storage=open_storage(storage_url),
+            storage=open_storage(storage_url, heartbeat=self.heartbeat),
             sampler=build("sampler", sampler_spec, **extra),
             pruner=build_pruner(pruner, "hydra.sweeper.pruner"),
             directions=self.directions,
@@ -159,9 +184,16 @@ class OptunaSweeper(Sweeper):
         held = len(study.get_trials(deepcopy=False))
         if held:  # continued: a sampler seeded as in the first process would propose its points again
             study.sampler = build("sampler", resumed_sampler(sampler_spec, held), **extra)
+        stored = [d.name.lower() for d in study.directions]
+        if stored != self.directions:
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.directions}: study {c.study_name!r} in {redact(storage_url)} "
+                f"exists with direction(s) {stored}; use those, or another hydra.sweeper.study_name"
+            )
         # Trials rebuild this pruner from the study: one source of truth across processes.
         study.set_user_attr(PRUNER_ATTR, pruner)
-        _requeue_interrupted(study)
+        if self.heartbeat is None:  # with a heartbeat, only trials whose beat stopped are failed (fail_stale)
+            _requeue_interrupted(study)
         return study, n_trials
 
     def _prune_metric(self) -> str | None:
@@ -179,26 +211,38 @@ class OptunaSweeper(Sweeper):
     def _overrides(self, trial, space: list[Param], fixed: list[str], storage: str, metric: str | None) -> list[str]:
         chosen = [p.override(trial.params[p.key]) for p in space]
         link = []
-        if metric is not None:  # the trial reports to the study so the pruner can stop it
+        if metric is not None or self.heartbeat is not None:  # the trial reports or beats to the study
             link = [
                 f"study.storage='{storage}'",
                 f"study.study_name='{self.conf.study_name}'",
                 f"study.trial_number={trial.number}",
-                f"study.metric='{metric}'",
             ]
+        if metric is not None:  # so the pruner can stop it
+            link.append(f"study.metric='{metric}'")
+        if self.heartbeat is not None:  # so a controller sees when its process dies
+            link.append(f"study.heartbeat_s={self.heartbeat.interval_s}")
         return [*fixed, *chosen, *link]
 
     def _tell_job(self, study, trial, job: JobReturn) -> None:
         from optuna.trial import TrialState
 
+        if shared_study.finished_elsewhere(study, trial):
+            log.warning(
+                f"trial {trial.number} was failed by another controller (its heartbeat stopped for longer than "
+                "hydra.sweeper.grace_s) and retried; its job's outcome stays in its folder"
+            )
+            return
         record = job_record(job)
         if record is None and job_error(job) is None and not self.metrics:
             record = {"metrics": {}}  # a plain Hydra app: its return value is the objective
         if record is None:
+            frozen = study._storage.get_trial(trial._trial_id)  # before our error attr: the retry's copy
             error = job_error(job) or "the job produced no metrics.json"
             trial.set_user_attr("error", error)
             _tell(study, trial, state=TrialState.FAIL)
             log.warning(f"trial {trial.number} failed: {error}")
+            if job_died(job):  # its process died: the same parameters again
+                shared_study.retry_died(study, frozen, self.retries)
             return
         trial.set_user_attr("steps", record.get("steps"))
         trial.set_user_attr("output_dir", record.get("output_dir"))
@@ -220,7 +264,7 @@ class OptunaSweeper(Sweeper):
 
     def _write_result(self, study, sweep_dir: Path, storage: str, n_trials: int) -> dict[str, Any]:
         result = summarize(study, n_trials)
-        result["storage"] = storage
+        result["storage"] = redact(storage)
         (sweep_dir / OPTUNA_FILE).write_text(json.dumps(result, indent=1, default=str))
         return result
 
@@ -240,7 +284,9 @@ def summarize(study, n_trials: int) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     # read only: no copy of every trial at every trial's end (1,000-trial sweeps)
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED_TAG)]
+    held = study.get_trials(deepcopy=False)
+    retried = shared_study.retried_numbers(held)
+    trials = [t for t in held if not t.user_attrs.get(INTERRUPTED_TAG) and t.number not in retried]
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -250,6 +296,8 @@ def summarize(study, n_trials: int) -> dict[str, Any]:
         "n_trials": n_trials,
         "states": states,
         "trial_steps": sum(t.user_attrs.get("steps") or 0 for t in trials),
+        # failed because their process died, then run again with the same parameters: not counted
+        "retried": sorted(retried),
         "trials": [
             {
                 "number": t.number,
@@ -284,13 +332,6 @@ def _tell(study, trial, *args, **kwargs) -> None:
             raise
 
 
-def _finished(study) -> list:
-    from optuna.trial import TrialState
-
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get(INTERRUPTED_TAG)]
-
-
 def _failed(trial) -> bool:
     from optuna.trial import TrialState
 
@@ -309,3 +350,13 @@ def _requeue_interrupted(study) -> None:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params)
         log.info(f"trial {t.number} was cut off by the previous sweep; queued again")
+
+
+def _link_storage(url: str) -> str:
+    """The storage URL trials are given: a PostgreSQL password moves to $PGPASSWORD, which the
+    jobs inherit (locally and through Slurm) and libpq reads, so no command line, trial config or
+    MLflow param holds it."""
+    bare, password = split_password(url)
+    if password is not None:
+        os.environ.setdefault("PGPASSWORD", password)
+    return bare

@@ -28,6 +28,7 @@ from hydra_plugins.sweep_sft_submitit import inflight
 from hydra_plugins.sweep_sft_submitit.dead_jobs import JobDied, failed_return, job_output_dir, tail
 from hydra_plugins.sweep_sft_submitit.local_job_state import ended, kill_job, write_trial_file
 from sweep_sft.names import JOB_STATE_TAG, RETRIED_TAG, job_id_tag
+from sweep_sft.redact import redact
 from sweep_sft.sweep.inflight import GONE_TIMEOUT_S, slurm_job_gone
 from sweep_sft.tracking.dead_runs import end_dead_trial, is_tracked
 
@@ -81,7 +82,7 @@ class RetryingLauncher(BaseSubmititLauncher):
         params = []
         for i, overrides in enumerate(job_overrides):
             num = initial_job_idx + i
-            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            log.info(f"\t#{num} : {redact(' '.join(filter_overrides(overrides)))}")
             params.append(self._job_args(list(overrides), num))
         results: dict[int, JobReturn] = {}
         try:
@@ -102,7 +103,7 @@ class RetryingLauncher(BaseSubmititLauncher):
     def submit(self, overrides: Sequence[str], num: int) -> None:
         """Submit one job (Hydra job number `num`) and return at once; poll() returns its result."""
         flight = self._open_flight()
-        log.info(f"\t#{num} : {' '.join(filter_overrides(list(overrides)))}")
+        log.info(f"\t#{num} : {redact(' '.join(filter_overrides(list(overrides))))}")
         job = flight.executor.submit(self, *self._job_args(list(overrides), num))
         self._track(_Pending(num, list(overrides), job, 1))
 

@@ -358,10 +358,13 @@ class StudyLinkConfig:
     trial_number: int | None = None
     # Metric reported at each evaluation (e.g. val/loss); null: no reports, no pruning.
     metric: str | None = None
+    # Seconds between the trial's heartbeats to the study (hydra.sweeper.heartbeat_s); null: none.
+    heartbeat_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.metric is not None and None in (self.storage, self.study_name, self.trial_number):
-            raise ConfigError("study.metric needs study.storage, study.study_name and study.trial_number")
+        for key in ("metric", "heartbeat_s"):
+            if getattr(self, key) is not None and None in (self.storage, self.study_name, self.trial_number):
+                raise ConfigError(f"study.{key} needs study.storage, study.study_name and study.trial_number")
 
 
 @dataclass

@@ -64,6 +64,13 @@ def job_error(job: JobReturn) -> str | None:
     return f"{type(job._return_value).__name__}: {job._return_value}"[:2000]
 
 
+def job_died(job: JobReturn) -> bool:
+    """Whether the job's process died without a result (our launchers return a JobDied for it),
+    rather than the task raising. By class name: Hydra's plugin scan imports the launcher's
+    module a second time, so its JobDied class is not always the one this process imported."""
+    return job.status == JobStatus.FAILED and type(job._return_value).__name__ == "JobDied"
+
+
 def log_to_parent(
     sweep_dir: str | Path,
     artifact: str,

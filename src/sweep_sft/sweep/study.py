@@ -12,15 +12,20 @@ make them run anything.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 
 from sweep_sft.errors import ConfigError
+from sweep_sft.redact import redact
 from sweep_sft.train.distributed import DistEnv
 
+log = logging.getLogger(__name__)
 PRUNER_ATTR = "sweep_sft.pruner"
 # The only classes a pruner record may name (optuna.pruners.<name>).
 PRUNERS = (
@@ -45,16 +50,72 @@ class TrialPruned(Exception):
         self.step, self.value = step, value
 
 
-def open_storage(url: str):
+def open_storage(url: str, key: str = "hydra.sweeper.storage", heartbeat: Heartbeat | None = None):
     """A journal file (Optuna's choice for many processes on a shared file system) for a path
-    ending in .journal, else a database URL (sqlite:///..., postgresql://...)."""
+    ending in .journal, else a database URL (sqlite:///..., postgresql://...), with Optuna's
+    heartbeat and retry callback when `heartbeat` is given (databases only). A database that
+    cannot be reached or refuses the login is a ConfigError naming `key`, the password masked."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if url.endswith(".journal") and "://" not in url:
+        if heartbeat is not None:
+            raise ConfigError(
+                f"hydra.sweeper.heartbeat_s: Optuna's heartbeat needs a database storage, not the journal {url}; "
+                f"set {key}=postgresql://... (or sqlite:///... on one machine)"
+            )
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
-    return optuna.storages.RDBStorage(url)
+    kwargs: dict[str, Any] = {}
+    if heartbeat is not None:
+        kwargs = {"heartbeat_interval": heartbeat.interval_s, "grace_period": heartbeat.grace_s}
+        if heartbeat.retries:
+            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=heartbeat.retries)
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # SQLAlchemy's OperationalError and the like: unreachable, wrong password
+        cause = redact(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+        raise ConfigError(
+            f"{key}={redact(url)}: cannot open the study storage: {type(exc).__name__}: {' '.join(cause)[:500]}"
+        ) from None
+
+
+class Heartbeat:
+    """Optuna's heartbeat settings of a study: a trial's process records one every `interval_s`;
+    a RUNNING trial without one for `grace_s` is failed by whichever controller looks next and, up
+    to `retries` times, run again with the same parameters (RetryFailedTrialCallback)."""
+
+    def __init__(self, interval_s: int, grace_s: int | None = None, retries: int = 0) -> None:
+        if interval_s < 1 or (grace_s is not None and grace_s <= interval_s) or retries < 0:
+            raise ConfigError(
+                "hydra.sweeper.heartbeat_s / grace_s / retries: expected heartbeat_s >= 1, grace_s > heartbeat_s "
+                f"(or null: 2 x heartbeat_s), retries >= 0; got {interval_s}, {grace_s}, {retries}"
+            )
+        self.interval_s, self.grace_s, self.retries = int(interval_s), grace_s, int(retries)
+
+
+def start_heartbeat(link) -> threading.Thread | None:
+    """In a trial's process: record the study's heartbeat for its trial every study.heartbeat_s
+    seconds, from a daemon thread, so the trial reads as alive exactly while its process lives
+    (a killed process stops beating; a controller then fails the trial and retries it)."""
+    if link is None or not getattr(link, "heartbeat_s", None):
+        return None
+    store = open_storage(link.storage, "study.storage")
+    study_id = store.get_study_id_from_name(link.study_name)
+    trial_id = store.get_trial_id_from_study_id_trial_number(study_id, link.trial_number)
+
+    def beat() -> None:
+        while True:
+            try:
+                store.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - an outage costs a beat, not the trial
+                log.warning(f"study heartbeat of trial {link.trial_number}: {type(exc).__name__}: {redact(str(exc))}")
+            time.sleep(link.heartbeat_s)
+
+    store.record_heartbeat(trial_id)  # beating before training starts, or failing here
+    thread = threading.Thread(target=beat, name="study-heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def build(kind: str, spec: dict[str, Any], **extra: Any):
@@ -134,7 +195,7 @@ class Reporter:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        store = open_storage(storage)
+        store = open_storage(storage, "study.storage")
         study_id = store.get_study_id_from_name(study_name)
         record = store.get_study_user_attrs(study_id).get(PRUNER_ATTR, NOP)
         pruner = build_pruner(record, f"study {study_name} in {storage}: {PRUNER_ATTR}")

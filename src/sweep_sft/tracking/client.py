@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep_sft.errors import UserInputError
 from sweep_sft.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_FILE
+from sweep_sft.redact import redact
 from sweep_sft.tracking.delivery import BACKOFF_S, transient
 
 if TYPE_CHECKING:
@@ -117,12 +118,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     with a key MLflow refuses in a param name (eval.scorers' `summ*`) is one param, as JSON."""
     if isinstance(tree, dict):
         if prefix and not all(PARAM_KEY.fullmatch(str(key)) for key in tree):
-            return {prefix[:-1]: json.dumps(tree)}
+            return {prefix[:-1]: redact(json.dumps(tree))}
         out: dict[str, str] = {}
         for key, value in tree.items():
             out.update(flatten(value, f"{prefix}{key}."))
         return out
-    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree)}
+    # A password in a URL (a study storage, a database) is never a param: its value shows ***.
+    return {prefix[:-1]: redact(json.dumps(tree) if isinstance(tree, (list, tuple)) else str(tree))}
 
 
 def http_defaults(uri: str) -> None:

@@ -30,7 +30,7 @@ from sweep_sft.evaluate.progress import BAR, LINES, QUIET
 from sweep_sft.metrics import TOTAL_TIME, TRAIN_TIME, check_objective, final_values, mix_metrics
 from sweep_sft.names import CONFIG_FILE, ERROR_TAG, NOTE_TAG, OUTPUT_DIR_TAG, TRIAL_STATE_TAG
 from sweep_sft.report.notes import trial_note
-from sweep_sft.sweep.study import TrialPruned, trial_reporter
+from sweep_sft.sweep.study import TrialPruned, start_heartbeat, trial_reporter
 from sweep_sft.tracking.client import TrackingError, flatten
 from sweep_sft.tracking.requeue import ReopenedRun, open_run
 from sweep_sft.train import distributed
@@ -127,6 +127,8 @@ def _open_run(trial: TrialState) -> None:
     config, dist_env = trial.config, trial.dist_env
     trial.resolved = resolved(trial.cfg, config)
     trial.study = trial_reporter(config.study, dist_env)
+    if dist_env.is_main:
+        start_heartbeat(config.study)
     tracking = config.tracking if dist_env.is_main else replace(config.tracking, enabled=False)
     tags = {OUTPUT_DIR_TAG: str(trial.out.resolve())}
     resuming = trial.resume_from is not None
