@@ -6,7 +6,8 @@ The sweep's parent run comes from our callback (sweep_sft.sweep.callback.MlflowP
 with `+hydra.callbacks.parent._target_=...` as conf/config.yaml sets it. With HOLD_ONCE=<file>,
 job number HOLD_AT (default 1) touches the file and then sleeps HOLD_S seconds (default 120) with
 its run open and SIGINT ignored, once (a rerun finds the file): the test kills the sweep's
-controller meanwhile.
+controller meanwhile. Under the optuna5 sweeper it beats the study's heartbeat (study.heartbeat_s);
+TRIAL_S makes each trial last that many seconds.
 With KILL_ONCE=<file> instead, that job kills its own process once, its run open: under Hydra's
 basic launcher, the sweep's controller."""
 
@@ -21,8 +22,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
-from sweep_sft.config.schema import TrackingConfig
+from sweep_sft.config.schema import StudyLinkConfig, TrackingConfig
 from sweep_sft.names import OUTPUT_DIR_TAG, child_run_name
+from sweep_sft.sweep.study import start_heartbeat
 from sweep_sft.tracking.client import read_parent
 from sweep_sft.tracking.requeue import open_run
 
@@ -31,6 +33,7 @@ from sweep_sft.tracking.requeue import open_run
 class App:
     lr: float = 1e-3
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    study: StudyLinkConfig = field(default_factory=StudyLinkConfig)
 
 
 ConfigStore.instance().store(name="app", node=App)
@@ -39,6 +42,7 @@ ConfigStore.instance().store(name="app", node=App)
 @hydra.main(version_base="1.3", config_path=None, config_name="app")
 def main(cfg: App) -> float:
     hc = HydraConfig.get()
+    start_heartbeat(StudyLinkConfig(**cfg.study))
     out = Path(hc.runtime.output_dir)
     parent = read_parent(hc.sweep.dir)
     name = child_run_name(hc.job.num, list(hc.overrides.task), parent.get("swept", []))
@@ -54,6 +58,7 @@ def main(cfg: App) -> float:
             os._exit(9)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # stuck in a long op: only SIGKILL ends it
         time.sleep(float(os.environ.get("HOLD_S", "120")))
+    time.sleep(float(os.environ.get("TRIAL_S", "0")))  # a trial that takes a while (controllers sharing work)
     value = cfg.lr * 100
     run.log_metrics({"val/loss": value}, 1)
     (out / "metrics.json").write_text(json.dumps({"metrics": {"val/loss": value}, "value": value}))

@@ -4,8 +4,10 @@ folder (so jobs on other machines, sharing the folder, find it too)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep_sft.config.compose import task_overrides
 from sweep_sft.config.schema import TrackingConfig
 from sweep_sft.names import KIND_TAG, NOTE_TAG, OVERRIDES_TAG, PARENT_FILE, SWEEP_DIR_TAG, TRIAL_STATE_TAG
+from sweep_sft.redact import redact
 from sweep_sft.report.data import load_sweep_dir
 from sweep_sft.report.html import write_report as write_html
 from sweep_sft.report.notes import sweep_note
@@ -41,6 +44,7 @@ class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self.run = None
         self.sweep_dir: Path | None = None  # set while a sweep is open: its report is still to write
+        self.shared = False  # one of several controllers of a study, sharing its folder
 
     def __getstate__(self) -> dict[str, Any]:
         # The submitit launcher pickles the callbacks into every job; the open run (a delivery
@@ -52,8 +56,9 @@ class MlflowParentRun(Callback):
         runs again there) and name it in the folder; report at exit either way."""
         tracking = TrackingConfig(**OmegaConf.to_container(config.tracking, resolve=True))
         sweep_dir = Path(config.hydra.sweep.dir)
+        self.shared = inflight.shared_folder(config)
         # Run again after its controller was killed: the jobs it left in flight must not race the rerun.
-        stopped = inflight.stop_left(sweep_dir)
+        stopped = inflight.stop_left(sweep_dir, self.shared)
         # A sweep that raises never reaches on_multirun_end: report it, and mark the parent
         # FAILED, then.
         self.sweep_dir = sweep_dir
@@ -61,14 +66,16 @@ class MlflowParentRun(Callback):
         if not tracking.enabled:
             return
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = " ".join(task_overrides(config.hydra))  # as typed: `${hydra:job.num}` means each job's
-        self.run = _reopened(tracking, sweep_dir, stopped, overrides) or Run(
-            tracking,
-            run_name=f"sweep {sweep_dir.name}",
-            tags={KIND_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir.resolve()), OVERRIDES_TAG: overrides},
-        )
-        parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
-        (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
+        overrides = redact(" ".join(task_overrides(config.hydra)))  # as typed: `${hydra:job.num}` means each job's
+        # Controllers of one study starting together: the first creates the parent, the others join it.
+        with _folder_lock(sweep_dir) if self.shared else contextlib.nullcontext():
+            self.run = _reopened(tracking, sweep_dir, stopped, overrides, self.shared) or Run(
+                tracking,
+                run_name=f"sweep {sweep_dir.name}",
+                tags={KIND_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir.resolve()), OVERRIDES_TAG: overrides},
+            )
+            parent = {"run_id": self.run.run_id, "tracking_uri": self.run.uri, "swept": swept_keys(config)}
+            (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish("FINISHED")
@@ -94,6 +101,18 @@ class MlflowParentRun(Callback):
         note = describe(sweep_dir, report)
         if note:
             run.set_tag(NOTE_TAG, note)
+        if self.shared and sweep_dir is not None:
+            with _folder_lock(sweep_dir):  # of controllers ending together, exactly one ends the parent
+                inflight.record_file(sweep_dir, True).unlink(missing_ok=True)
+                if inflight.others_alive(sweep_dir):
+                    run.detach()  # the last controller of the study ends it
+                    return
+                self._end(run, status)
+            return
+        self._end(run, status)
+
+    @staticmethod
+    def _end(run, status: str) -> None:
         try:
             run.finish(status)
         except TrackingError as exc:
@@ -114,9 +133,12 @@ class MlflowParentRun(Callback):
         }
 
 
-def _reopened(tracking: TrackingConfig, sweep_dir: Path, stopped: dict[int, dict], overrides: str) -> Run | None:
+def _reopened(
+    tracking: TrackingConfig, sweep_dir: Path, stopped: dict[int, dict], overrides: str, shared: bool = False
+) -> Run | None:
     """The parent run the sweep folder names, reopened if it is in this store (one parent per
-    sweep folder across reruns), its children the dead controller left RUNNING ended KILLED."""
+    sweep folder across reruns), its children the dead controller left RUNNING ended KILLED
+    (with several controllers on the study, only those of the jobs `stopped`: the others are live)."""
     named = read_parent(sweep_dir)
     if not named.get("run_id") or named.get("tracking_uri") != tracking_uri(tracking):
         return None
@@ -129,7 +151,10 @@ def _reopened(tracking: TrackingConfig, sweep_dir: Path, stopped: dict[int, dict
     log.info(f"sweep run again in {sweep_dir}: continuing its MLflow parent run {run.run_id}")
     try:
         ended = retry_until(
-            lambda: end_cut_off(run.client, run.run_id, stopped), run.timeout_s, "end the cut-off runs", run.uri
+            lambda: end_cut_off(run.client, run.run_id, stopped, only_stopped=shared),
+            run.timeout_s,
+            "end the cut-off runs",
+            run.uri,
         )
     except TrackingError as exc:
         log.warning(f"sweep parent run: {exc}")
@@ -163,3 +188,17 @@ def write_report(sweep_dir: Path) -> Path | None:
         return None
     log.info("sweep report: %s", path)
     return path
+
+
+@contextlib.contextmanager
+def _folder_lock(sweep_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the sweep folder (flock on a file in it: a shared file system's lock)."""
+    import fcntl
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".parent.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

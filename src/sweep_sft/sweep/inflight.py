@@ -34,19 +34,35 @@ LOCAL_CONTROLLER = "hydra_plugins.sweep_sft_submitit._local_jobs"
 JOB_ID = re.compile(r"\d+(_\d+)?")  # a Slurm job id (array task: <array>_<task>) or a local job's pid
 
 
-def read(sweep_dir: str | Path) -> dict[str, Any]:
+def shared_folder(config: Any) -> bool:
+    """Whether the sweep's folder may have several controllers (the optuna5 sweeper with
+    hydra.sweeper.heartbeat_s: Optuna's distributed pattern on one study)."""
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.select(config, "hydra.sweeper.heartbeat_s", default=None))
+
+
+def record_file(sweep_dir: str | Path, shared: bool = False) -> Path:
+    """This controller's record: the folder's one, or with several controllers on one study
+    (`shared`: hydra.sweeper.heartbeat_s) one per controller, named by host and pid."""
+    name = f"inflight_jobs.{socket.gethostname()}.{os.getpid()}.json" if shared else INFLIGHT_FILE
+    return Path(sweep_dir) / name
+
+
+def read(sweep_dir: str | Path, file: Path | None = None) -> dict[str, Any]:
     """The record: {"controller": {pid, host, argv}, "jobs": {job id: {executor, num, folder}}}."""
     try:
-        record = json.loads((Path(sweep_dir) / INFLIGHT_FILE).read_text())
+        record = json.loads((file or Path(sweep_dir) / INFLIGHT_FILE).read_text())
     except (OSError, ValueError):
         return {"jobs": {}}
     ok = isinstance(record, dict) and isinstance(record.get("jobs"), dict)
     return record if ok else {"jobs": {}}
 
 
-def add(sweep_dir: str | Path, job_id: str, executor: str, num: int, folder: str) -> None:
+def add(sweep_dir: str | Path, job_id: str, executor: str, num: int, folder: str, shared: bool = False) -> None:
     """The job was submitted by this process."""
-    record = read(sweep_dir)
+    file = record_file(sweep_dir, shared)
+    record = read(sweep_dir, file)
     record["controller"] = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -54,36 +70,62 @@ def add(sweep_dir: str | Path, job_id: str, executor: str, num: int, folder: str
         "started": _start_time(os.getpid()),
     }
     record["jobs"][str(job_id)] = {"executor": executor, "num": int(num), "folder": str(folder)}
-    _write(Path(sweep_dir), record)
+    _write(file, record)
 
 
-def remove(sweep_dir: str | Path, job_id: str) -> None:
+def remove(sweep_dir: str | Path, job_id: str, shared: bool = False) -> None:
     """The job was collected (its result read, or its death recorded)."""
-    record = read(sweep_dir)
+    file = record_file(sweep_dir, shared)
+    record = read(sweep_dir, file)
     if record["jobs"].pop(str(job_id), None) is not None:
-        _write(Path(sweep_dir), record)
+        _write(file, record)
 
 
-def _write(sweep_dir: Path, record: dict[str, Any]) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = sweep_dir / f".{INFLIGHT_FILE}.tmp"
+def _write(file: Path, record: dict[str, Any]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.parent / f".{file.name}.tmp"
     tmp.write_text(json.dumps(record))
-    tmp.replace(sweep_dir / INFLIGHT_FILE)  # never seen half written
+    tmp.replace(file)  # never seen half written
 
 
-def stop_left(sweep_dir: str | Path) -> dict[int, dict[str, Any]]:
+def stop_left(sweep_dir: str | Path, shared: bool = False) -> dict[int, dict[str, Any]]:
     """Stop the jobs a dead controller of this sweep folder left in flight and clear the record;
     those jobs by job number ({executor, job_id, folder}). A controller of the folder still
-    running on this machine is refused: two sweeps in one folder would redo each other's jobs."""
+    running on this machine is refused: two sweeps in one folder would redo each other's jobs.
+    With several controllers on one study (`shared`), each has its record: the live ones (any
+    on another machine) are left alone, the dead ones' jobs stopped and their records removed."""
     sweep_dir = Path(sweep_dir)
-    record = read(sweep_dir)
-    _refuse_live_controller(sweep_dir, record.get("controller"))
+    if not shared:
+        record = read(sweep_dir)
+        _refuse_live_controller(sweep_dir, record.get("controller"))
+        return _stop_jobs(sweep_dir, sweep_dir / INFLIGHT_FILE, record)
+    left: dict[int, dict[str, Any]] = {}
+    for file in sorted(sweep_dir.glob("inflight_jobs.*.json")):
+        record = read(sweep_dir, file)
+        if file == record_file(sweep_dir, True) or not _alive(record.get("controller")):
+            left.update(_stop_jobs(sweep_dir, file, record))
+            file.unlink(missing_ok=True)
+    return left
+
+
+def others_alive(sweep_dir: str | Path) -> bool:
+    """Whether another controller of the shared study still runs in this folder (its record is
+    there and its process lives; one on another machine counts as alive)."""
+    mine = record_file(sweep_dir, True)
+    return any(
+        _alive(read(sweep_dir, f).get("controller"))
+        for f in Path(sweep_dir).glob("inflight_jobs.*.json")
+        if f != mine
+    )
+
+
+def _stop_jobs(sweep_dir: Path, file: Path, record: dict[str, Any]) -> dict[int, dict[str, Any]]:
     left: dict[int, dict[str, Any]] = {}
     for job_id, job in record["jobs"].items():
         if not isinstance(job, dict) or not isinstance(job.get("num"), int):
             continue
         if not JOB_ID.fullmatch(str(job_id)):  # data from the folder: never an option to scancel
-            log.warning(f"{sweep_dir / INFLIGHT_FILE}: {job_id!r} is not a job id; left alone")
+            log.warning(f"{file}: {job_id!r} is not a job id; left alone")
             continue
         if job.get("executor") == "slurm":
             _cancel_slurm(job_id)
@@ -95,28 +137,37 @@ def stop_left(sweep_dir: str | Path) -> dict[int, dict[str, Any]]:
             f"{sweep_dir}: the previous sweep left {len(left)} job(s) in flight (stopped where still running): "
             + ", ".join(f"#{n} ({j['executor']} job {j['job_id']})" for n, j in sorted(left.items()))
         )
-    if record["jobs"] or (sweep_dir / INFLIGHT_FILE).exists():
-        _write(sweep_dir, {"jobs": {}})
+    if record["jobs"] or file.exists():
+        _write(file, {"jobs": {}})
     return left
+
+
+def _alive(controller: Any) -> bool:
+    """Whether the recorded controller (another process) still runs; one on another machine
+    cannot be checked and counts as alive."""
+    if not isinstance(controller, dict):
+        return False
+    if controller.get("host") != socket.gethostname():
+        return True
+    pid, argv, started = controller.get("pid"), controller.get("argv"), controller.get("started")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    if started is not None:  # the same process (whatever its command line), not a reused pid
+        return _start_time(pid) == started
+    running = _cmdline(pid)
+    return (
+        isinstance(argv, list)
+        and len(argv) >= 2
+        and len(running) >= len(argv) - 1
+        and running[len(running) - len(argv) + 1 :] == argv[1:]
+    )
 
 
 def _refuse_live_controller(sweep_dir: Path, controller: Any) -> None:
     if not isinstance(controller, dict) or controller.get("host") != socket.gethostname():
         return
-    pid, argv, started = controller.get("pid"), controller.get("argv"), controller.get("started")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return
-    if started is not None:  # the same process (whatever its command line), not a reused pid
-        alive = _start_time(pid) == started
-    else:
-        running = _cmdline(pid)
-        alive = (
-            isinstance(argv, list)
-            and len(argv) >= 2
-            and len(running) >= len(argv) - 1
-            and running[len(running) - len(argv) + 1 :] == argv[1:]
-        )
-    if alive:
+    pid = controller.get("pid")
+    if _alive(controller):
         raise UserInputError(
             f"hydra.sweep.dir={sweep_dir}: another sweep (pid {pid}) is still running in this folder; "
             f"wait for it or stop it (its jobs are named in {sweep_dir / INFLIGHT_FILE})"

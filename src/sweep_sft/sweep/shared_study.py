@@ -51,19 +51,29 @@ def more_to_ask(study, n_trials: int) -> bool:
 @contextlib.contextmanager
 def asking(study) -> Iterator[None]:
     """Held while a controller counts the study's trials and asks the next, so that K controllers
-    on one PostgreSQL study never ask more than n_trials between them: a transaction-scoped
-    advisory lock on the study (released at commit). Other databases (SQLite on one machine) and
-    journals go unlocked; there two controllers asking at the same instant can overshoot by one."""
-    storage = study._storage
-    engine = getattr(storage, "engine", None)
-    if engine is None or engine.dialect.name != "postgresql":
-        yield
-        return
-    import sqlalchemy
+    on one study never ask more than n_trials between them: on PostgreSQL a transaction-scoped
+    advisory lock on the study (released at commit), on a SQLite file an flock beside it (its
+    controllers share a machine). A journal is one controller's: unlocked."""
+    engine = getattr(study._storage, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect == "postgresql":
+        import sqlalchemy
 
-    key = int.from_bytes(hashlib.sha256(f"sweep_sft.ask:{study.study_name}".encode()).digest()[:8], "big", signed=True)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        digest = hashlib.sha256(f"sweep_sft.ask:{study.study_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        import fcntl
+
+        with open(f"{engine.url.database}.sweep_sft-ask.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
         yield
 
 

@@ -87,10 +87,11 @@ def end_running_trial(output_dir: str | Path, error: str, tags: dict[str, str]) 
     return run_id
 
 
-def end_cut_off(client, parent_run_id: str, stopped: dict[int, dict]) -> list[str]:
+def end_cut_off(client, parent_run_id: str, stopped: dict[int, dict], only_stopped: bool = False) -> list[str]:
     """End KILLED the children of the sweep's parent still RUNNING when the sweep is run again
     in its folder: the controller that ran them died, and the jobs it left in flight are stopped
-    by now (`stopped`, by job number: executor and job id, named on the run). Returns their ids."""
+    by now (`stopped`, by job number: executor and job id, named on the run). Returns their ids.
+    `only_stopped`: those of the stopped jobs alone (other controllers' children are live)."""
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -99,6 +100,8 @@ def end_cut_off(client, parent_run_id: str, stopped: dict[int, dict]) -> list[st
     ended = []
     for run in children:
         job = stopped.get(run_number(run.info.run_name or ""))
+        if only_stopped and job is None:
+            continue
         tags = {ERROR_TAG: CUT_OFF, ENDED_BY_TAG: RERUN}
         if job is not None:
             tags[job_id_tag(str(job["executor"]))] = str(job["job_id"])

@@ -168,6 +168,17 @@ class Run:
             f"tracking.uri {self.uri}: run {self.run_id} is incomplete: {reason}; undelivered records saved to {path}"
         )
 
+    def detach(self) -> None:
+        """Deliver everything and let go of the run, leaving it RUNNING for another process that
+        holds it too (the other controllers of a shared study: the last one ends it)."""
+        if not self.open:
+            return
+        delivery, self.delivery = self.delivery, None
+        delivered = delivery.drain(self.timeout_s)
+        delivery.stop()
+        if delivered:  # this process's guardian must not end it when this process is gone
+            run_guard.release(self.run_id)
+
     def _spill(self, delivery, status: str) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / UNDELIVERED_FILE
