@@ -7,7 +7,8 @@ MLFLOW_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 # make mlflow-server's store: sqlite (./mlflow-server/mlflow.db) or postgres (launchers/postgres.sh)
 MLFLOW_BACKEND ?= sqlite
-PG_URL := postgresql://sweep_sft@127.0.0.1:$${SWEEP_SFT_PG_PORT:-5433}
+# +psycopg2: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the postgres extra does not install
+PG_URL := postgresql+psycopg2://sweep_sft@127.0.0.1:$${SWEEP_SFT_PG_PORT:-5433}
 # pytest-xdist workers: most of the suite waits on processes, Slurm and servers, so two workers
 # halve the wall time even on 2 cores (TEST_WORKERS=0 runs in one process, for debugging).
 TEST_WORKERS ?= 2
