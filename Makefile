@@ -5,6 +5,10 @@ PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 MLFLOW_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+# make mlflow-server's store: sqlite (./mlflow-server/mlflow.db) or postgres (launchers/postgres.sh)
+MLFLOW_BACKEND ?= sqlite
+# +psycopg2: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the postgres extra does not install
+PG_URL := postgresql+psycopg2://sweep_sft@127.0.0.1:$${SWEEP_SFT_PG_PORT:-5433}
 # pytest-xdist workers: most of the suite waits on processes, Slurm and servers, so two workers
 # halve the wall time even on 2 cores (TEST_WORKERS=0 runs in one process, for debugging).
 TEST_WORKERS ?= 2
@@ -31,6 +35,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install -q -e '.[bench]'
+	touch $@
+
+$(VENV)/.installed-postgres: $(VENV)/.installed
+	$(PIP) install -q -e '.[postgres]'
 	touch $@
 
 $(VENV)/.installed-dashboard: $(VENV)/.installed
@@ -61,12 +69,18 @@ browser: ## install headless Chromium (Debian's chromium) for the report's brows
 slurm-down: ## stop the local Slurm cluster's daemons
 	launchers/slurm_cluster.sh stop
 
+postgres-up: ## start the PostgreSQL server on 127.0.0.1:5433 the `postgres` tests use (idempotent, root)
+	launchers/postgres.sh start
+
+postgres-down: ## stop the local PostgreSQL server
+	launchers/postgres.sh stop
+
 # $(call pytest,OPTIONS): pytest, and a failure when it collects no tests (its exit 5): a run that
 # tests nothing must not pass.
 pytest = $(PY) -m pytest $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-test: $(VENV)/.installed-test slurm-up browser ## start the local Slurm cluster, install Chromium, test dependencies and run the tests
+test: $(VENV)/.installed-test slurm-up postgres-up browser ## start the local Slurm cluster and PostgreSQL, install Chromium, test dependencies and run the tests
 	$(VENV)/bin/ruff check src tests bench
 	$(call pytest,-n $(TEST_WORKERS) --dist worksteal --durations=15 $(ARGS))
 
@@ -93,6 +107,9 @@ bench-sweep: $(VENV)/.installed-bench ## sweep dispatch through the local Slurm 
 bench-sweep-scale: $(VENV)/.installed ## the sweep controller over 1,000 short Slurm trials: CPU s per trial, scheduler calls per minute, RSS (ARGS=--trials N)
 	$(PY) bench/sweep_scale.py $(ARGS)
 
+bench-tracking: $(VENV)/.installed-postgres postgres-up ## two real mlflow servers, SQLite and PostgreSQL, under concurrent log_batch: points/s, p50/p99 latency, errors (table)
+	$(PY) bench/tracking_backends.py $(ARGS)
+
 bench-eval: $(VENV)/.installed ## the default trial's time (target: <= 60 s on 2 cores) and what each final evaluation costs (table)
 	$(PY) bench/eval_cost.py outputs/bench-eval --train $(EVAL_ARGS)
 
@@ -105,12 +122,14 @@ bench-eval-real: smollm2 ## the same costs for a real model: SmolLM2-135M-Instru
 	test -d outputs/bench-eval-smollm2/model || $(PY) -m sweep_sft model=local model.name_or_path=models/smollm2 data=jsonl data.mix.sources.files.train=tests/fixtures/real_data/train.jsonl data.mix.sources.files.val=tests/fixtures/real_data/val.jsonl trainer.max_steps=2 eval.generate=false tracking=off trainer.progress=false hydra.run.dir=outputs/bench-eval-smollm2
 	$(PY) bench/eval_cost.py outputs/bench-eval-smollm2 --repeat 1 $(EVAL_ARGS)
 
+MLFLOW_STORE = $(if $(filter postgres,$(MLFLOW_BACKEND)),$(PG_URL)/mlflow,$(if $(filter sqlite,$(MLFLOW_BACKEND)),sqlite:///$(CURDIR)/mlflow-server/mlflow.db,$(error MLFLOW_BACKEND must be sqlite or postgres, not $(MLFLOW_BACKEND))))
+
 mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over MLFLOW_TRACKING_URI if set, else ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-mlflow-server: $(VENV)/.installed ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
+mlflow-server: $(VENV)/.installed $(if $(filter postgres,$(MLFLOW_BACKEND)),$(VENV)/.installed-postgres postgres-up) ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server; MLFLOW_BACKEND=postgres: the store in PostgreSQL); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 	mkdir -p mlflow-server
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server/mlflow.db --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_STORE) --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 optuna-dashboard: $(VENV)/.installed-dashboard ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over STORAGE (journal file or database URL), else SWEEP's recorded storage, else the newest multirun/ sweep
 	$(PY) -m sweep_sft.sweep.dashboard $(if $(STORAGE),--storage '$(STORAGE)') $(if $(SWEEP),'$(SWEEP)') --port $(DASHBOARD_PORT)
@@ -118,4 +137,4 @@ optuna-dashboard: $(VENV)/.installed-dashboard ## optuna-dashboard on http://127
 clean: ## remove outputs, the local MLflow store and caches (not .venv)
 	rm -rf outputs multirun mlflow.db mlruns .pytest_cache
 
-.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down test test-quick lint bench bench-gpu bench-pruning bench-sweep bench-sweep-scale bench-eval bench-eval-real mlflow-ui mlflow-server optuna-dashboard clean
+.PHONY: help install run smollm2 sweep-lr sweep-sandwich sweep-optuna slurm-up browser slurm-down postgres-up postgres-down test test-quick lint bench bench-gpu bench-pruning bench-sweep bench-sweep-scale bench-tracking bench-eval bench-eval-real mlflow-ui mlflow-server optuna-dashboard clean

@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded default (built once, cached), a shrunken trial config, an empty MLflow
-store, the `sweep` runner of tests/apps/ and the check that the Slurm cluster is up."""
+store, the `sweep` runner of tests/apps/, the checks that the Slurm cluster and PostgreSQL are up,
+and a fresh PostgreSQL database per test."""
 
 from __future__ import annotations
 
@@ -122,19 +123,44 @@ def sweep(request, tmp_path):
     return run
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """Fail (not skip): a CI run without the local cluster must not pass silently."""
-    script = ROOT / "launchers" / "slurm_cluster.sh"
-    status = subprocess.run([script, "status"], capture_output=True, text=True)
-    if status.returncode != 0 or shutil.which("sbatch") is None:
+def _fail_unless_up(script: str, what: str, make_target: str) -> None:
+    """Fail (not skip): a CI run without the local infrastructure must not pass silently."""
+    path = ROOT / "launchers" / script
+    status = subprocess.run([path, "status"], capture_output=True, text=True)
+    if status.returncode != 0:
         pytest.fail(
-            f"the local Slurm cluster is not up (`{script} status` exited {status.returncode}); "
-            f"start it with `make slurm-up`:\n{status.stdout}{status.stderr}"
+            f"{what} is not up (`{path} status` exited {status.returncode}); "
+            f"start it with `make {make_target}`:\n{status.stdout}{status.stderr}"
         )
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    _fail_unless_up("slurm_cluster.sh", "the local Slurm cluster", "slurm-up")
+    if shutil.which("sbatch") is None:
+        pytest.fail("the local Slurm cluster is not up (no sbatch on PATH); start it with `make slurm-up`")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    _fail_unless_up("postgres.sh", "the local PostgreSQL server", "postgres-up")
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """The URL (no password in it) of a new, empty database of its own, dropped after the test."""
+    from servers import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
+# marker -> the session fixture that fails the test when that infrastructure is down
+_INFRA = {"slurm": "slurm_cluster", "postgres": "postgres_server"}
+
+
 @pytest.fixture(autouse=True)
-def _slurm_marked_needs_the_cluster(request):
-    if request.node.get_closest_marker("slurm") is not None:
-        request.getfixturevalue("slurm_cluster")
+def _marked_tests_need_their_infra(request):
+    for marker, fixture in _INFRA.items():
+        if request.node.get_closest_marker(marker) is not None:
+            request.getfixturevalue(fixture)

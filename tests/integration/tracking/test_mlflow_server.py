@@ -6,70 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from helpers import run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `mlflow server` (SQLite backend, artifacts served) that a test can stop and start
-    again on the same port and database."""
-
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.start_s: list[float] = []
-
-    def start(self) -> None:
-        started = time.perf_counter()
-        args = ["--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
-        args += ["--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--workers", "1"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "server.log", "a"),  # noqa: SIM115 - the child holds it
-            # Its own process group, so stop() ends uvicorn with it; no job runner (huey) processes.
-            start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=1)
-                self.start_s.append(time.perf_counter() - started)
-                return
-            except OSError:
-                assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-3000:]
-                time.sleep(0.2)
-        raise AssertionError(f"mlflow server on {self.url} not up within 120 s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def ensure_up(self) -> None:
-        if self.proc is None:
-            self.start()
+from servers import Server, free_port
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import run_cli
 from integration.report.test_report_browser import _chromium, chromium  # noqa: F401 (a fixture)
-from integration.tracking.test_mlflow_server import free_port
+from servers import free_port
 from sweep_sft.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, KIND_TAG, NOTE_TAG
 
 pytestmark = pytest.mark.slow
