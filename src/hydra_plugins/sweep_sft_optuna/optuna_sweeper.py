@@ -104,7 +104,7 @@ class OptunaSweeper(Sweeper):
         c = self.conf
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
+        (sweep_dir / MULTIRUN_FILE).write_text(redact(OmegaConf.to_yaml(self.config)))
         space, fixed = parse(arguments, dict(c.params))
         storage_url = c.storage or str((sweep_dir / OPTUNA_JOURNAL).resolve())
         study, n_trials = self._open_study(space, storage_url)

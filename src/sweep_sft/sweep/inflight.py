@@ -25,6 +25,7 @@ from typing import Any
 
 from sweep_sft.errors import UserInputError
 from sweep_sft.names import INFLIGHT_FILE
+from sweep_sft.redact import redact
 
 log = logging.getLogger(__name__)
 # squeue states in which a job's processes may still run; clusters' KillWait is 30-120 s.
@@ -66,7 +67,7 @@ def add(sweep_dir: str | Path, job_id: str, executor: str, num: int, folder: str
     record["controller"] = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "argv": sys.argv,
+        "argv": [redact(a) for a in sys.argv],  # a storage password on the command line stays out
         "started": _start_time(os.getpid()),
     }
     record["jobs"][str(job_id)] = {"executor": executor, "num": int(num), "folder": str(folder)}

@@ -12,6 +12,7 @@ make them run anything.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import threading
@@ -72,12 +73,21 @@ def open_storage(url: str, key: str = "hydra.sweeper.storage", heartbeat: Heartb
         if heartbeat.retries:
             kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=heartbeat.retries)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(with_driver(url), **kwargs)
     except Exception as exc:  # SQLAlchemy's OperationalError and the like: unreachable, wrong password
         cause = redact(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
         raise ConfigError(
             f"{key}={redact(url)}: cannot open the study storage: {type(exc).__name__}: {' '.join(cause)[:500]}"
         ) from None
+
+
+def with_driver(url: str) -> str:
+    """A bare postgresql:// URL with the driver that is installed: SQLAlchemy 2.1 reads it as
+    psycopg 3, while our postgres extra installs psycopg2 (libpq)."""
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
 
 
 class Heartbeat:

@@ -69,7 +69,6 @@ def check_shared_sweep(tmp_path: Path, storage: str, tracking: str, logs: list[s
     assert all((sweep / str(n) / "metrics.json").exists() for n in range(N_TRIALS))
     result = json.loads((sweep / "optuna_result.json").read_text())
     assert result["states"] == {"COMPLETE": N_TRIALS} and len(result["trials"]) == N_TRIALS
-    assert "***" in result["storage"] or "@" not in result["storage"]
     client = MlflowClient(tracking_uri=tracking)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
