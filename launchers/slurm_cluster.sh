@@ -24,9 +24,12 @@ DB_USER=slurm
 DB_PASS_FILE=$STATE_DIR/db_password
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 WAIT_S=${SLURM_LOCAL_WAIT_S:-60}
-# Jobs that may share one CPU of the debug partition: 2 CPUs x 8 = 16 one-CPU trials at once, so a
+# Jobs that may share one CPU of the debug partition: 2 CPUs x 16 = 32 one-CPU trials at once, so a
 # sweep's trials run concurrently even though each mostly waits (tests, MLflow server load).
-OVERSUBSCRIBE=${SLURM_LOCAL_OVERSUBSCRIBE:-8}
+OVERSUBSCRIBE=${SLURM_LOCAL_OVERSUBSCRIBE:-16}
+# A job without --mem gets the node's memory shared by cpus x this many jobs (at most
+# OVERSUBSCRIBE): a real trial's share stays about 1.4 GB on a 23 GB node; small jobs ask for less.
+DEF_MEM_SLOTS=${SLURM_LOCAL_DEF_MEM_SLOTS:-8}
 
 # daemon -> pidfile / log
 declare -A PIDFILE=(
@@ -146,9 +149,9 @@ write_config() {
   [[ -n $cpus && -n $mem ]] || fail "parse 'slurmd -C' output: $hw"
   real=$((mem * 95 / 100))
   [[ $OVERSUBSCRIBE =~ ^[1-9][0-9]*$ ]] || fail "SLURM_LOCAL_OVERSUBSCRIBE must be a positive integer, got '$OVERSUBSCRIBE'"
-  # a job without --mem gets its share of the node's memory when every CPU slot is taken, so that
-  # cpus x OVERSUBSCRIBE such jobs fit at once
-  def_mem=$((real / (cpus * OVERSUBSCRIBE)))
+  # a job without --mem gets its share of the node's memory as if cpus x DEF_MEM_SLOTS jobs ran
+  local slots=$(( DEF_MEM_SLOTS < OVERSUBSCRIBE ? DEF_MEM_SLOTS : OVERSUBSCRIBE ))
+  def_mem=$((real / (cpus * slots)))
   CONFIG_CHANGED=0
   write_if_changed "$CONF_DIR/slurm.conf" 644 <<EOF && CONFIG_CHANGED=1 || true
 # Written by launchers/slurm_cluster.sh (sweep-sft): a one-node cluster on localhost. Do not edit.

@@ -7,7 +7,8 @@ with `+hydra.callbacks.parent._target_=...` as conf/config.yaml sets it. With HO
 job number HOLD_AT (default 1) touches the file and then sleeps HOLD_S seconds (default 120) with
 its run open and SIGINT ignored, once (a rerun finds the file): the test kills the sweep's
 controller meanwhile. Under the optuna5 sweeper it beats the study's heartbeat (study.heartbeat_s);
-TRIAL_S makes each trial last that many seconds.
+TRIAL_S makes each trial last that many seconds; LOG_STEPS=n logs n steps of three training
+metrics through the trial's Run (the delivery thread real trials use), kept in metrics.json.
 With KILL_ONCE=<file> instead, that job kills its own process once, its run open: under Hydra's
 basic launcher, the sweep's controller."""
 
@@ -60,8 +61,16 @@ def main(cfg: App) -> float:
         time.sleep(float(os.environ.get("HOLD_S", "120")))
     time.sleep(float(os.environ.get("TRIAL_S", "0")))  # a trial that takes a while (controllers sharing work)
     value = cfg.lr * 100
+    series = {"val/loss": [[1, value]]}
+    for step in range(int(os.environ.get("LOG_STEPS", "0"))):  # a training loop's logging, no training
+        points = {"train/loss": 1.0 / (step + 1), "train/lr": cfg.lr, "train/grad_norm": 0.5 + step % 7}
+        run.log_metrics(points, step)
+        for key, v in points.items():
+            series.setdefault(key, []).append([step, v])
+        time.sleep(0.005)
     run.log_metrics({"val/loss": value}, 1)
-    (out / "metrics.json").write_text(json.dumps({"metrics": {"val/loss": value}, "value": value}))
+    record = {"metrics": {"val/loss": value}, "value": value, "series": series}
+    (out / "metrics.json").write_text(json.dumps(record))
     run.finish()
     return value
 

@@ -54,7 +54,9 @@ def asking(study) -> Iterator[None]:
     on one study never ask more than n_trials between them: on PostgreSQL a transaction-scoped
     advisory lock on the study (released at commit), on a SQLite file an flock beside it (its
     controllers share a machine). A journal is one controller's: unlocked."""
-    engine = getattr(study._storage, "engine", None)
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in its cache
+    engine = getattr(storage, "engine", None)
     dialect = engine.dialect.name if engine is not None else None
     if dialect == "postgresql":
         import sqlalchemy

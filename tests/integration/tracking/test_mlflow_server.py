@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli
-from servers import Server, free_port
+from servers import Server, free_port, sqlalchemy_url
+from sweep_sft.metrics import HEADLINE_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +173,59 @@ def test_sixteen_slurm_trials_log_every_point_to_one_server(server, mlflow_serve
     assert total > 16 * 100
 
 
+N_LOAD = 32  # trials at once: the local cluster's 2 CPUs x OverSubscribe 16
+PARENT_CALLBACK = "+hydra.callbacks.parent._target_=sweep_sft.sweep.callback.MlflowParentRun"
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_thirty_two_slurm_trials_log_every_point_once_to_a_postgresql_server(tmp_path, postgres_database):
+    """One sweep of 32 small trials (tests/apps/tracked_trial.py: 300 steps of three metrics
+    through the trials' own Run, no torch) through hydra/launcher=submitit_slurm, running at
+    once and all logging to one `mlflow server` on PostgreSQL: 32 FINISHED children under the
+    sweep's parent, and every point of every trial on the server exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep_sft.tracking.client import read_parent
+
+    store_uri = sqlalchemy_url(postgres_database)
+    server = Server(tmp_path, free_port(), backend_uri=store_uri)
+    server.start()
+    sweep_dir, name = tmp_path / "sweep", f"mlflow{N_LOAD}-{server.port}"
+    launcher = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", f"hydra.launcher.name={name}"]
+    launcher += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0.5", "hydra.launcher.timeout_min=15"]
+    launcher += [f"hydra.launcher.array_parallelism={N_LOAD}"]
+    args = ["-m", *launcher, f"hydra.sweep.dir={sweep_dir}", f"lr=range(1,{N_LOAD + 1})"]
+    args += ["tracking.enabled=true", f"tracking.uri={server.url}", PARENT_CALLBACK]
+    seen, done = [0], threading.Event()
+    poller = threading.Thread(target=running_jobs, args=(name, seen, done), daemon=True)
+    poller.start()
+    try:
+        started = time.perf_counter()
+        proc = run_cli(*args, app="tracked_trial.py", cwd=tmp_path, env={"LOG_STEPS": "300", "TRIAL_S": "5"})
+        took = time.perf_counter() - started
+        done.set()
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        parent = read_parent(sweep_dir)
+        client = MlflowClient(tracking_uri=server.url)
+        experiment = client.get_run(parent["run_id"]).info.experiment_id
+        children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+        assert sorted(c.info.status for c in children) == ["FINISHED"] * N_LOAD
+    finally:
+        done.set()
+        server.stop()
+    store = MlflowClient(tracking_uri=store_uri)  # the server's own store: PostgreSQL
+    total = 0
+    for child in children:
+        out = Path(child.data.tags["sweep_sft.output_dir"])
+        series = json.loads((out / "metrics.json").read_text())["series"]
+        assert points_on_server(store, child.info.run_id, series) == steps_in(series)  # each once
+        total += sum(len(v) for v in series.values())
+    print(f"{N_LOAD} Slurm trials, one PostgreSQL server: {took:.0f} s, {total} points, at most {max(seen)} at once")
+    assert total == N_LOAD * (3 * 300 + 1) and max(seen) > 16  # more at once than the old 16 slots
+
+
 @pytest.mark.slow
 def test_trial_rides_out_a_server_restart(server, mlflow_server, tiny_overrides, caplog):
     """The server is stopped while the trial trains and started again seconds later: the trial
@@ -256,8 +310,10 @@ def test_trial_fails_clearly_when_the_server_stays_down(server, mlflow_server, t
     client = MlflowClient(tracking_uri=mlflow_server)
     delivered = points_on_server(client, spilled["run_id"], series)
     for key, step in ((m[0], m[3]) for m in spilled["metrics"]):
-        delivered[key].append(step)
+        delivered.setdefault(key, []).append(step)
+    headline = {k: delivered.pop(k) for k in list(delivered) if k.startswith(HEADLINE_PREFIX)}
     assert {k: sorted(v) for k, v in delivered.items()} == steps_in(series)
+    assert "all/val_loss" in headline  # logged once more at the end, not a series of metrics.json
 
     delivered_rest = run_cli(str(out / UNDELIVERED_FILE), module="sweep_sft.tracking", cwd=out)
     assert delivered_rest.returncode == 0, delivered_rest.stderr[-3000:]
