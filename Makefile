@@ -5,6 +5,11 @@ PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 MLFLOW_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+# The tracking server's database connections (MLflow's default 5 + 10 overflow): with more
+# concurrent requests than that its one worker stops answering (measured: 32 writers at once
+# hang it, 16 do not); 20 + 40 served 32 (tests/servers.py uses the same).
+MLFLOW_DB_POOL ?= 20
+MLFLOW_DB_OVERFLOW ?= 40
 # make mlflow-server's store: sqlite (./mlflow-server/mlflow.db) or postgres (launchers/postgres.sh)
 MLFLOW_BACKEND ?= sqlite
 # +psycopg2: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the postgres extra does not install
@@ -129,7 +134,7 @@ mlflow-ui: $(VENV)/.installed ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) ov
 
 mlflow-server: $(VENV)/.installed $(if $(filter postgres,$(MLFLOW_BACKEND)),$(VENV)/.installed-postgres postgres-up) ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT) (SQLite and artifacts under ./mlflow-server; MLFLOW_BACKEND=postgres: the store in PostgreSQL); log to it with tracking=server tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 	mkdir -p mlflow-server
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_STORE) --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=$(MLFLOW_DB_POOL) MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=$(MLFLOW_DB_OVERFLOW) $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_STORE) --artifacts-destination $(CURDIR)/mlflow-server/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 optuna-dashboard: $(VENV)/.installed-dashboard ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over STORAGE (journal file or database URL), else SWEEP's recorded storage, else the newest multirun/ sweep
 	$(PY) -m sweep_sft.sweep.dashboard $(if $(STORAGE),--storage '$(STORAGE)') $(if $(SWEEP),'$(SWEEP)') --port $(DASHBOARD_PORT)

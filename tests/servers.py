@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PG_ROLE = "sweep_sft"
+# As `make mlflow-server` sets them: MLflow's default pool (5 + 10) hangs its worker under 32
+# concurrent requests.
+SERVER_DB_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "40"}
 PG_PORT = int(os.environ.get("SWEEP_SFT_PG_PORT", "5433"))
 
 
@@ -86,7 +89,7 @@ class Server:
             stderr=open(self.folder / "server.log", "a"),  # noqa: SIM115 - the child holds it
             # Its own process group, so stop() ends uvicorn with it; no job runner (huey) processes.
             start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **SERVER_DB_POOL},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

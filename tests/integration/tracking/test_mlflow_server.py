@@ -194,7 +194,8 @@ def test_thirty_two_slurm_trials_log_every_point_once_to_a_postgresql_server(tmp
     server.start()
     sweep_dir, name = tmp_path / "sweep", f"mlflow{N_LOAD}-{server.port}"
     launcher = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", f"hydra.launcher.name={name}"]
-    launcher += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=0.5", "hydra.launcher.timeout_min=15"]
+    launcher += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.mem_per_cpu=600M"]
+    launcher += ["hydra.launcher.timeout_min=15"]
     launcher += [f"hydra.launcher.array_parallelism={N_LOAD}"]
     args = ["-m", *launcher, f"hydra.sweep.dir={sweep_dir}", f"lr=range(1,{N_LOAD + 1})"]
     args += ["tracking.enabled=true", f"tracking.uri={server.url}", PARENT_CALLBACK]
