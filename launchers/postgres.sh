@@ -45,6 +45,8 @@ fail() {  # fail STEP: a clear message, the tail of the server's log, exit 1
   fi
   exit 1
 }
+# shellcheck source=launchers/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 need_root() { [[ $(id -u) == 0 ]] || { echo "postgres.sh must run as root" >&2; exit 2; }; }
 
@@ -84,22 +86,7 @@ install_packages() {
   say "installed in $(elapsed "$t")s"
 }
 
-write_if_changed() {  # write_if_changed PATH MODE OWNER: stdin -> PATH if different; 0 if it changed
-  local path=$1 mode=$2 owner=$3 tmp; tmp=$(mktemp)
-  cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path"; then rm -f "$tmp"; chmod "$mode" "$path"; return 1; fi
-  install -m "$mode" -o "$owner" -g "$owner" "$tmp" "$path"; rm -f "$tmp"; return 0
-}
-
-role_password() {  # the password of $ROLE: created once (random, mode 600), then read back
-  if [[ ! -s $PASS_FILE ]]; then
-    (umask 077; head -c 32 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$PASS_FILE") || fail "generate $PASS_FILE"
-    say "generated the role's password in $PASS_FILE (mode 600)"
-  fi
-  chown root:root "$PASS_FILE"; chmod 600 "$PASS_FILE"
-  ROLE_PASS=$(<"$PASS_FILE")
-  [[ $ROLE_PASS =~ ^[A-Za-z0-9]{16,}$ ]] || fail "$PASS_FILE must hold one password of 16+ letters and digits"
-}
+role_password() { kept_password "$PASS_FILE" "the role's password" 32; ROLE_PASS=$PASSWORD; }
 
 init_cluster() {
   mkdir -p "$STATE_DIR" "$LOG_DIR"
@@ -209,10 +196,4 @@ cmd_status() {
   return $down
 }
 
-case ${1:-} in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  restart) cmd_stop; T0=$(now); cmd_start ;;
-  status) cmd_status ;;
-  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
-esac
+run_command "${1:-}"

@@ -62,6 +62,8 @@ fail() {  # fail STEP [DAEMON]: a clear message, the tail of that daemon's log, 
   fi
   exit 1
 }
+# shellcheck source=launchers/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 need_root() { [[ $(id -u) == 0 ]] || { echo "slurm_cluster.sh must run as root" >&2; exit 2; }; }
 
@@ -121,22 +123,7 @@ ensure_hostname() {
   [[ $addr == 127.* ]] || fail "host name $NODE resolves to '$addr', not a loopback address: the daemons would listen there; map it to 127.0.0.1 in /etc/hosts"
 }
 
-write_if_changed() {  # write_if_changed PATH MODE: stdin -> PATH if different; returns 0 if it changed
-  local path=$1 mode=$2 tmp; tmp=$(mktemp)
-  cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path"; then rm -f "$tmp"; chmod "$mode" "$path"; return 1; fi
-  install -m "$mode" "$tmp" "$path"; rm -f "$tmp"; return 0
-}
-
-db_password() {  # the password of $DB_USER: created once (random, mode 600), then read back
-  if [[ ! -s $DB_PASS_FILE ]]; then
-    (umask 077; head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$DB_PASS_FILE") || fail "generate $DB_PASS_FILE"
-    say "generated the database password in $DB_PASS_FILE (mode 600)"
-  fi
-  chown root:root "$DB_PASS_FILE"; chmod 600 "$DB_PASS_FILE"
-  DB_PASS=$(<"$DB_PASS_FILE")
-  [[ $DB_PASS =~ ^[A-Za-z0-9]{16,}$ ]] || fail "$DB_PASS_FILE must hold one password of 16+ letters and digits"
-}
+db_password() { kept_password "$DB_PASS_FILE" "the database password" 24; DB_PASS=$PASSWORD; }
 
 write_config() {
   mkdir -p "$CONF_DIR" "$STATE_DIR/ctld" "$STATE_DIR/slurmd" "$RUN_DIR" "$LOG_DIR"
@@ -365,10 +352,4 @@ cmd_status() {
   return $down
 }
 
-case ${1:-} in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  restart) cmd_stop; T0=$(now); cmd_start ;;
-  status) cmd_status ;;
-  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
-esac
+run_command "${1:-}"
