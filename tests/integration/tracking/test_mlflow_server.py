@@ -130,49 +130,6 @@ def running_jobs(name: str, seen: list[int], done: threading.Event) -> None:
         seen.append(len(out.stdout.split()))
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_sixteen_slurm_trials_log_every_point_to_one_server(server, mlflow_server, tiny_overrides, tmp_path):
-    """One Hydra sweep of 16 trials through hydra/launcher=submitit_slurm, all logging to one
-    server at once: 16 FINISHED children under the sweep's parent run, and every point of every
-    trial's metrics.json on the server."""
-    from mlflow.tracking import MlflowClient
-
-    from sweep_sft.tracking.client import read_parent
-
-    sweep_dir, name = tmp_path / "sweep", f"mlflow16-{server.port}"
-    overrides = [o for o in server_overrides(tiny_overrides, mlflow_server) if not o.startswith("output_dir=")]
-    launcher = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", f"hydra.launcher.name={name}"]
-    launcher += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
-    args = ["-m", *launcher, f"hydra.sweep.dir={sweep_dir}", "trainer.seed=range(0,16)", *overrides]
-    seen, done = [0], threading.Event()
-    poller = threading.Thread(target=running_jobs, args=(name, seen, done), daemon=True)
-    poller.start()
-    started = time.perf_counter()
-    proc = run_cli(*args, cwd=tmp_path)
-    took = time.perf_counter() - started
-    done.set()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    parent = read_parent(sweep_dir)
-    client = MlflowClient(tracking_uri=mlflow_server)
-    children = client.search_runs(
-        [client.get_run(parent["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{parent['run_id']}'"
-    )
-    assert sorted(c.info.status for c in children) == ["FINISHED"] * 16
-    assert client.get_run(parent["run_id"]).data.metrics["sweep/finished"] == 16
-    store = MlflowClient(tracking_uri=f"sqlite:///{server.folder / 'mlflow.db'}")  # the server's own store
-    total = 0
-    for child in children:
-        out = Path(child.data.tags["sweep_sft.output_dir"])
-        assert out.parent == sweep_dir
-        series = json.loads((out / "metrics.json").read_text())["series"]
-        assert points_on_server(store, child.info.run_id, series) == steps_in(series)
-        total += sum(len(v) for v in series.values())
-    print(f"16 Slurm trials, one server: {took:.0f} s, {total} points all on the server, at most {max(seen)} at once")
-    assert total > 16 * 100
-
-
 N_LOAD = 32  # trials at once: the local cluster's 2 CPUs x OverSubscribe 16
 PARENT_CALLBACK = "+hydra.callbacks.parent._target_=sweep_sft.sweep.callback.MlflowParentRun"
 
