@@ -28,3 +28,15 @@ run_command() {  # run_command ARG: the script's command (cmd_start, cmd_stop, c
     *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
   esac
 }
+
+apt_install() {  # apt_install NOTE PACKAGE...: Debian packages installed, apt's output in $LOG_DIR/apt.log
+  local note=$1; shift
+  say "installing: $*"
+  local t; t=$(now)
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get update"; }
+  # "policy-rc.d denied execution of start" in the log is expected: $note
+  apt-get install -y -qq --no-install-recommends "$@" >>"$LOG_DIR/apt.log" 2>&1 \
+    || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get install $*"; }
+  say "installed in $(elapsed "$t")s"
+}

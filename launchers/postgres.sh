@@ -73,17 +73,9 @@ superuser_sql() {  # SQL on stdin, as the postgres superuser over our socket (pe
 install_packages() {
   BIN=$(pg_bin)
   if [[ -n $BIN ]] && id postgres >/dev/null 2>&1; then say "packages already installed ($BIN)"; return; fi
-  say "installing: ${PACKAGES[*]}"
-  local t; t=$(now)
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get update"; }
-  # "policy-rc.d denied execution of start" in the log is expected: the package's own cluster on
-  # 5432 is created but never started; this script runs its own.
-  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"$LOG_DIR/apt.log" 2>&1 \
-    || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get install ${PACKAGES[*]}"; }
+  apt_install "the package's own cluster on 5432 is created but never started; this script runs its own" "${PACKAGES[@]}"
   BIN=$(pg_bin)
   [[ -n $BIN ]] || fail "find the PostgreSQL binaries under /usr/lib/postgresql/*/bin after installing"
-  say "installed in $(elapsed "$t")s"
 }
 
 role_password() { kept_password "$PASS_FILE" "the role's password" 32; ROLE_PASS=$PASSWORD; }

@@ -102,14 +102,7 @@ install_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]} == 0)); then say "packages already installed"; return; fi
-  say "installing: ${missing[*]}"
-  local t; t=$(now)
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get update"; }
-  # "policy-rc.d denied execution of start" in the log is expected: this script starts the daemons.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOG_DIR/apt.log" 2>&1 \
-    || { tail -n 20 "$LOG_DIR/apt.log" >&2; fail "apt-get install ${missing[*]}"; }
-  say "installed in $(elapsed "$t")s"
+  apt_install "this script starts the daemons" "${missing[@]}"
 }
 
 ensure_hostname() {
